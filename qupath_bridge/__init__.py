@@ -1,0 +1,1 @@
+"""QuPath conventions around the engine: GeoJSON, projects (paquo) and the CLI."""
