@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +26,16 @@ from engine.patches import GridSettings, PatchGrid
 from engine.slide import Slide
 
 CACHE_VERSION = 1
+
+#: ``(description, total) -> context manager with .update(n)``, e.g. ``tqdm`` itself; lets a
+#: caller show progress its own way (the QuPath script wants plain lines, not bars).
+ProgressFactory = Callable[[str, int], Any]
+
+
+def make_progress(progress: bool | ProgressFactory, desc: str, total: int) -> Any:
+    if callable(progress):
+        return progress(desc, total)
+    return tqdm(total=total, desc=desc, unit="patch", disable=not progress, leave=False)
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ def embed_grid(
     encoder: Encoder,
     patch_px: int,
     context: float = 1.0,
-    progress: bool = True,
+    progress: bool | ProgressFactory = True,
     desc: str = "embed",
     timings: dict[str, float] | None = None,
 ) -> npt.NDArray[np.float32]:
@@ -139,7 +151,7 @@ def embed_grid(
     out: npt.NDArray[np.float32] | None = None
     with (
         ThreadPoolExecutor(max_workers=1) as pool,
-        tqdm(total=n, desc=desc, unit="patch", disable=not progress, leave=False) as bar,
+        make_progress(progress, desc, n) as bar,
     ):
         pending = pool.submit(read, starts[0]) if starts else None
         for k, i0 in enumerate(starts):

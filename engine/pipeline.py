@@ -22,6 +22,7 @@ from engine.encoders import Encoder, build_encoder
 from engine.errors import TissueError, TrainingDataError
 from engine.features import (
     FeatureSettings,
+    ProgressFactory,
     cache_key,
     default_cache_dir,
     embed_grid,
@@ -122,7 +123,7 @@ def slide_features(
     settings: RefineSettings,
     encoder: Encoder,
     timings: dict[str, float],
-    progress: bool = True,
+    progress: bool | ProgressFactory = True,
 ) -> SlideFeatures:
     """Grid and features of one slide, from the cache when the slide was seen before."""
     cache_dir = settings.cache_dir or default_cache_dir()
@@ -162,7 +163,7 @@ def slide_features(
 def refine(
     items: Sequence[SlideInput],
     settings: RefineSettings = RefineSettings(),
-    progress: bool = True,
+    progress: bool | ProgressFactory = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> RefineResult:
     """Refine the coarse annotations of ``items`` together."""

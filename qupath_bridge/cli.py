@@ -1,0 +1,402 @@
+"""The ``qupath-refine`` command line: a thin click layer over :mod:`qupath_bridge.runner`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
+from engine.errors import RefineError
+
+log = logging.getLogger("qupath_refine")
+
+
+class _LineProgress:
+    """Progress as plain lines every 10%: for logs (QuPath's script console) where a
+    carriage-return bar would be noise."""
+
+    def __init__(self, desc: str, total: int) -> None:
+        self.desc, self.total, self.done, self.next = desc, max(1, total), 0, 10
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> _LineProgress:
+        click.echo(f"{self.desc}: 0/{self.total}", err=True)
+        return self
+
+    def update(self, n: int) -> None:
+        self.done += n
+        pct = 100 * self.done // self.total
+        if pct >= self.next:
+            rate = self.done / max(1e-9, time.perf_counter() - self.t0)
+            click.echo(f"{self.desc}: {self.done}/{self.total} ({pct}%, {rate:.0f}/s)", err=True)
+            self.next = (pct // 10 + 1) * 10
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _Handler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(prefix + record.getMessage(), err=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    log.handlers[:] = [_Handler()]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _progress(quiet: bool, lines: bool):
+    if quiet:
+        return False
+    return _LineProgress if lines else True
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _friendly(fn):
+    """Bad input becomes one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RefineError as e:
+            _fail(str(e), e.exit_code)
+        except ValueError as e:  # settings rejected by a stage's validate()
+            _fail(f"invalid setting: {e}")
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written for unfinished slides", 130)
+        except MemoryError:
+            _fail("out of memory; try fewer slides per run or a larger --patch-um", 1)
+        except Exception as e:  # a bug, not bad input: say so, keep the traceback on request
+            if os.environ.get("QUPATH_REFINE_DEBUG"):
+                raise
+            _fail(
+                f"internal error ({type(e).__name__}: {e}). Please report it; set "
+                "QUPATH_REFINE_DEBUG=1 to see the traceback.",
+                1,
+            )
+
+    return wrapper
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    head = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join([head, "  ".join("-" * w for w in widths), *body])
+
+
+ENCODER_HELP = (
+    f"Feature encoder: {', '.join(BUILTIN)}, or a local model: {', '.join(PLUGINS)}. "
+    f"Default {DEFAULT_ENCODER}."
+)
+
+
+def _settings(encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp):
+    from dataclasses import replace
+
+    from engine.features import FeatureSettings
+    from engine.patches import GridSettings
+    from engine.pipeline import RefineSettings
+
+    s = RefineSettings(
+        grid=GridSettings(
+            mpp=target_mpp, patch_um=patch_um, stride_um=stride_um, min_tissue=min_tissue
+        ),
+        features=FeatureSettings(encoder=encoder, context=context),
+        cache_dir=Path(cache_dir) if cache_dir else None,
+    ).with_seed(seed)
+    if tau is not None:
+        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=None if tau < 0 else tau))
+    return s
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="qupath-refine")
+def main() -> None:
+    """Refine coarse tumour annotations into fine ones (prototype-guided pseudo-labels).
+
+    Start with `qupath-refine demo`: it needs no QuPath and no data.
+    """
+
+
+def common_options(fn):
+    opts = [
+        click.option(
+            "--class",
+            "class_name",
+            default="Tumor",
+            show_default=True,
+            help="Class of the coarse annotations.",
+        ),
+        click.option(
+            "--negative-class",
+            default="Ignore*",
+            show_default=True,
+            help="Class of annotations over tissue that is not tumour: hard negatives.",
+        ),
+        click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
+        click.option(
+            "--mpp",
+            type=float,
+            default=None,
+            help="Pixel size (µm) for slides that do not record one.",
+        ),
+        click.option(
+            "--target-mpp",
+            type=float,
+            default=0.5,
+            show_default=True,
+            help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
+        ),
+        click.option(
+            "--patch-um",
+            type=float,
+            default=128.0,
+            show_default=True,
+            help="Patch side in µm (128 µm = 256 px at 0.5 µm/px).",
+        ),
+        click.option(
+            "--stride-um",
+            type=float,
+            default=None,
+            help="Step between patches in µm; below --patch-um gives finer outlines.",
+        ),
+        click.option(
+            "--min-tissue",
+            type=float,
+            default=0.25,
+            show_default=True,
+            help="Tissue share a patch needs to be used.",
+        ),
+        click.option(
+            "--context",
+            type=float,
+            default=1.0,
+            show_default=True,
+            help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
+        ),
+        click.option(
+            "--tau",
+            type=float,
+            default=None,
+            help="Cosine threshold to relabel outside patches as tumour; negative = off.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option(
+            "--cache-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Feature cache folder (default ~/.cache/qupath-refine).",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+        click.option(
+            "--progress-lines",
+            is_flag=True,
+            help="Progress as plain lines (for logs) instead of bars.",
+        ),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+@main.command("slide")
+@click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--coarse",
+    "coarse_files",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="QuPath GeoJSON with the coarse annotations, once per slide, same order.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the refined GeoJSON, overlay pictures and summary.json.",
+)
+@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@common_options
+@_friendly
+def slide_cmd(
+    slides,
+    coarse_files,
+    out_dir,
+    no_tiles,
+    class_name,
+    negative_class,
+    encoder,
+    mpp,
+    target_mpp,
+    patch_um,
+    stride_um,
+    min_tissue,
+    context,
+    tau,
+    seed,
+    cache_dir,
+    quiet,
+    progress_lines,
+):
+    """Refine the coarse annotations of one or more slides.
+
+    Several slides in one run share the global prototypes and one classifier. Writes
+    SLIDE.refined.geojson (detections of class '<class>: refined' plus tiles with p_<class>),
+    SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
+    File > Import objects.
+    """
+    from qupath_bridge.runner import ClassNames, refine_slides
+
+    _setup_logging(quiet)
+    settings = _settings(
+        encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp
+    )
+    summary = refine_slides(
+        list(slides),
+        list(coarse_files),
+        out_dir,
+        settings,
+        ClassNames(class_name, negative_class or None),
+        mpp,
+        tiles=not no_tiles,
+        progress=_progress(quiet, progress_lines),
+    )
+    cols = ["slide", "patches", "coarse_mm2", "refined_mm2", "regions", "relabelled", "cached"]
+    click.echo(_table(summary["slides"], cols))
+    t = summary["timings"]
+    click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    for o in summary["outputs"]:
+        click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
+    click.echo(f"summary: {out_dir / 'summary.json'}")
+
+
+@main.command("evaluate")
+@click.option("--slide", "slide_path", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--truth",
+    "truth_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="True outline: QuPath GeoJSON, or a mask image (non-zero = tumour) "
+    "covering the whole slide.",
+)
+@click.option(
+    "--pred",
+    "pred_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Predicted outline: GeoJSON (e.g. SLIDE.refined.geojson or the coarse file).",
+)
+@click.option(
+    "--class",
+    "truth_class",
+    default="Tumor",
+    show_default=True,
+    help="Class of the truth annotations.",
+)
+@click.option("--pred-class", default=None, help="Only objects of this class in --pred.")
+@click.option("--mpp", type=float, default=None, help="Pixel size if the slide lacks one.")
+@click.option(
+    "--eval-mpp",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Resolution of the pixel-level metrics (µm/px).",
+)
+@click.option(
+    "--patch-um",
+    type=float,
+    default=128.0,
+    show_default=True,
+    help="Patch size of the patch-level metrics.",
+)
+@_friendly
+def evaluate_cmd(
+    slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
+):
+    """Dice, IoU, F1, PPV, NPV, TPR, TNR and accuracy of --pred against --truth, as JSON."""
+    import json
+
+    from qupath_bridge.runner import evaluate_files
+
+    _setup_logging(True)
+    res = evaluate_files(
+        slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
+    )
+    click.echo(json.dumps(res, indent=2, allow_nan=False, default=_json_nan))
+
+
+def _json_nan(v):
+    return None
+
+
+@main.command("demo")
+@click.option(
+    "--out",
+    "out_dir",
+    default="qupath-refine-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the results.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Feature cache folder (default ~/.cache/qupath-refine).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@_friendly
+def demo_cmd(out_dir, seed, cache_dir, quiet):
+    """Refine a synthetic slide with a known truth: no QuPath and no data needed.
+
+    Writes the slide, its coarse and true outlines, the refined GeoJSON and an overlay
+    picture (amber coarse, green refined, blue truth) and prints coarse vs refined metrics.
+    """
+    from qupath_bridge.runner import run_demo
+
+    _setup_logging(quiet)
+    s = run_demo(
+        out_dir, seed, progress=not quiet, cache_dir=Path(cache_dir) if cache_dir else None
+    )
+    rows = []
+    for m in ("dice", "iou", "ppv", "tpr", "tnr", "accuracy"):
+        rows.append(
+            {
+                "metric": m,
+                "coarse": _fmt(s["coarse"]["pixel"][m]),
+                "refined": _fmt(s["refined"]["pixel"][m]),
+            }
+        )
+    click.echo(f"pixel-level inside tissue at {s['refined']['pixel_um']:.1f} µm/px:")
+    click.echo(_table(rows, ["metric", "coarse", "refined"]))
+    gain = s["refined"]["pixel"]["dice"] - s["coarse"]["pixel"]["dice"]
+    click.echo(f"Dice {'+' if gain >= 0 else ''}{gain:.3f} over the coarse annotation")
+    for k, v in s["outputs"].items():
+        click.echo(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()
