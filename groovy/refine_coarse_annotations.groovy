@@ -65,6 +65,10 @@ void refineProject() {
         return
     }
     def gui = guiOrNull()
+    if (gui != null && bindingInt('qupath.script.batchSize', 1) > 1) {
+        fail(gui, 'Use Run, not Run for project: the script always refines the whole project.', null)
+        return
+    }
     def project = getProject()
     if (project == null) {
         fail(gui, 'Open a project first: qupath-refine works on the images of a QuPath project.', null)
