@@ -13,7 +13,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 import shapely
-from PIL import Image, ImageDraw
+from skimage.draw import polygon as draw_polygon
 
 METRICS = ("dice", "iou", "f1", "ppv", "npv", "tpr", "tnr", "accuracy")
 
@@ -58,23 +58,26 @@ def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
 def rasterize(
     geom: shapely.Geometry | None, shape: tuple[int, int], downsample: float
 ) -> npt.NDArray[np.bool_]:
-    """Fill polygons (level-0 px) into a boolean raster of ``shape`` at ``downsample``,
-    holes respected. Pillow fills rings; holes are filled back with 0."""
-    img = Image.new("1", (shape[1], shape[0]), 0)
-    if geom is not None and not geom.is_empty:
-        draw = ImageDraw.Draw(img)
-        polys = (
-            [geom]
-            if geom.geom_type == "Polygon"
-            else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-        )
-        for p in polys:
-            ext = np.asarray(p.exterior.coords) / downsample - 0.5
-            draw.polygon([tuple(c) for c in ext], fill=1)
-            for hole in p.interiors:
-                h = np.asarray(hole.coords) / downsample - 0.5
-                draw.polygon([tuple(c) for c in h], fill=0)
-    return np.asarray(img, dtype=bool)
+    """Polygons (level-0 px) to a boolean raster of ``shape`` at ``downsample``: a pixel is in
+    when its centre is (holes respected). Pixel (r, c) covers level-0 [c*ds, (c+1)*ds)."""
+    out = np.zeros(shape, dtype=bool)
+    if geom is None or geom.is_empty:
+        return out
+    polys = (
+        [geom]
+        if geom.geom_type == "Polygon"
+        else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
+    )
+    for p in polys:
+        # Pixel centres sit at (i + 0.5) * ds; shift rings so centres fall on integers.
+        ring = np.asarray(p.exterior.coords) / downsample - 0.5
+        rr, cc = draw_polygon(ring[:, 1], ring[:, 0], shape)
+        out[rr, cc] = True
+        for hole in p.interiors:
+            h = np.asarray(hole.coords) / downsample - 0.5
+            rr, cc = draw_polygon(h[:, 1], h[:, 0], shape)
+            out[rr, cc] = False
+    return out
 
 
 def pixel_metrics(

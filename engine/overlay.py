@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import shapely
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from engine.patches import PatchGrid
 
@@ -60,13 +60,15 @@ def render_overlay(
             if len(pts) > 1:
                 draw.line(pts, fill=(*color, 255), width=width, joint="curve")
     legend = [("coarse", COARSE, coarse), ("refined", REFINED, refined), ("truth", TRUTH, truth)]
-    y = 6
+    size = max(12, min(base.size) // 40)
+    font = ImageFont.load_default(size=size)
+    y = size // 2
     for label, color, geom in legend:
         if geom is None:
             continue
-        draw.rectangle((6, y, 26, y + 12), fill=(*color, 255))
-        draw.text((32, y), label, fill=(0, 0, 0, 255))
-        y += 18
+        draw.rectangle((size // 2, y, size * 2, y + size), fill=(*color, 255))
+        draw.text((size * 5 // 2, y - size // 8), label, fill=(0, 0, 0, 255), font=font)
+        y += size * 3 // 2
     return base.convert("RGB")
 
 

@@ -110,29 +110,27 @@ class RefineResult:
 
 @dataclass
 class SlideFeatures:
-    """The cached part of a slide: its grid and features."""
+    """The cached part of a slide: its grid and (once embedded) its features."""
 
+    item: SlideInput
     info: SlideInfo
+    key: str
     grid: PatchGrid
-    features: npt.NDArray[np.float32]
+    features: npt.NDArray[np.float32] | None
     cached: bool
 
 
-def slide_features(
-    item: SlideInput,
-    settings: RefineSettings,
-    encoder: Encoder,
-    timings: dict[str, float],
-    progress: bool | ProgressFactory = True,
+def slide_grid(
+    item: SlideInput, settings: RefineSettings, encoder: Encoder, timings: dict[str, float]
 ) -> SlideFeatures:
-    """Grid and features of one slide, from the cache when the slide was seen before."""
+    """A slide's grid, with its features when the cache has them (no embedding here)."""
     cache_dir = settings.cache_dir or default_cache_dir()
     with Slide(item.path, mpp=item.mpp) as slide:
         info = slide.info
         key = cache_key(info.fingerprint, encoder.key, settings.grid, settings.features)
         hit = load_cached(cache_dir, key)
         if hit is not None:
-            return SlideFeatures(info, hit[0], hit[1], cached=True)
+            return SlideFeatures(item, info, key, hit[0], hit[1], cached=True)
         t0 = time.perf_counter()
         g = settings.grid
         thumb, ds = slide.thumbnail(g.tissue_mpp)
@@ -141,53 +139,39 @@ def slide_features(
         stride = g.step_um / info.mpp
         grid = make_grid(info.width, info.height, mask, ds, size, stride, g.min_tissue)
         timings["read"] += time.perf_counter() - t0
-        if len(grid) == 0:
-            raise TissueError(
-                f"No tissue found on {item.label}: no {g.patch_um:g} µm patch holds "
-                f"{g.min_tissue:.0%} tissue. Check the slide, or lower --min-tissue."
-            )
-        feats = embed_grid(
+    if len(grid) == 0:
+        raise TissueError(
+            f"No tissue found on {item.label}: no {g.patch_um:g} µm patch holds "
+            f"{g.min_tissue:.0%} tissue. Check the slide, or lower --min-tissue."
+        )
+    return SlideFeatures(item, info, key, grid, None, cached=False)
+
+
+def embed_slide(
+    d: SlideFeatures,
+    settings: RefineSettings,
+    encoder: Encoder,
+    timings: dict[str, float],
+    progress: bool | ProgressFactory = True,
+) -> None:
+    """Embed a slide's grid and store grid and features in the cache."""
+    with Slide(d.item.path, mpp=d.item.mpp) as slide:
+        d.features = embed_grid(
             slide,
-            grid,
+            d.grid,
             encoder,
-            g.patch_px,
+            settings.grid.patch_px,
             context=settings.features.context,
             progress=progress,
-            desc=f"embed {item.label}",
+            desc=f"embed {d.item.label}",
             timings=timings,
         )
-        store_cached(cache_dir, key, grid, feats)
-        return SlideFeatures(info, grid, feats, cached=False)
+    store_cached(settings.cache_dir or default_cache_dir(), d.key, d.grid, d.features)
 
 
-def refine(
-    items: Sequence[SlideInput],
-    settings: RefineSettings = RefineSettings(),
-    progress: bool | ProgressFactory = True,
-    on_stage: Callable[[str], None] | None = None,
-) -> RefineResult:
-    """Refine the coarse annotations of ``items`` together."""
-    settings.grid.validate()
-    settings.features.validate()
-    say = on_stage or (lambda msg: log.info(msg))
-    timings = dict.fromkeys(STAGES, 0.0)
-    cache_dir = settings.cache_dir or default_cache_dir()
-
-    encoder = build_encoder(settings.features.encoder, cache_dir)
-    data: list[SlideFeatures] = []
-    for k, item in enumerate(items, 1):
-        say(f"[{k}/{len(items)}] features of {item.label}")
-        data.append(slide_features(item, settings, encoder, timings, progress))
-
-    coarse, hard_neg = [], []
-    for item, d in zip(items, data, strict=True):
-        neg = overlap_fraction(d.grid, item.negative) >= 0.5
-        c = (overlap_fraction(d.grid, item.coarse) >= settings.min_coarse_overlap) & ~neg
-        coarse.append(c.astype(np.int8))
-        hard_neg.append(neg)
-    all_coarse = np.concatenate(coarse)
-    n_in, n_out = int(all_coarse.sum()), int((all_coarse == 0).sum())
-    need = settings.classifier.min_per_class
+def check_training_data(coarse: npt.NDArray[np.int8], need: int) -> None:
+    """Fail before the slow part when the coarse labels cannot train a classifier."""
+    n_in, n_out = int(coarse.sum()), int((coarse == 0).sum())
     if n_in < need or n_out < need:
         raise TrainingDataError(
             f"Too few patches to learn from: {n_in} tissue patches inside the coarse "
@@ -198,6 +182,43 @@ def refine(
                 else "Leave some tissue outside the annotation, or add slides."
             )
         )
+
+
+def refine(
+    items: Sequence[SlideInput],
+    settings: RefineSettings = RefineSettings(),
+    progress: bool | ProgressFactory = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> RefineResult:
+    """Refine the coarse annotations of ``items`` together.
+
+    Grids (cheap) come first for every slide so that bad input (no tissue, too few patches
+    inside or outside) fails in seconds, before any slide is embedded.
+    """
+    settings.grid.validate()
+    settings.features.validate()
+    say = on_stage or (lambda msg: log.info(msg))
+    timings = dict.fromkeys(STAGES, 0.0)
+    cache_dir = settings.cache_dir or default_cache_dir()
+
+    encoder = build_encoder(settings.features.encoder, cache_dir)
+    data = [slide_grid(item, settings, encoder, timings) for item in items]
+
+    coarse, hard_neg = [], []
+    for item, d in zip(items, data, strict=True):
+        neg = overlap_fraction(d.grid, item.negative) >= 0.5
+        c = (overlap_fraction(d.grid, item.coarse) >= settings.min_coarse_overlap) & ~neg
+        coarse.append(c.astype(np.int8))
+        hard_neg.append(neg)
+    all_coarse = np.concatenate(coarse)
+    check_training_data(all_coarse, settings.classifier.min_per_class)
+
+    for k, d in enumerate(data, 1):
+        if d.features is None:
+            say(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
+            embed_slide(d, settings, encoder, timings, progress)
+        else:
+            say(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
 
     say("prototypes")
     t0 = time.perf_counter()

@@ -15,7 +15,11 @@ leaves the rule open. Ours, explicit and configurable:
   over-included normal tissue and become negative (``relabel_inside``).
 * **outside patches** become positive when ``max_{g in G+} cos(z, g) > tau`` (eq. 4). ``tau``
   is a cosine in the standardised feature space (see :mod:`engine.prototypes`); ``None``
-  switches outside relabelling off.
+  switches outside relabelling off. ``"auto"`` (default) sets tau from the data: the
+  ``tau_quantile`` quantile of the same similarity over the inside patches on G+, so an
+  outside patch turns positive only when it is at least as typical of the tumour patterns as
+  (1 - ``tau_quantile``) of the patches that define them; a fixed cosine would mean different
+  things for different encoders. ``tau_floor`` keeps a loose cohort from flipping everything.
 * **hard negatives** (regions the user marked as not tumour) are negative whatever the rule.
 """
 
@@ -31,8 +35,16 @@ import numpy.typing as npt
 class PseudoLabelSettings:
     min_share: float = 0.05
     min_purity: float = 0.5
-    tau: float | None = 0.9
+    tau: float | str | None = "auto"
+    tau_quantile: float = 0.25
+    tau_floor: float = 0.3
     relabel_inside: bool = True
+
+    def validate(self) -> None:
+        if isinstance(self.tau, str) and self.tau != "auto":
+            raise ValueError(f"tau is a cosine, 'auto' or None (off), not {self.tau!r}")
+        if not 0 <= self.tau_quantile <= 1:
+            raise ValueError("tau_quantile is a fraction between 0 and 1")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class PseudoLabels:
     member_counts: npt.NDArray[np.int64]
     n_flipped_in: int  # outside -> positive
     n_flipped_out: int  # inside -> negative
+    tau: float | None  # the threshold used (resolved when "auto")
     warnings: list[str] = field(default_factory=list)
 
 
@@ -76,6 +89,25 @@ def major_prototypes(
     return major, warnings
 
 
+def resolve_tau(
+    similarity: npt.NDArray[np.floating],
+    coarse: npt.NDArray[np.int8],
+    major: npt.NDArray[np.bool_],
+    on_major: npt.NDArray[np.bool_],
+    settings: PseudoLabelSettings,
+) -> float | None:
+    """The cosine threshold for outside patches; None when relabelling is off or impossible."""
+    if settings.tau is None or not major.any():
+        return None
+    if settings.tau != "auto":
+        return float(settings.tau)
+    core = (coarse == 1) & on_major
+    if not core.any():
+        return None
+    typical = similarity[core][:, major].max(axis=1)
+    return max(float(np.quantile(typical, settings.tau_quantile)), settings.tau_floor)
+
+
 def pseudo_labels(
     similarity: npt.NDArray[np.floating],
     coarse: npt.NDArray[np.integer],
@@ -83,6 +115,7 @@ def pseudo_labels(
     hard_negative: npt.NDArray[np.bool_] | None = None,
 ) -> PseudoLabels:
     """Pseudo-labels of every patch from its similarity to the global prototypes (n, K)."""
+    settings.validate()
     n, k = similarity.shape
     coarse = np.asarray(coarse).astype(np.int8)
     assignment = np.argmax(similarity, axis=1)
@@ -97,9 +130,10 @@ def pseudo_labels(
         labels[drop] = 0
         flipped_out = int(drop.sum())
     flipped_in = 0
-    if settings.tau is not None and major.any():
+    tau = resolve_tau(similarity, coarse, major, on_major, settings)
+    if tau is not None:
         best_major = similarity[:, major].max(axis=1)
-        add = (coarse == 0) & (best_major > settings.tau)
+        add = (coarse == 0) & (best_major > tau)
         labels[add] = 1
         flipped_in = int(add.sum())
     if hard_negative is not None:
@@ -111,5 +145,6 @@ def pseudo_labels(
         member_counts=np.bincount(assignment, minlength=k),
         n_flipped_in=flipped_in,
         n_flipped_out=flipped_out,
+        tau=tau,
         warnings=warnings,
     )

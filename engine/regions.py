@@ -1,9 +1,11 @@
 """Patch probabilities back to regions (METHOD.md step 8).
 
 Probabilities are laid on the stride lattice (on an overlapping grid each lattice cell takes
-the mean of every patch covering it, which gives boundaries finer than a patch), thresholded,
-turned into polygons with shapely, cleaned of specks and small holes, and smoothed by a
-morphological closing and opening of the polygons.
+the mean of every patch covering it, which gives boundaries finer than a patch). The outline
+is the threshold's iso-line of that map, traced by marching squares between cell centres, so
+it runs diagonally where the map does instead of in lattice staircases; shapely then builds
+polygons with holes, drops specks and small holes, and smooths them with a morphological
+closing and opening.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import shapely
+from scipy.ndimage import map_coordinates
 from shapely.geometry import MultiPolygon, Polygon
+from skimage.measure import find_contours
 
 from engine.patches import PatchGrid
 
@@ -21,7 +25,8 @@ from engine.patches import PatchGrid
 @dataclass(frozen=True)
 class RegionSettings:
     """``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes
-    (None: one patch's area); ``smooth`` is the closing/opening radius in lattice cells."""
+    (None: half a patch's area, so one lone positive patch, traced as a diamond, survives);
+    ``smooth`` is the closing/opening radius in lattice cells."""
 
     threshold: float = 0.5
     min_area_um2: float | None = None
@@ -56,7 +61,8 @@ def mask_to_polygons(mask: npt.NDArray[np.bool_], cell: float) -> shapely.Geomet
     """Union of the true cells of a lattice mask, in level-0 pixels.
 
     Runs of true cells in a row become one box each, so the union sees far fewer pieces
-    than cells; edges of boxes coincide, which ``coverage_union_all`` merges exactly.
+    than cells. (``coverage_union_all`` would be faster but needs shared edges to have the
+    same vertices, which runs of different length do not.)
     """
     boxes = []
     for r in range(mask.shape[0]):
@@ -67,7 +73,31 @@ def mask_to_polygons(mask: npt.NDArray[np.bool_], cell: float) -> shapely.Geomet
             boxes.append(shapely.box(starts * cell, r * cell, ends * cell, (r + 1) * cell))
     if not boxes:
         return Polygon()
-    return shapely.coverage_union_all(np.concatenate(boxes))
+    return shapely.union_all(np.concatenate(boxes))
+
+
+def contour_polygons(
+    cells: npt.NDArray[np.floating], threshold: float, cell: float
+) -> shapely.Geometry:
+    """Areas where the bilinear interpolation of ``cells`` (values at cell centres) reaches
+    ``threshold``, in level-0 px. NaN counts as 0 (no tissue, no tumour)."""
+    v = np.pad(np.nan_to_num(np.asarray(cells, dtype=np.float64), nan=0.0), 1)
+    if not (v >= threshold).any():
+        return Polygon()
+    # Padding with zeros closes every contour; each ring is a closed iso-line.
+    rings = [c for c in find_contours(v, threshold) if len(c) >= 4]
+    # (row, col) of the padded array -> level-0 x, y of cell centres.
+    lines = [shapely.LineString((c[:, ::-1] - 1 + 0.5) * cell) for c in rings]
+    faces = list(shapely.polygonize(lines).geoms)
+    if not faces:
+        return Polygon()
+    # Iso-lines never cross, so each face lies wholly above or below the threshold: test one
+    # interior point of each against the interpolated map.
+    pts = np.array([f.representative_point().coords[0] for f in faces]) / cell - 0.5 + 1
+    vals = map_coordinates(v, [pts[:, 1], pts[:, 0]], order=1)
+    inside = shapely.union_all([f for f, val in zip(faces, vals, strict=True) if val >= threshold])
+    # Marching squares puts a vertex on every cell edge it crosses; most are collinear.
+    return shapely.simplify(inside, cell * 0.02, preserve_topology=True)
 
 
 def _polygons(geom: shapely.Geometry) -> list[Polygon]:
@@ -107,9 +137,8 @@ def regions_from_probabilities(
 ) -> MultiPolygon:
     """Refined regions (level-0 px, QuPath frame) from per-patch probabilities."""
     cells = cell_probabilities(grid, proba)
-    mask = np.nan_to_num(cells, nan=0.0) >= settings.threshold
-    geom = mask_to_polygons(mask, grid.stride)
-    patch_area = grid.size * grid.size
+    geom = contour_polygons(cells, settings.threshold, grid.stride)
+    patch_area = grid.size * grid.size / 2
     px2_per_um2 = 1.0 / (mpp * mpp)
     min_area = (
         settings.min_area_um2 * px2_per_um2 if settings.min_area_um2 is not None else patch_area

@@ -60,8 +60,8 @@ def _nuclei(
     for x, y in zip(xs[keep], ys[keep], strict=True):
         r = rng.uniform(*radius)
         a = r * elongation
-        jitter = rng.integers(-25, 26, 3)
-        c = tuple(int(v) for v in np.clip(np.array(color) + jitter, 0, 255))
+        j = rng.integers(-25, 26)
+        c = tuple(min(255, max(0, v + int(j))) for v in color)
         if rng.random() < 0.5:
             draw.ellipse((x - a, y - r, x + a, y + r), fill=c)
         else:
@@ -80,7 +80,7 @@ def make_demo_slide(
     tissue = shapely.affinity.scale(tissue, xfact=1.35, yfact=1.0)
     tissue = tissue.intersection(shapely.box(20, 20, w - 20, h - 20))
     main = _blob((w * 0.42, h * 0.48), 330 * um, rng, lobes=6).intersection(tissue)
-    focus = _blob((w * 0.8, h * 0.35), 110 * um, rng, lobes=3).intersection(tissue)
+    focus = _blob((w * 0.8, h * 0.35), 150 * um, rng, lobes=3).intersection(tissue)
     truth = shapely.unary_union([main, focus])
     lobe = _blob((w * 0.42 - 300 * um, h * 0.48 + 350 * um), 170 * um, rng, lobes=3)
     coarse = (
@@ -99,16 +99,14 @@ def make_demo_slide(
         f = zoom(gaussian_filter(small, scale), 32, order=1)[:h, :w]
         return (f / (np.abs(f).max() + 1e-6)).astype(np.float32)
 
-    img = np.empty((h, w, 3), dtype=np.float32)
-    img[:] = (243, 241, 244)
     stroma = np.array([236, 160, 196], dtype=np.float32)
     tumour = np.array([196, 132, 196], dtype=np.float32)
-    vary = field(3.0)[..., None] * 14
-    fibres = gaussian_filter(rng.standard_normal((h, w)), (0.8, 6.0))[..., None] * 60
-    img[normal_px] = (stroma + vary + fibres)[normal_px]
-    img[tumour_px] = (tumour + vary + fibres * 0.3)[tumour_px]
-
-    canvas = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    glass = np.array([243, 241, 244], dtype=np.float32)
+    base = np.where(tumour_px[..., None], tumour, np.where(normal_px[..., None], stroma, glass))
+    fibres = gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), (0.8, 6.0))
+    texture = field(3.0) * 14 + fibres * np.where(tumour_px, 18.0, 60.0).astype(np.float32)
+    base += np.where(tissue_px, texture, 0)[..., None]
+    canvas = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     _nuclei(draw, normal_px, 1 / 900, (2.0, 3.0), 2.2, (95, 60, 140), rng)
     _nuclei(draw, tumour_px, 1 / 140, (4.0, 6.0), 1.15, (70, 35, 115), rng)

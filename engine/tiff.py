@@ -28,7 +28,10 @@ def write_pyramidal_tiff(
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    opts = dict(tile=(tile, tile), compression=compression, photometric="rgb")
+    # Fast deflate: these files are test and demo slides, written once and read a few times.
+    opts = dict(
+        tile=(tile, tile), compression=compression, compressionargs={"level": 1}, photometric="rgb"
+    )
     level = np.ascontiguousarray(rgb)
     ds = 1
     with tifffile.TiffWriter(tmp, bigtiff=level.nbytes > 2**31) as tw:

@@ -125,8 +125,18 @@ def _settings(encoder, patch_um, stride_um, min_tissue, context, tau, seed, cach
         cache_dir=Path(cache_dir) if cache_dir else None,
     ).with_seed(seed)
     if tau is not None:
-        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=None if tau < 0 else tau))
+        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=_parse_tau(tau)))
     return s
+
+
+def _parse_tau(text: str) -> float | str | None:
+    t = text.strip().lower()
+    if t in ("auto", "off", "none"):
+        return "auto" if t == "auto" else None
+    try:
+        return float(t)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a cosine such as 0.6, 'auto' or 'off'") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -196,9 +206,9 @@ def common_options(fn):
         ),
         click.option(
             "--tau",
-            type=float,
             default=None,
-            help="Cosine threshold to relabel outside patches as tumour; negative = off.",
+            help="Cosine threshold for outside patches to become tumour: a number, 'auto' "
+            "(the default: set from the data) or 'off'.",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
         click.option(

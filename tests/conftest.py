@@ -1,0 +1,38 @@
+"""Shared fixtures: real data by path, a synthetic slide, a feature cache per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+CMU_SVS = SHARED_DATA / "slides" / "cmu_small_region.svs"
+GLAS = SHARED_DATA / "glas-train"
+
+
+def need(path: Path) -> Path:
+    """Skip (saying how to enable the test) when shared test data is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} not found: check out the project beside ../shared/data to run this")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_svs() -> Path:
+    return need(CMU_SVS)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One feature/ONNX cache for the session, so the encoder is exported once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def demo_slide(tmp_path_factory):
+    """A small synthetic slide with known truth and a coarse outline (see engine.synthetic)."""
+    from engine.synthetic import make_demo_slide
+
+    return make_demo_slide(tmp_path_factory.mktemp("demo") / "demo.tif", seed=1)

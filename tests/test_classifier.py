@@ -1,0 +1,76 @@
+"""The patch classifier: real torch training with DDS, focal loss and re-finetuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.classifier import ClassifierSettings, PatchClassifier, balanced_batch, focal_loss
+from engine.errors import TrainingDataError
+
+
+def _noisy_data(seed=0, n=2000, pos_share=0.1, noise=0.1):
+    """Two Gaussian classes, tumour rare, with ``noise`` of each class's labels flipped."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < pos_share).astype(int)
+    x = rng.normal(0, 1, (n, 32)) + y[:, None] * 1.5
+    flip = rng.random(n) < noise
+    return x.astype(np.float32), y, np.where(flip, 1 - y, y)
+
+
+def test_learns_through_label_noise_and_imbalance():
+    x, truth, noisy = _noisy_data()
+    clf = PatchClassifier(ClassifierSettings(iterations=200)).fit(x, noisy)
+    pred = clf.predict_proba(x) >= 0.5
+    acc = (pred == truth).mean()
+    noisy_acc = (noisy == truth).mean()
+    assert acc > noisy_acc + 0.05  # better than the labels it was trained on
+    assert clf.loss_history_[-1] < clf.loss_history_[0]
+
+
+def test_deterministic_under_seed():
+    x, _, y = _noisy_data(seed=1, n=500)
+    s = ClassifierSettings(iterations=50, random_state=3)
+    a = PatchClassifier(s).fit(x, y).predict_proba(x)
+    b = PatchClassifier(s).fit(x, y).predict_proba(x)
+    np.testing.assert_array_equal(a, b)
+    c = PatchClassifier(ClassifierSettings(iterations=50, random_state=4)).fit(x, y)
+    assert not np.array_equal(a, c.predict_proba(x))
+
+
+def test_refinetuning_uses_its_own_predictions_and_fixed_negatives():
+    x, _, y = _noisy_data(seed=2, n=600)
+    fixed = np.zeros(600, dtype=bool)
+    fixed[np.flatnonzero(y == 1)[:5]] = True
+    clf = PatchClassifier(ClassifierSettings(iterations=80, refinetune_epochs=1)).fit(
+        x, y, fixed_negative=fixed
+    )
+    np.testing.assert_array_equal(clf.refined_labels_[~fixed], clf.dds_proba_[~fixed] >= 0.5)
+    assert clf.refined_labels_[fixed].sum() == 0
+    off = PatchClassifier(ClassifierSettings(iterations=80, refinetune_epochs=0)).fit(x, y)
+    np.testing.assert_allclose(off.predict_proba(x), off.dds_proba_, atol=1e-6)
+
+
+def test_balanced_batches():
+    rng = np.random.default_rng(0)
+    pos, neg = np.arange(3), np.arange(3, 1000)
+    b = balanced_batch(pos, neg, 64, rng)
+    assert len(b) == 64 and (b < 3).sum() == 32
+
+
+def test_focal_loss_downweights_easy_examples():
+    t = torch.tensor([1.0, 1.0])
+    easy, hard = focal_loss(torch.tensor([5.0, 5.0]), t), focal_loss(torch.tensor([-1.0, -1.0]), t)
+    assert easy < hard * 1e-3
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([0.3]), t[:1])
+    assert focal_loss(torch.tensor([0.3]), t[:1], gamma=0.0, alpha=0.5) == pytest.approx(
+        0.5 * float(bce)
+    )
+
+
+def test_too_few_patches():
+    x = np.zeros((30, 4), np.float32)
+    y = np.array([1] * 3 + [0] * 27)
+    with pytest.raises(TrainingDataError, match="3 labelled tumour and 27 not"):
+        PatchClassifier().fit(x, y)

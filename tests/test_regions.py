@@ -1,0 +1,85 @@
+"""Probabilities to polygons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import shapely
+
+from engine.patches import make_grid
+from engine.regions import (
+    RegionSettings,
+    cell_probabilities,
+    clean,
+    mask_to_polygons,
+    regions_from_probabilities,
+)
+
+
+def _grid(size=100.0, stride=100.0, n=10):
+    mask = np.ones((n * 10, n * 10), dtype=bool)
+    return make_grid(int(n * 100), int(n * 100), mask, 10.0 * (100 / 100), size, stride, 0.5)
+
+
+def test_mask_to_polygons_area_and_holes():
+    m = np.zeros((6, 6), dtype=bool)
+    m[1:5, 1:5] = True
+    m[2, 2] = False
+    g = mask_to_polygons(m, 10.0)
+    assert g.area == pytest.approx((16 - 1) * 100)
+    assert g.geom_type == "Polygon" and len(g.interiors) == 1
+
+
+def test_clean_drops_specks_and_fills_small_holes():
+    big = shapely.box(0, 0, 100, 100).difference(shapely.box(40, 40, 45, 45))
+    speck = shapely.box(200, 200, 203, 203)
+    out = clean(shapely.union(big, speck), min_area=50, min_hole=50)
+    assert len(out.geoms) == 1 and out.area == pytest.approx(10000)
+
+
+def test_regions_follow_probabilities():
+    grid = _grid()
+    # Tumour: a 4 x 3 block of patches; one isolated false-positive patch far away.
+    p = np.zeros(len(grid), np.float32)
+    block = (grid.ij[:, 0] >= 2) & (grid.ij[:, 0] < 6) & (grid.ij[:, 1] >= 3) & (grid.ij[:, 1] < 6)
+    p[block] = 0.9
+    p[(grid.ij == [9, 0]).all(1)] = 0.8
+    # min_area 1.5 patches: the lone patch goes, the block stays.
+    s = RegionSettings(min_area_um2=1.5 * 100 * 100, smooth=0.0)
+    regions = regions_from_probabilities(grid, p, mpp=1.0, settings=s)
+    assert len(regions.geoms) == 1
+    # The 0.5 iso-line of a 0.9 block crosses 0.44 cells out from the edge cells' centres,
+    # just inside the block, and cuts its corners: a little under 12 patches of area.
+    assert 0.88 * 120000 < regions.area < 120000
+    minx, miny, maxx, maxy = regions.bounds
+    assert minx == pytest.approx(200 + 100 / 18, abs=1) and maxy == pytest.approx(
+        600 - 100 / 18, abs=1
+    )
+    smoothed = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.5))
+    assert 0.85 * 120000 < smoothed.area < regions.area
+    assert smoothed.geoms[0].centroid.distance(shapely.Point(400, 450)) < 5
+
+
+def test_contours_are_not_staircases():
+    """A diagonal tumour edge is traced diagonally, not as lattice steps."""
+    grid = _grid()
+    p = (grid.ij[:, 0] > grid.ij[:, 1]).astype(np.float32)  # upper-right triangle
+    regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.0))
+    poly = max(regions.geoms, key=lambda g: g.area)
+    # A staircase along 9 steps has ~20 vertices; the iso-line has a handful.
+    assert len(poly.exterior.coords) < 10
+
+
+def test_overlapping_grid_gives_finer_boundaries():
+    grid = _grid(size=100.0, stride=50.0)
+    cells = cell_probabilities(grid, np.ones(len(grid)))
+    assert cells.shape == (grid.shape[0] + 1, grid.shape[1] + 1)
+    # Probability 1 only for patches whose left edge is at x >= 300: the boundary lands at
+    # x = 300 (one stride, 50 px, resolution) rather than on the 100 px patch lattice.
+    p = (grid.xy[:, 0] >= 300).astype(np.float32)
+    cells = cell_probabilities(grid, p)
+    # The cell at x 300..350 is covered by patches starting at 250 (p=0) and 300 (p=1).
+    assert cells[5, 6] == pytest.approx(0.5)
+    assert cells[5, 7] == pytest.approx(1.0)
+    regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(threshold=0.75, smooth=0.0))
+    assert regions.bounds[0] == pytest.approx(350)
