@@ -49,6 +49,9 @@ class SlideInput:
     negative: shapely.Geometry | None = None
     mpp: float | None = None
     name: str | None = None
+    #: (width, height) of the image in QuPath, when known: decides whether OpenSlide's bounds
+    #: offset applies (see :class:`engine.slide.Slide`)
+    qupath_size: tuple[int, int] | None = None
 
     @property
     def label(self) -> str:
@@ -88,6 +91,7 @@ class SlideResult:
     proba: npt.NDArray[np.float32]
     regions: shapely.Geometry
     cached: bool
+    seconds: float  # reading and embedding this slide (shared stages not included)
 
     @property
     def refined(self) -> npt.NDArray[np.int8]:
@@ -118,6 +122,7 @@ class SlideFeatures:
     grid: PatchGrid
     features: npt.NDArray[np.float32] | None
     cached: bool
+    seconds: float = 0.0
 
 
 def slide_grid(
@@ -125,26 +130,71 @@ def slide_grid(
 ) -> SlideFeatures:
     """A slide's grid, with its features when the cache has them (no embedding here)."""
     cache_dir = settings.cache_dir or default_cache_dir()
-    with Slide(item.path, mpp=item.mpp) as slide:
+    t0 = time.perf_counter()
+    with open_slide(item) as slide:
         info = slide.info
         key = cache_key(info.fingerprint, encoder.key, settings.grid, settings.features)
         hit = load_cached(cache_dir, key)
         if hit is not None:
             return SlideFeatures(item, info, key, hit[0], hit[1], cached=True)
-        t0 = time.perf_counter()
-        g = settings.grid
-        thumb, ds = slide.thumbnail(g.tissue_mpp)
-        mask = tissue_mask(thumb)
-        size = g.patch_um / info.mpp
-        stride = g.step_um / info.mpp
-        grid = make_grid(info.width, info.height, mask, ds, size, stride, g.min_tissue)
-        timings["read"] += time.perf_counter() - t0
+        grid = tissue_grid(slide, settings.grid, item.label)
+    dt = time.perf_counter() - t0
+    timings["read"] += dt
+    return SlideFeatures(item, info, key, grid, None, cached=False, seconds=dt)
+
+
+def open_slide(item: SlideInput) -> Slide:
+    return Slide(item.path, mpp=item.mpp, qupath_size=item.qupath_size)
+
+
+def tissue_grid(slide: Slide, g: GridSettings, label: str) -> PatchGrid:
+    """Tissue mask from a thumbnail, then the grid of patches with enough tissue."""
+    thumb, ds = slide.thumbnail(g.tissue_mpp)
+    mask = tissue_mask(thumb)
+    size = g.patch_um / slide.mpp
+    stride = g.step_um / slide.mpp
+    grid = make_grid(slide.width, slide.height, mask, ds, size, stride, g.min_tissue)
     if len(grid) == 0:
         raise TissueError(
-            f"No tissue found on {item.label}: no {g.patch_um:g} µm patch holds "
+            f"No tissue found on {label}: no {g.patch_um:g} µm patch holds "
             f"{g.min_tissue:.0%} tissue. Check the slide, or lower --min-tissue."
         )
-    return SlideFeatures(item, info, key, grid, None, cached=False)
+    return grid
+
+
+def label_patches(
+    item: SlideInput, grid: PatchGrid, min_overlap: float
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
+    """Coarse labels and hard negatives of a slide's patches."""
+    neg = overlap_fraction(grid, item.negative) >= 0.5
+    coarse = (overlap_fraction(grid, item.coarse) >= min_overlap) & ~neg
+    return coarse.astype(np.int8), neg
+
+
+@dataclass
+class SlidePlan:
+    """What a run would do with a slide, without embedding anything."""
+
+    name: str
+    patches: int
+    inside: int
+    negative: int
+    mpp: float
+
+
+def plan(
+    items: Sequence[SlideInput], settings: RefineSettings = RefineSettings()
+) -> list[SlidePlan]:
+    """Grids and coarse label counts of every slide (for --dry-run); reads thumbnails only."""
+    settings.grid.validate()
+    out = []
+    for item in items:
+        with open_slide(item) as slide:
+            grid = tissue_grid(slide, settings.grid, item.label)
+            mpp = slide.mpp
+        coarse, neg = label_patches(item, grid, settings.min_coarse_overlap)
+        out.append(SlidePlan(item.label, len(grid), int(coarse.sum()), int(neg.sum()), mpp))
+    return out
 
 
 def embed_slide(
@@ -155,7 +205,8 @@ def embed_slide(
     progress: bool | ProgressFactory = True,
 ) -> None:
     """Embed a slide's grid and store grid and features in the cache."""
-    with Slide(d.item.path, mpp=d.item.mpp) as slide:
+    t0 = time.perf_counter()
+    with open_slide(d.item) as slide:
         d.features = embed_grid(
             slide,
             d.grid,
@@ -167,6 +218,7 @@ def embed_slide(
             timings=timings,
         )
     store_cached(settings.cache_dir or default_cache_dir(), d.key, d.grid, d.features)
+    d.seconds += time.perf_counter() - t0
 
 
 def check_training_data(coarse: npt.NDArray[np.int8], need: int) -> None:
@@ -206,9 +258,8 @@ def refine(
 
     coarse, hard_neg = [], []
     for item, d in zip(items, data, strict=True):
-        neg = overlap_fraction(d.grid, item.negative) >= 0.5
-        c = (overlap_fraction(d.grid, item.coarse) >= settings.min_coarse_overlap) & ~neg
-        coarse.append(c.astype(np.int8))
+        c, neg = label_patches(item, d.grid, settings.min_coarse_overlap)
+        coarse.append(c)
         hard_neg.append(neg)
     all_coarse = np.concatenate(coarse)
     check_training_data(all_coarse, settings.classifier.min_per_class)
@@ -264,6 +315,7 @@ def refine(
                 proba=p,
                 regions=regions,
                 cached=d.cached,
+                seconds=d.seconds,
             )
         )
         start += n

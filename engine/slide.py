@@ -78,9 +78,17 @@ class Slide:
         Slide file.
     mpp:
         Pixel size in µm to use when the file does not record one (or to override it).
+    qupath_size:
+        The image's (width, height) as QuPath knows it. QuPath's Bio-Formats server does not
+        crop to OpenSlide's bounds; when QuPath's size is the uncropped one, no offset applies.
     """
 
-    def __init__(self, path: str | Path, mpp: float | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        mpp: float | None = None,
+        qupath_size: tuple[int, int] | None = None,
+    ) -> None:
         openslide = _import_openslide()
         self.path = Path(path)
         if not self.path.exists():
@@ -106,6 +114,8 @@ class Slide:
         self.offset = (bx, by)
         self.width = int(props.get("openslide.bounds-width", w0 - bx))
         self.height = int(props.get("openslide.bounds-height", h0 - by))
+        if qupath_size is not None and tuple(qupath_size) == (w0, h0) and (bx or by):
+            self.offset, self.width, self.height = (0, 0), w0, h0
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
 
     def _resolve_mpp(self, props: dict[str, str], override: float | None) -> float:

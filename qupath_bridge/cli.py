@@ -139,12 +139,30 @@ def _parse_tau(text: str) -> float | str | None:
         raise click.BadParameter(f"{text!r}: give a cosine such as 0.6, 'auto' or 'off'") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """``qupath-refine PROJECT.qpproj ...`` is short for ``qupath-refine project PROJECT ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            first = Path(args[0])
+            if first.suffix == ".qpproj" or first.is_dir():
+                args = ["project", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="qupath-refine")
 def main() -> None:
     """Refine coarse tumour annotations into fine ones (prototype-guided pseudo-labels).
 
-    Start with `qupath-refine demo`: it needs no QuPath and no data.
+    \b
+      qupath-refine PROJECT.qpproj     refine a QuPath project in place (needs QuPath for paquo)
+      qupath-refine slide SLIDE ...    refine slides with GeoJSON annotations (no QuPath)
+      qupath-refine evaluate ...       score an outline against the truth
+      qupath-refine demo               a synthetic slide end to end: no QuPath, no data needed
     """
 
 
@@ -299,6 +317,108 @@ def slide_cmd(
     for o in summary["outputs"]:
         click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
     click.echo(f"summary: {out_dir / 'summary.json'}")
+
+
+@main.command("project")
+@click.argument("project", type=click.Path(path_type=Path))
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    help="Image name or ID to refine (repeatable); default: every image.",
+)
+@click.option(
+    "--from-export",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the annotations from the QuPath script's export folder, not via paquo.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be done; write nothing.")
+@click.option("--skip-missing", is_flag=True, help="Go on without images whose slide is missing.")
+@click.option(
+    "--geojson-only",
+    is_flag=True,
+    help="Write results as GeoJSON under <project>/qupath-refine/results only; never "
+    "touch the project's data (for machines without QuPath).",
+)
+@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@common_options
+@_friendly
+def project_cmd(
+    project,
+    images,
+    from_export,
+    dry_run,
+    skip_missing,
+    geojson_only,
+    no_tiles,
+    class_name,
+    negative_class,
+    encoder,
+    mpp,
+    target_mpp,
+    patch_um,
+    stride_um,
+    min_tissue,
+    context,
+    tau,
+    seed,
+    cache_dir,
+    quiet,
+    progress_lines,
+):
+    """Refine the coarse annotations of a QuPath project and write the result into it.
+
+    All selected images are refined together (the global prototypes span the project). Per
+    image, unlocked '<class>: refined' detections and tiles are replaced; annotations, other
+    objects and locked objects are never touched, and each image's data file is backed up
+    first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the
+    QuPath menu script, which handles the open image itself.
+    """
+    from qupath_bridge.project_runner import ProjectOptions, refine_project
+    from qupath_bridge.runner import ClassNames
+
+    _setup_logging(quiet)
+    settings = _settings(
+        encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp
+    )
+    opts = ProjectOptions(
+        images=tuple(images),
+        from_export=from_export,
+        dry_run=dry_run,
+        skip_missing=skip_missing,
+        geojson_only=geojson_only,
+        mpp=mpp,
+        tiles=not no_tiles,
+    )
+    report = refine_project(
+        project,
+        opts,
+        settings,
+        ClassNames(class_name, negative_class or None),
+        progress=_progress(quiet, progress_lines),
+    )
+    if report.get("dry_run"):
+        click.echo("dry run, nothing written:")
+        click.echo(
+            _table(
+                report["images"],
+                ["image", "patches", "inside", "hard_negative", "coarse_mm2", "mpp"],
+            )
+        )
+        return
+    click.echo(
+        _table(
+            report["images"],
+            ["image", "patches", "coarse_mm2", "refined_mm2", "relabelled", "seconds", "written"],
+        )
+    )
+    click.echo(f"results: {report['results']}")
+    if report["backup"]:
+        click.echo(
+            f"backup of the data files before writing: {report['backup']} "
+            "(restore: copy a folder back over <project>/data/<id>/ with the image closed)"
+        )
 
 
 @main.command("evaluate")

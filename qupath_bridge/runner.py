@@ -21,7 +21,7 @@ from engine.errors import AnnotationError, RefineError
 from engine.evaluation import evaluate
 from engine.features import ProgressFactory
 from engine.overlay import render_overlay, save_png
-from engine.pipeline import RefineResult, RefineSettings, SlideInput, refine
+from engine.pipeline import RefineResult, RefineSettings, SlideInput, open_slide, refine
 from engine.slide import Slide
 from qupath_bridge.geojson_io import (
     DEFAULT_COLORS,
@@ -129,7 +129,7 @@ def write_outputs(
             mpp=r.info.mpp,
         )
         gj = write_features(out_dir / f"{stem}.refined.geojson", feats)
-        with Slide(item.path, mpp=item.mpp) as s:
+        with open_slide(item) as s:
             thumb, ds = s.thumbnail(s.mpp * max(1.0, max(s.width, s.height) / OVERLAY_SIDE))
         img = render_overlay(thumb, ds, item.coarse, r.regions, truth, r.grid, r.proba)
         png = save_png(img, out_dir / f"{stem}.overlay.png")

@@ -1,0 +1,342 @@
+"""The one module that talks to paquo (and through it to QuPath's Java classes).
+
+Everything else in qupath_refine works on shapely geometries, :class:`QuPathObject` and
+:class:`ImageRecord`. What needs no JVM (the project file's JSON, backups) is here too, as
+plain functions, so it is testable without a QuPath install.
+
+Facts this module relies on (checked against QuPath 0.4.4-0.7.0 core with paquo 0.9.0):
+
+* paquo finds QuPath through ``PAQUO_QUPATH_DIR`` or ``.paquo.toml`` and raises at import of
+  ``paquo.java`` when it finds none;
+* neither QuPath nor paquo refuses a project written by a newer QuPath: they open it and stamp
+  their own version on save, so we compare versions ourselves before writing;
+* ``entry.save()`` silently skips writing when the slide cannot be opened, and
+  ``readImageData`` returns an empty hierarchy when the data file is unreadable: we check both
+  before writing, keep our own backup of the data file, and verify after saving;
+* a derived class is ``QuPathPathClass("refined", parent=tumor)`` and its ``.id`` is the full
+  ``"Tumor: refined"``; ``hierarchy.detections`` includes tiles; measurement values must be
+  Python floats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import shapely
+
+from qupath_bridge.export import WORK_DIR, ImageRecord, ProjectError
+from qupath_bridge.geojson_io import QuPathObject
+
+log = logging.getLogger("qupath_refine")
+
+NO_QUPATH = (
+    "paquo found no QuPath installation ({why}). Point it at one with the environment variable "
+    "PAQUO_QUPATH_DIR=/path/to/QuPath (the folder holding QuPath's 'lib' or 'app'), or "
+    "qupath_dir in a .paquo.toml; `paquo get_qupath --install-path DIR 0.6.0` downloads one. "
+    "Without QuPath, use the QuPath menu script (it exports for us) or --geojson-only."
+)
+
+
+# --- project files (no JVM) ------------------------------------------------------------
+
+
+def project_file(path: str | Path) -> Path:
+    """``project.qpproj`` from the file or its folder; a :class:`ProjectError` otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "project.qpproj"
+    if p.suffix != ".qpproj":
+        raise ProjectError(f"{path} is not a QuPath project: give a project.qpproj or its folder.")
+    if not p.is_file():
+        raise ProjectError(f"No QuPath project at {path}: {p.name} not found.")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProjectError(f"{p} is not a readable QuPath project ({e}).") from None
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise ProjectError(f"{p} is not a QuPath project (no image list).")
+    return p
+
+
+def work_dir(project: Path) -> Path:
+    """``<project folder>/qupath-refine``: exports, results and backups live here."""
+    return project_file(project).parent / WORK_DIR
+
+
+def version_tuple(v: str | None) -> tuple[int, ...]:
+    parts = []
+    for piece in (v or "0").replace("-", ".").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def image_metadata(project: Path) -> dict[str, dict[str, Any]]:
+    """Per entry ID: width, height and pixel size (µm) as QuPath recorded them in
+    project.qpproj (``serverBuilder.metadata``); None where QuPath has none."""
+    doc = json.loads(project_file(project).read_text(encoding="utf-8"))
+    out = {}
+    for img in doc.get("images", []):
+        md = (img.get("serverBuilder") or {}).get("metadata") or {}
+        cal = md.get("pixelCalibration") or {}
+        pw, ph = cal.get("pixelWidth") or {}, cal.get("pixelHeight") or {}
+        um = pw.get("unit") in ("µm", "um", "microns") and pw.get("value")
+        size = None
+        if um:
+            size = (float(pw["value"]) + float(ph.get("value", pw["value"]))) / 2
+        eid = img.get("entryID")
+        if eid is None:
+            continue
+        out[str(int(eid))] = {
+            "width": int(md["width"]) if md.get("width") else None,
+            "height": int(md["height"]) if md.get("height") else None,
+            "pixel_um": size,
+            "server": img.get("serverBuilder", {}).get("providerClassName"),
+        }
+    return out
+
+
+def uri_to_path(uri: str | None) -> Path | None:
+    """A local file path from a ``file:`` URI; None for anything else (OMERO, http, ...)."""
+    if not uri:
+        return None
+    u = urlparse(uri)
+    if u.scheme != "file":
+        return None
+    path = unquote(u.path)
+    if len(path) > 2 and path[0] == "/" and path[2] == ":":  # file:///C:/... on Windows
+        path = path[1:]
+    return Path(path)
+
+
+def backup_image_data(project: Path, entry_id: str, stamp: str) -> Path | None:
+    """Copy ``data/<id>/data.qpdata`` and ``summary.json`` to
+    ``qupath-refine/backup/<stamp>/<id>/``; returns the folder (None: nothing to back up)."""
+    src = project_file(project).parent / "data" / entry_id
+    files = [f for f in (src / "data.qpdata", src / "summary.json") if f.is_file()]
+    if not files:
+        return None
+    dst = work_dir(project) / "backup" / stamp / entry_id
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def prune_backups(project: Path, keep: int = 10) -> list[Path]:
+    """Delete all but the ``keep`` newest backup folders (named by timestamp)."""
+    root = work_dir(project) / "backup"
+    if not root.is_dir():
+        return []
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    old = folders[:-keep] if keep > 0 else folders
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
+
+
+def restore_image_data(project: Path, entry_id: str, backup: Path) -> None:
+    """Put a backup back (QuPath must not have the image open): copy the files over the
+    entry's data folder and drop a stale ``data.qpdata.bkp``."""
+    dst = project_file(project).parent / "data" / entry_id
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in backup.iterdir():
+        shutil.copy2(f, dst / f.name)
+    stale = dst / "data.qpdata.bkp"
+    if stale.exists():
+        stale.unlink()
+
+
+def summary_object_count(project: Path, entry_id: str) -> int | None:
+    """Objects QuPath counted at the image's last save (``summary.json``), if recorded."""
+    f = project_file(project).parent / "data" / entry_id / "summary.json"
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        return int(doc["hierarchy"]["nObjects"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+# --- paquo ------------------------------------------------------------------------------
+
+
+def _paquo():
+    """Import paquo's project API, turning 'no QuPath' into one clear line."""
+    try:
+        import paquo.java as pj
+        from paquo.classes import QuPathPathClass
+        from paquo.pathobjects import QuPathPathDetectionObject, QuPathPathTileObject
+        from paquo.projects import QuPathProject
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        raise ProjectError(NO_QUPATH.format(why=str(e).strip() or type(e).__name__)) from None
+    return pj, QuPathProject, QuPathPathClass, QuPathPathDetectionObject, QuPathPathTileObject
+
+
+def qupath_version() -> str:
+    pj = _paquo()[0]
+    return str(pj.qupath_version)
+
+
+@contextmanager
+def open_project(path: Path, write: bool) -> Iterator[Any]:
+    """A paquo project, read-only or read-write; never saved implicitly (we save per image)."""
+    pfile = project_file(path)
+    _, QuPathProject, *_ = _paquo()
+    try:
+        qp = QuPathProject(pfile, mode="r+" if write else "r")
+    except Exception as e:  # paquo/Java raise many kinds for a damaged project
+        raise ProjectError(f"QuPath cannot open {pfile}: {e}") from None
+    if write:
+        ours, theirs = qupath_version(), qp.version
+        if version_tuple(theirs) > version_tuple(ours):
+            raise ProjectError(
+                f"{pfile.name} was written by QuPath {theirs}, newer than the QuPath {ours} paquo "
+                "uses; writing would stamp the older version on it. Point PAQUO_QUPATH_DIR at "
+                f"QuPath {theirs} or newer, or use the menu script from QuPath itself."
+            )
+    try:
+        yield qp
+    finally:
+        # Not qp.__exit__: that saves every image. We saved what we changed, image by image.
+        pass
+
+
+def list_images(qp: Any, project: Path) -> list[ImageRecord]:
+    """Every image of the project with its slide path and QuPath's own metadata."""
+    meta = image_metadata(project)
+    out = []
+    for e in qp.images:
+        try:
+            uri = e.uri
+        except NotImplementedError:  # multi-file images (e.g. sparse servers)
+            uri = None
+        m = meta.get(str(e.entry_id), {})
+        out.append(
+            ImageRecord(
+                name=e.image_name,
+                id=str(e.entry_id),
+                slide=uri_to_path(uri),
+                pixel_um=m.get("pixel_um"),
+                width=m.get("width"),
+                height=m.get("height"),
+            )
+        )
+    return out
+
+
+def _entry(qp: Any, entry_id: str) -> Any:
+    for e in qp.images:
+        if str(e.entry_id) == entry_id:
+            return e
+    raise ProjectError(f"The project has no image with ID {entry_id}.")
+
+
+def _object(o: Any, object_type: str) -> QuPathObject:
+    pc = o.path_class
+    color = tuple(int(c) for c in pc.color.to_rgb()) if pc is not None and pc.color else None
+    return QuPathObject(
+        geometry=shapely.make_valid(o.roi),
+        object_type=object_type,
+        classification=pc.id if pc is not None else None,
+        color=color,
+        name=o.name,
+        locked=bool(o.locked),
+    )
+
+
+def read_image_objects(qp: Any, entry_id: str) -> list[QuPathObject]:
+    """Annotations and detections (tiles excluded) of one image, as saved in the project."""
+    h = _entry(qp, entry_id).hierarchy
+    objs = [_object(a, "annotation") for a in h.annotations]
+    objs += [_object(d, "detection") for d in h.detections if not d.java_object.isTile()]
+    return objs
+
+
+@dataclass
+class WriteReport:
+    entry_id: str
+    removed: int
+    added: int
+    backup: Path | None
+
+
+def write_refined(
+    qp: Any,
+    project: Path,
+    entry_id: str,
+    regions: list[shapely.Polygon],
+    tiles: list[tuple[shapely.Polygon, float]],
+    coarse_class: str,
+    color: tuple[int, int, int],
+    stamp: str,
+) -> WriteReport:
+    """Replace an image's unlocked ``<coarse>: refined`` detections and tiles by ours.
+
+    Touches nothing else: annotations, other detections, other classes and locked objects stay
+    as they were. A backup of the data file is taken first and put back if anything fails.
+    """
+    _, _, PathClass, Detection, Tile = _paquo()
+    entry = _entry(qp, entry_id)
+    if not entry.is_readable():
+        # paquo's save() would silently skip the write: say so instead.
+        raise ProjectError(
+            f"Image {entry.image_name!r}: QuPath cannot open its slide, so its data cannot be "
+            "saved. Fix the slide path (File > Project > Check URIs in QuPath) and run again."
+        )
+    h = entry.hierarchy
+    expected = summary_object_count(project, entry_id)
+    if expected and len(h) == 0:
+        raise ProjectError(
+            f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
+            "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
+        )
+    refined_id = f"{coarse_class}: refined"
+    parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
+    parent = parent or PathClass(coarse_class)
+    refined = next((c for c in qp.path_classes if c.id == refined_id), None)
+    if refined is None:
+        refined = PathClass("refined", parent=parent, color=color)
+        qp.path_classes = [*qp.path_classes, refined]
+    backup = backup_image_data(project, entry_id, stamp)
+    try:
+        victims = [
+            d
+            for d in h.detections
+            if d.path_class is not None and d.path_class.id == refined_id and not d.locked
+        ]
+        with h.no_autoflush():
+            det = h.detections
+            det -= victims
+            new = [Detection.from_shapely(r, refined) for r in regions]
+            key = f"p_{coarse_class}"
+            new += [Tile.from_shapely(b, refined, {key: float(p)}) for b, p in tiles]
+            det |= new
+        entry.save()
+    except Exception as e:
+        if backup is not None:
+            restore_image_data(project, entry_id, backup)
+        raise ProjectError(
+            f"Writing image {entry.image_name!r} failed ({e}); its data file was restored "
+            f"from {backup}."
+        ) from None
+    return WriteReport(entry_id, len(victims), len(new), backup)
+
+
+def save_project(qp: Any) -> None:
+    """Write project.qpproj (the class list); image data were saved one by one."""
+    qp.save(images=False)
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")

@@ -1,0 +1,317 @@
+"""``qupath-refine PROJECT.qpproj``: refine every selected image of a QuPath project together.
+
+Reads the coarse annotations through paquo (or from the QuPath script's export folder), runs
+the engine over all images at once so the global prototypes span the project, and writes back
+image by image: refined regions as detections and patches as tiles with ``p_<class>``, under
+the derived class ``<class>: refined``. Round-trip rules, so the pathologist can edit and run
+again:
+
+* the coarse input is the current annotations of the coarse class (edited outlines count);
+* annotations of the negative class (``Ignore*``) are hard negatives no pseudo-label overrides;
+* a refined region the user kept, by converting it to an annotation or locking it, is left
+  alone and new regions are cut around it; a converted one also counts as confirmed tumour;
+* only unlocked ``<class>: refined`` detections and tiles are replaced; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import shapely
+
+from engine.errors import AnnotationError, RefineError
+from engine.features import ProgressFactory
+from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
+from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, ProjectError, read_export
+from qupath_bridge.geojson_io import (
+    QuPathObject,
+    class_matches,
+    clip_to_frame,
+    read_objects,
+    refined_features,
+    write_features,
+)
+from qupath_bridge.project import (
+    list_images,
+    open_project,
+    project_file,
+    prune_backups,
+    read_image_objects,
+    save_project,
+    timestamp,
+    work_dir,
+    write_refined,
+)
+from qupath_bridge.runner import REFINED_COLOR, ClassNames, write_json
+
+log = logging.getLogger("qupath_refine")
+
+BACKUPS_KEPT = 10  # runs whose data-file backups are kept under qupath-refine/backup/
+
+
+@dataclass(frozen=True)
+class ProjectOptions:
+    images: tuple[str, ...] = ()  # image names or IDs; empty: every image
+    from_export: Path | None = None
+    dry_run: bool = False
+    skip_missing: bool = False
+    geojson_only: bool = False  # write results GeoJSON only, never the project's data files
+    mpp: float | None = None
+    tiles: bool = True
+
+
+@dataclass
+class ImageInputs:
+    """An image's objects sorted by the round-trip rules."""
+
+    coarse: shapely.Geometry | None
+    negative: shapely.Geometry | None
+    keep: shapely.Geometry | None  # user-kept refined regions: not replaced, not overlapped
+    classes: set[str] = field(default_factory=set)
+
+
+def _union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
+    return shapely.make_valid(shapely.union_all(geoms)) if geoms else None
+
+
+def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInputs:
+    """Apply the round-trip rules to one image's objects (see the module docstring)."""
+    coarse, negative, keep = [], [], []
+    for o in objects:
+        c = o.classification
+        if o.object_type == "annotation":
+            if class_matches(c, classes.coarse):
+                coarse.append(o.geometry)
+            elif c == classes.refined:  # a refined region the user accepted
+                coarse.append(o.geometry)
+                keep.append(o.geometry)
+            elif classes.negative and class_matches(c, classes.negative):
+                negative.append(o.geometry)
+        elif o.object_type == "detection" and c == classes.refined and o.locked:
+            keep.append(o.geometry)
+    present = {
+        o.classification or "(unclassified)" for o in objects if o.object_type == "annotation"
+    }
+    return ImageInputs(_union(coarse), _union(negative), _union(keep), present)
+
+
+def select_images(records: list[ImageRecord], wanted: tuple[str, ...]) -> list[ImageRecord]:
+    if not records:
+        raise ProjectError("The project has no images: add slides to it in QuPath first.")
+    if not wanted:
+        return records
+    by_key = {r.name: r for r in records} | {r.id: r for r in records}
+    missing = [w for w in wanted if w not in by_key]
+    if missing:
+        names = ", ".join(repr(r.name) for r in records)
+        raise ProjectError(
+            f"No image named {', '.join(map(repr, missing))} in the project: {names}."
+        )
+    return list({by_key[w].id: by_key[w] for w in wanted}.values())
+
+
+def check_slides(records: list[ImageRecord], skip_missing: bool) -> list[ImageRecord]:
+    """Images whose slide is a local file that exists; the others are an error listing each
+    name and expected path, or skipped with a warning under ``--skip-missing``."""
+    missing = [r for r in records if r.slide is None or not r.slide.is_file()]
+    if missing and not skip_missing:
+        lines = "; ".join(f"{r.name!r} expects {r.slide or 'a non-local image'}" for r in missing)
+        raise ProjectError(
+            f"{len(missing)} slide(s) not found: {lines}. Fix the paths in QuPath (File > "
+            "Project > Check URIs) or pass --skip-missing to go on without them."
+        )
+    for r in missing:
+        log.warning("skipping %r: slide not found at %s", r.name, r.slide)
+    return [r for r in records if r not in missing]
+
+
+def gather_inputs(
+    records: list[ImageRecord],
+    objects: dict[str, list[QuPathObject]],
+    classes: ClassNames,
+    mpp: float | None,
+) -> tuple[list[SlideInput], list[ImageRecord], list[ImageInputs]]:
+    """SlideInputs for the images that have coarse annotations; the others are skipped."""
+    items, used, sorted_ = [], [], []
+    seen: set[str] = set()
+    for r in records:
+        inp = sort_objects(objects[r.id], classes)
+        seen |= inp.classes
+        if inp.coarse is None or inp.coarse.is_empty:
+            log.warning("skipping %r: no %r annotation", r.name, classes.coarse)
+            continue
+        size = (r.width, r.height) if r.width and r.height else None
+        item = SlideInput(
+            path=r.slide,
+            coarse=inp.coarse,
+            negative=inp.negative,
+            mpp=mpp or r.pixel_um,
+            name=r.name,
+            qupath_size=size,
+        )
+        with open_slide(item) as s:
+            item.coarse = clip_to_frame(item.coarse, s.width, s.height, r.name)
+        items.append(item)
+        used.append(r)
+        sorted_.append(inp)
+    if not items:
+        listing = ", ".join(sorted(seen)) or "none"
+        raise AnnotationError(
+            f"No image has an annotation of class {classes.coarse!r}. Annotation classes in the "
+            f"project: {listing}. Pass --class with one of them."
+        )
+    return items, used, sorted_
+
+
+def _polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
+    if geom is None or geom.is_empty:
+        return []
+    if geom.geom_type == "Polygon":
+        return [geom]
+    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
+
+
+def refine_project(
+    project: Path,
+    options: ProjectOptions,
+    settings: RefineSettings,
+    classes: ClassNames | None = None,
+    progress: bool | ProgressFactory = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the whole project command; returns the report (also written as JSON)."""
+    classes = classes or ClassNames()
+    say = on_stage or log.info
+    pfile = project_file(project)
+    export = read_export(options.from_export) if options.from_export else None
+    if export is not None:
+        records = export.images
+        objects_of = {r.id: read_objects(r.geojson) for r in records}
+    else:
+        with open_project(pfile, write=False) as qp:
+            records = list_images(qp, pfile)
+            chosen = select_images(records, options.images)
+            objects_of = {r.id: read_image_objects(qp, r.id) for r in chosen}
+    records = select_images(records, options.images)
+    records = check_slides(records, options.skip_missing)
+    items, used, inputs = gather_inputs(records, objects_of, classes, options.mpp)
+
+    if options.dry_run:
+        plans = plan(items, settings)
+        rows = [
+            {
+                "image": p.name,
+                "patches": p.patches,
+                "inside": p.inside,
+                "hard_negative": p.negative,
+                "coarse_mm2": round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),
+                "mpp": round(p.mpp, 4),
+            }
+            for p, it in zip(plans, items, strict=True)
+        ]
+        return {"dry_run": True, "images": rows}
+
+    t0 = time.perf_counter()
+    result = refine(items, settings, progress=progress, on_stage=on_stage)
+    shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
+
+    results_dir = work_dir(pfile) / "results"
+    stamp = timestamp()
+    manifest_images, rows, errors = [], [], []
+    write_paquo = not options.geojson_only and any(not r.live for r in used)
+    ctx = open_project(pfile, write=True) if write_paquo else None
+    qp = ctx.__enter__() if ctx is not None else None
+    try:
+        for r, inp, res in zip(used, inputs, result.slides, strict=True):
+            regions = res.regions
+            if inp.keep is not None:
+                regions = regions.difference(inp.keep)
+            polys = _polygons(regions)
+            feats = refined_features(
+                shapely.MultiPolygon(polys),
+                res.grid.xy if options.tiles else None,
+                res.grid.size,
+                res.proba if options.tiles else None,
+                classes.coarse,
+                classes.refined,
+                REFINED_COLOR,
+                mpp=res.info.mpp,
+            )
+            gj = write_features(results_dir / f"{r.id}.geojson", feats)
+            written, error = False, None
+            if qp is not None and not r.live:
+                say(f"writing {r.name}")
+                tiles = []
+                if options.tiles:
+                    tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
+                try:
+                    rep = write_refined(
+                        qp, pfile, r.id, polys, tiles, classes.coarse, REFINED_COLOR, stamp
+                    )
+                    written = True
+                    log.info(
+                        "%s: replaced %d refined objects by %d (backup: %s)",
+                        r.name,
+                        rep.removed,
+                        rep.added,
+                        rep.backup,
+                    )
+                except RefineError as e:
+                    error = str(e)
+                    errors.append(error)
+                    log.error("%s", error)
+            um2 = res.info.mpp**2
+            rows.append(
+                {
+                    "image": r.name,
+                    "patches": len(res.grid),
+                    "coarse_mm2": round(shapely.area(inp.coarse) * um2 / 1e6, 4),
+                    "refined_mm2": round(shapely.area(regions) * um2 / 1e6, 4),
+                    "relabelled": round(res.relabelled_share, 4),
+                    "seconds": round(res.seconds + shared / len(used), 1),
+                    "written": "project" if written else ("live" if r.live else "geojson"),
+                }
+            )
+            entry = {
+                "id": r.id,
+                "name": r.name,
+                "geojson": gj.name,
+                "written_by_paquo": written,
+                "refined_class": classes.refined,
+            }
+            if error:
+                entry["error"] = error
+            manifest_images.append(entry)
+        if qp is not None and any(e["written_by_paquo"] for e in manifest_images):
+            save_project(qp)
+            prune_backups(pfile, keep=BACKUPS_KEPT)
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+    manifest = {
+        "format": RESULTS_FORMAT,
+        "version": 1,
+        "export_created": export.created if export else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images": manifest_images,
+    }
+    write_json(results_dir / "manifest.json", manifest)
+    report = {
+        "images": rows,
+        "timings": {k: round(v, 2) for k, v in result.timings.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+        "results": str(results_dir),
+        "backup": str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
+        "errors": errors,
+    }
+    write_json(results_dir / "summary.json", report)
+    if errors:
+        raise ProjectError(
+            f"{len(errors)} image(s) could not be written (each was restored from its backup): "
+            + " | ".join(errors)
+        )
+    return report
