@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -73,12 +74,13 @@ def work_dir(project: Path) -> Path:
 
 
 def version_tuple(v: str | None) -> tuple[int, ...]:
+    """``"0.6.0-rc2"`` -> (0, 6, 0): numeric release parts only, for comparisons."""
     parts = []
-    for piece in (v or "0").replace("-", ".").split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
+    for piece in (v or "0").split("-")[0].split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
             break
-        parts.append(int(digits))
+        parts.append(int(m.group()))
     return tuple(parts)
 
 
