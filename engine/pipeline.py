@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
-from engine.classifier import ClassifierSettings, PatchClassifier
+from engine.classifier import ClassifierSettings, cross_fit_proba
 from engine.encoders import Encoder, build_encoder
 from engine.errors import TissueError, TrainingDataError
 from engine.features import (
@@ -32,7 +32,12 @@ from engine.features import (
 from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
-from engine.regions import RegionSettings, regions_from_probabilities
+from engine.regions import (
+    RegionSettings,
+    edit_outline,
+    refined_labels,
+    regions_from_probabilities,
+)
 from engine.slide import Slide, SlideInfo
 
 log = logging.getLogger("qupath_refine")
@@ -89,13 +94,10 @@ class SlideResult:
     hard_negative: npt.NDArray[np.bool_]
     pseudo: npt.NDArray[np.int8]
     proba: npt.NDArray[np.float32]
+    refined: npt.NDArray[np.int8]  # the final label of each patch
     regions: shapely.Geometry
     cached: bool
     seconds: float  # reading and embedding this slide (shared stages not included)
-
-    @property
-    def refined(self) -> npt.NDArray[np.int8]:
-        return (self.proba >= 0.5).astype(np.int8)
 
     @property
     def relabelled_share(self) -> float:
@@ -108,7 +110,6 @@ class RefineResult:
     slides: list[SlideResult]
     prototypes: LocalGlobalPrototypes
     pseudo: PseudoLabels
-    classifier: PatchClassifier
     timings: dict[str, float]
 
 
@@ -218,6 +219,9 @@ def embed_slide(
             timings=timings,
         )
     store_cached(settings.cache_dir or default_cache_dir(), d.key, d.grid, d.features)
+    # The cache keeps float16: use exactly what a later run reads back, so a first run and a
+    # re-run from the cache give the same result.
+    d.features = d.features.astype(np.float16).astype(np.float32)
     d.seconds += time.perf_counter() - t0
 
 
@@ -285,10 +289,12 @@ def refine(
 
     say("classifier")
     t0 = time.perf_counter()
-    clf = PatchClassifier(settings.classifier).fit(
-        all_feats, pl.labels, fixed_negative=np.concatenate(hard_neg)
+    groups = np.concatenate(
+        [spatial_groups(d.grid, k, settings.classifier.cross_fit_block) for k, d in enumerate(data)]
     )
-    proba = clf.predict_proba(all_feats)
+    proba = cross_fit_proba(
+        all_feats, pl.labels, groups, settings.classifier, np.concatenate(hard_neg)
+    )
     proba[np.concatenate(hard_neg)] = 0.0
     timings["train"] = time.perf_counter() - t0
 
@@ -299,9 +305,7 @@ def refine(
     for item, d, c, hn in zip(items, data, coarse, hard_neg, strict=True):
         n = len(d.grid)
         p = proba[start : start + n]
-        regions = regions_from_probabilities(
-            d.grid, p, d.info.mpp, settings.regions, frame=(d.info.width, d.info.height)
-        )
+        regions = slide_regions(item, d, c, p, settings.regions)
         if item.negative is not None and not item.negative.is_empty:
             regions = regions.difference(item.negative)
         results.append(
@@ -313,6 +317,7 @@ def refine(
                 hard_negative=hn,
                 pseudo=pl.labels[start : start + n],
                 proba=p,
+                refined=refined_labels(c, p, settings.regions),
                 regions=regions,
                 cached=d.cached,
                 seconds=d.seconds,
@@ -320,4 +325,23 @@ def refine(
         )
         start += n
     timings["regions"] = time.perf_counter() - t0
-    return RefineResult(results, protos, pl, clf, timings)
+    return RefineResult(results, protos, pl, timings)
+
+
+def spatial_groups(grid: PatchGrid, slide: int, block: int) -> npt.NDArray[np.int64]:
+    """A group id per patch: its slide and its ``block`` x ``block`` patch block."""
+    bi = grid.ij // max(1, block)
+    return (slide * 1_000_000 + bi[:, 1] * 1000 + bi[:, 0]).astype(np.int64)
+
+
+def slide_regions(
+    item: SlideInput,
+    d: SlideFeatures,
+    coarse: npt.NDArray[np.int8],
+    proba: npt.NDArray[np.float32],
+    settings: RegionSettings,
+) -> shapely.Geometry:
+    frame = (d.info.width, d.info.height)
+    if settings.mode == "edit":
+        return edit_outline(item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame)
+    return regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)

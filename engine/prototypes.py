@@ -28,8 +28,8 @@ class PrototypeSettings:
     """``n_local`` prototypes per slide, ``n_global`` for the cohort, ``n_components`` PCA
     dimensions before clustering (None: no projection)."""
 
-    n_local: int = 16
-    n_global: int = 8
+    n_local: int = 32
+    n_global: int = 16
     n_components: int | None = 32
     random_state: int = 0
 
@@ -39,8 +39,8 @@ class LocalGlobalPrototypes:
 
     def __init__(
         self,
-        n_local: int = 16,
-        n_global: int = 8,
+        n_local: int = 32,
+        n_global: int = 16,
         n_components: int | None = 32,
         random_state: int = 0,
     ) -> None:

@@ -6,16 +6,24 @@ the prototypes that "dominate" the inside distribution the major-class prototype
 leaves the rule open. Ours, explicit and configurable:
 
 * **major rule**: k is in G+ when it holds at least ``min_share`` of all inside patches *and*
-  at least ``min_purity`` of its own members lie inside (``purity_k = inside_k / members_k``).
-  The share test keeps rare patterns out; the purity test rejects patterns the annotation
-  merely brushes, e.g. stroma that runs across its border. If no prototype passes, the one
-  with the highest purity among those passing the share test is taken alone (a warning is
+  is enriched inside: ``purity_k = inside_k / members_k`` is at least ``min_enrichment``
+  times the cohort's base rate (the share of all patches inside). The share test keeps rare
+  patterns out; the enrichment test rejects patterns the annotation merely brushes, e.g.
+  stroma that runs across its border. Enrichment, not an absolute purity, because tumour is
+  a small share of most slides: on the region benchmark no prototype had half its patches
+  inside, and an absolute 50% rule relabelled most true tumour as normal (pseudo-label
+  accuracy -0.08 to -0.10 against the coarse labels; the relative rule +0.02 to +0.05 on
+  GlaS and -0.01 to +0.01 at region level, 32 local / 16 global prototypes). If no prototype
+  passes, the most enriched among those passing the share test is taken alone (a warning is
   recorded), so a cohort always has a positive pattern.
 * **inside patches** on G+ are positive; inside patches on other prototypes are the
   over-included normal tissue and become negative (``relabel_inside``).
 * **outside patches** become positive when ``max_{g in G+} cos(z, g) > tau`` (eq. 4). ``tau``
   is a cosine in the standardised feature space (see :mod:`engine.prototypes`); ``None``
-  switches outside relabelling off. ``"auto"`` (default) sets tau from the data: the
+  (the default) switches outside relabelling off: on the real-tissue benchmark it added more
+  false than true tumour at every noise level, and missed tumour outside the outline is found
+  by the cross-fitted classifier instead (:mod:`engine.classifier`). ``"auto"`` sets tau from
+  the data: the
   ``tau_quantile`` quantile of the same similarity over the inside patches on G+, so an
   outside patch turns positive only when it is at least as typical of the tumour patterns as
   (1 - ``tau_quantile``) of the patches that define them; a fixed cosine would mean different
@@ -33,9 +41,9 @@ import numpy.typing as npt
 
 @dataclass(frozen=True)
 class PseudoLabelSettings:
-    min_share: float = 0.05
-    min_purity: float = 0.5
-    tau: float | str | None = "auto"
+    min_share: float = 0.02
+    min_enrichment: float = 1.0
+    tau: float | str | None = None
     tau_quantile: float = 0.25
     tau_floor: float = 0.3
     relabel_inside: bool = True
@@ -65,10 +73,10 @@ def major_prototypes(
     assignment: npt.NDArray[np.integer],
     coarse: npt.NDArray[np.integer],
     n_prototypes: int,
-    min_share: float = 0.05,
-    min_purity: float = 0.5,
+    min_share: float = 0.02,
+    min_enrichment: float = 1.0,
 ) -> tuple[npt.NDArray[np.bool_], list[str]]:
-    """G+ by the share-and-purity rule; returns the mask and any warnings."""
+    """G+ by the share-and-enrichment rule; returns the mask and any warnings."""
     inside = np.bincount(assignment[coarse == 1], minlength=n_prototypes)
     members = np.bincount(assignment, minlength=n_prototypes)
     total_inside = inside.sum()
@@ -76,14 +84,16 @@ def major_prototypes(
         return np.zeros(n_prototypes, dtype=bool), ["no patch lies inside the coarse annotation"]
     share = inside / total_inside
     purity = np.divide(inside, members, out=np.zeros(n_prototypes), where=members > 0)
-    major = (share >= min_share) & (purity >= min_purity)
+    base = total_inside / max(1, len(assignment))
+    need = min(1.0, min_enrichment * base)
+    major = (share >= min_share) & (purity >= need)
     warnings: list[str] = []
     if not major.any():
         candidates = np.where(share >= min_share, purity, -1.0)
         best = int(np.argmax(candidates))
         major[best] = True
         warnings.append(
-            f"no prototype has {min_purity:.0%} of its patches inside the coarse annotation; "
+            f"no prototype has {need:.0%} of its patches inside the coarse annotation; "
             f"using the most enriched one alone ({purity[best]:.0%} inside)"
         )
     return major, warnings
@@ -120,7 +130,7 @@ def pseudo_labels(
     coarse = np.asarray(coarse).astype(np.int8)
     assignment = np.argmax(similarity, axis=1)
     major, warnings = major_prototypes(
-        assignment, coarse, k, settings.min_share, settings.min_purity
+        assignment, coarse, k, settings.min_share, settings.min_enrichment
     )
     on_major = major[assignment]
     labels = coarse.copy()

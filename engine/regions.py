@@ -10,7 +10,7 @@ closing and opening.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -24,10 +24,25 @@ from engine.patches import PatchGrid
 
 @dataclass(frozen=True)
 class RegionSettings:
-    """``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes
-    (None: half a patch's area, so one lone positive patch, traced as a diamond, survives);
-    ``smooth`` is the closing/opening radius in lattice cells."""
+    """How the result is drawn.
 
+    ``mode="edit"`` (default): the coarse outline itself, changed only where the classifier is
+    confident: tissue outside it with probability above ``add_above`` is added, tissue inside
+    it below ``remove_below`` is cut out. ``mode="replace"``: the paper's step 8, regions from
+    the probabilities alone, thresholded at ``threshold``. Decided on the real-tissue
+    benchmark: re-drawing everything on the patch lattice alone cost up to 0.04 Dice where the
+    coarse outline was already good (gland-level GlaS, mild noise: 0.83 -> 0.79 with perfect
+    coarse patch labels), and the features cannot tell every patch right; editing keeps the
+    pathologist's line wherever the evidence is weak.
+
+    ``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes
+    (None: half a patch's area, so one lone positive patch, traced as a diamond, survives);
+    ``smooth`` is the closing/opening radius in lattice cells.
+    """
+
+    mode: str = "edit"
+    add_above: float = 0.8
+    remove_below: float = 0.05
     threshold: float = 0.5
     min_area_um2: float | None = None
     min_hole_um2: float | None = None
@@ -152,3 +167,44 @@ def regions_from_probabilities(
         geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
     # Cleaning again after smoothing: the opening can split thin necks into small pieces.
     return clean(shapely.make_valid(geom), min_area, min_hole)
+
+
+def refined_labels(
+    coarse: npt.NDArray[np.integer], proba: npt.NDArray[np.floating], settings: RegionSettings
+) -> npt.NDArray[np.int8]:
+    """The final label of each patch under ``settings.mode``."""
+    proba = np.asarray(proba)
+    if settings.mode == "replace":
+        return (proba >= settings.threshold).astype(np.int8)
+    if settings.mode != "edit":
+        raise ValueError(f"region mode is 'edit' or 'replace', not {settings.mode!r}")
+    c = np.asarray(coarse).astype(bool)
+    keep = c & (proba >= settings.remove_below)
+    add = ~c & (proba > settings.add_above)
+    return (keep | add).astype(np.int8)
+
+
+def edit_outline(
+    coarse: shapely.Geometry,
+    grid: PatchGrid,
+    proba: npt.NDArray[np.floating],
+    coarse_labels: npt.NDArray[np.integer],
+    mpp: float,
+    settings: RegionSettings = RegionSettings(),
+    frame: tuple[int, int] | None = None,
+) -> MultiPolygon:
+    """The coarse outline minus confidently normal regions inside it, plus confidently
+    tumour regions outside it; both traced like :func:`regions_from_probabilities`."""
+    c = np.asarray(coarse_labels).astype(bool)
+    proba = np.asarray(proba)
+    mask_settings = replace(settings, threshold=0.5)
+    geom = coarse if coarse is not None else Polygon()
+    remove = (c & (proba < settings.remove_below)).astype(np.float32)
+    if remove.any():
+        geom = geom.difference(regions_from_probabilities(grid, remove, mpp, mask_settings))
+    add = (~c & (proba > settings.add_above)).astype(np.float32)
+    if add.any():
+        geom = geom.union(regions_from_probabilities(grid, add, mpp, mask_settings))
+    if frame is not None:
+        geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
+    return MultiPolygon(_polygons(shapely.make_valid(geom)))

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.classifier import ClassifierSettings, PatchClassifier, balanced_batch, focal_loss
+from engine.classifier import (
+    ClassifierSettings,
+    PatchClassifier,
+    balanced_batch,
+    cross_fit_proba,
+    focal_loss,
+    spatial_folds,
+)
 from engine.errors import TrainingDataError
 
 
@@ -74,3 +81,31 @@ def test_too_few_patches():
     y = np.array([1] * 3 + [0] * 27)
     with pytest.raises(TrainingDataError, match="3 labelled tumour and 27 not"):
         PatchClassifier().fit(x, y)
+
+
+def test_cross_fitting_scores_patches_with_models_that_did_not_see_them():
+    """A transductive model repeats the noisy labels it trained on; out-of-fold scores do not,
+    which is what lets the pipeline find tumour outside the coarse outline."""
+    x, truth, noisy = _noisy_data(seed=5, n=1500, noise=0.15)
+    groups = np.arange(1500) // 10  # blocks of 10 neighbouring patches
+    s = ClassifierSettings(iterations=150, cross_fit_folds=5)
+    oof = cross_fit_proba(x, noisy, groups, s)
+    trans = cross_fit_proba(x, noisy, groups, ClassifierSettings(iterations=150, cross_fit_folds=0))
+    flipped = noisy != truth
+    # On the mislabelled patches, out-of-fold scores side with the truth more often.
+    agree_oof = ((oof[flipped] >= 0.5) == truth[flipped]).mean()
+    agree_trans = ((trans[flipped] >= 0.5) == truth[flipped]).mean()
+    assert agree_oof > agree_trans
+    np.testing.assert_array_equal(oof, cross_fit_proba(x, noisy, groups, s))  # seeded
+
+
+def test_spatial_folds_keep_blocks_together():
+    groups = np.repeat(np.arange(20), 7)
+    f = spatial_folds(groups, 5, seed=0)
+    for g in range(20):
+        assert len(set(f[groups == g])) == 1
+    assert sorted(set(f)) == [0, 1, 2, 3, 4]
+    # Too few blocks for the folds: one transductive model instead of failing.
+    x, _, y = _noisy_data(n=200)
+    p = cross_fit_proba(x, y, np.zeros(200, np.int64), ClassifierSettings(iterations=20))
+    assert p.shape == (200,)

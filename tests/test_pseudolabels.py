@@ -15,14 +15,26 @@ def _onehot_sim(assign, k, other=0.0):
     return sim
 
 
-def test_major_rule_share_and_purity():
+def test_major_rule_share_and_enrichment():
     # Prototype 0: 40 inside, 5 outside (tumour). 1: 8 inside, 60 outside (stroma the outline
-    # brushes). 2: 2 inside of 2 (rare, below min_share).
+    # brushes). 2: 2 inside of 2 (rare, below min_share). Base rate 50/115 inside.
     assign = np.array([0] * 45 + [1] * 68 + [2] * 2)
     coarse = np.array([1] * 40 + [0] * 5 + [1] * 8 + [0] * 60 + [1] * 2)
-    major, warn = major_prototypes(assign, coarse, 3, min_share=0.05, min_purity=0.5)
+    major, warn = major_prototypes(assign, coarse, 3, min_share=0.05, min_enrichment=1.0)
     assert major.tolist() == [True, False, False]
     assert warn == []
+
+
+def test_enrichment_is_relative_to_the_base_rate():
+    """Tumour is 10% of the slide: a pattern 30% inside is enriched 3x though under half."""
+    assign = np.array([0] * 100 + [1] * 900)
+    coarse = np.zeros(1000, int)
+    coarse[:30] = 1  # 30 of prototype 0's 100 patches inside
+    coarse[100:170] = 1  # 70 of prototype 1's 900 (7.8%: below the 10% base rate)
+    major, _ = major_prototypes(assign, coarse, 2, min_share=0.05, min_enrichment=1.0)
+    assert major.tolist() == [True, False]
+    major, _ = major_prototypes(assign, coarse, 2, min_share=0.05, min_enrichment=0.5)
+    assert major.tolist() == [True, True]
 
 
 def test_every_inside_patch_on_one_prototype():
@@ -35,18 +47,18 @@ def test_every_inside_patch_on_one_prototype():
 
 
 def test_prototype_shared_by_inside_and_outside():
-    # Exactly half of prototype 0's patches are inside: purity 0.5 passes (>=) ...
+    # Half of prototype 0's patches are inside, base rate 0.25: enrichment 2 passes (>=) ...
     assign = np.array([0] * 40 + [1] * 40)
     coarse = np.array([1] * 20 + [0] * 20 + [0] * 40)
-    pl = pseudo_labels(_onehot_sim(assign, 2, 0.2), coarse, PseudoLabelSettings(tau=0.9))
+    s = PseudoLabelSettings(min_enrichment=2.0, tau=0.9)
+    pl = pseudo_labels(_onehot_sim(assign, 2, 0.2), coarse, s)
     assert pl.major.tolist() == [True, False]
     # ... and its outside members are similar enough (1.0 > tau) to become tumour.
     assert pl.labels[:40].tolist() == [1] * 40
     assert pl.n_flipped_in == 20
-    # ... at purity 0.6 it does not pass, and the fallback takes it alone with a warning.
-    pl = pseudo_labels(
-        _onehot_sim(assign, 2, 0.2), coarse, PseudoLabelSettings(min_purity=0.6, tau=None)
-    )
+    # ... at enrichment 2.5 it does not pass, and the fallback takes it alone with a warning.
+    s = PseudoLabelSettings(min_enrichment=2.5, tau=None)
+    pl = pseudo_labels(_onehot_sim(assign, 2, 0.2), coarse, s)
     assert pl.major.tolist() == [True, False]
     assert pl.warnings and "most enriched" in pl.warnings[0]
 
@@ -95,7 +107,9 @@ def test_auto_tau_from_inside_patches():
     assert pl.tau == pytest.approx(np.quantile(inside, 0.25), rel=1e-5)
     assert pl.n_flipped_in == int((outside * 0.99 > pl.tau).sum()) > 0
     # The floor keeps a loose cohort from relabelling everything.
-    floor = pseudo_labels(sim, coarse, PseudoLabelSettings(tau_quantile=0.0, tau_floor=0.9))
+    floor = pseudo_labels(
+        sim, coarse, PseudoLabelSettings(tau="auto", tau_quantile=0.0, tau_floor=0.9)
+    )
     assert floor.tau == 0.9
     with pytest.raises(ValueError):
         pseudo_labels(sim, coarse, PseudoLabelSettings(tau="sometimes"))

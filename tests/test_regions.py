@@ -11,7 +11,9 @@ from engine.regions import (
     RegionSettings,
     cell_probabilities,
     clean,
+    edit_outline,
     mask_to_polygons,
+    refined_labels,
     regions_from_probabilities,
 )
 
@@ -83,3 +85,25 @@ def test_overlapping_grid_gives_finer_boundaries():
     assert cells[5, 7] == pytest.approx(1.0)
     regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(threshold=0.75, smooth=0.0))
     assert regions.bounds[0] == pytest.approx(350)
+
+
+def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
+    grid = _grid()
+    coarse = shapely.Point(500, 500).buffer(320)  # a smooth hand-drawn outline
+    c = (shapely.contains_xy(coarse, grid.xy[:, 0] + 50, grid.xy[:, 1] + 50)).astype(np.int8)
+    p = np.where(c == 1, 0.6, 0.3).astype(np.float32)  # unsure everywhere
+    p[(grid.ij == [9, 9]).all(1)] = 0.95  # confident tumour far outside
+    p[(grid.ij == [5, 5]).all(1)] = 0.01  # confident normal inside
+    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0)
+    out = edit_outline(coarse, grid, p, c, 1.0, s)
+    # The coarse outline survives exactly where nothing was confident ...
+    assert out.boundary.distance(shapely.Point(500, 180)) < 1e-6
+    # ... the confident inside patch is cut out and the outside one added.
+    assert not out.contains(shapely.Point(550, 550))
+    assert out.contains(shapely.Point(950, 950))
+    labels = refined_labels(c, p, s)
+    assert labels.sum() == c.sum() - 1 + 1
+    replace = refined_labels(c, p, RegionSettings(mode="replace"))
+    np.testing.assert_array_equal(replace, (p >= 0.5).astype(np.int8))
+    with pytest.raises(ValueError):
+        refined_labels(c, p, RegionSettings(mode="paint"))
