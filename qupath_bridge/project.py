@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,9 +175,31 @@ def summary_object_count(project: Path, entry_id: str) -> int | None:
 # --- paquo ------------------------------------------------------------------------------
 
 
+MAIN_THREAD_STACK = "-Xss8m"
+
+
+def _jvm_stack() -> None:
+    """Before paquo starts the JVM: give Python's main thread its usual 8 MB of stack.
+
+    The JVM, started in-process by JPype, caps the main thread's stack at ``-Xss`` (1 MB by
+    default) with guard pages; native code that needs more there, e.g. OpenBLAS's parallel LU
+    in the PCA of the prototypes on a few thousand patches, then dies with a segfault. A
+    ``-Xss`` the user set (``java_opts`` in paquo's settings) is kept.
+    """
+    if "paquo.java" in sys.modules:
+        return
+    from paquo._config import settings
+
+    opts = settings.get("java_opts") or []
+    opts = shlex.split(opts) if isinstance(opts, str) else [str(o) for o in opts]
+    if not any(o.startswith("-Xss") for o in opts):
+        settings.set("java_opts", [*opts, MAIN_THREAD_STACK])
+
+
 def _paquo():
     """Import paquo's project API, turning 'no QuPath' into one clear line."""
     try:
+        _jvm_stack()
         import paquo.java as pj
         from paquo.classes import QuPathPathClass
         from paquo.pathobjects import QuPathPathDetectionObject, QuPathPathTileObject
@@ -190,6 +214,20 @@ def qupath_version() -> str:
     return str(pj.qupath_version)
 
 
+def check_version(pfile: Path, theirs: str | None = None) -> None:
+    """Refuse a project written by a newer QuPath than paquo's: writing would stamp the older
+    version on it. ``theirs`` defaults to the version in project.qpproj."""
+    if theirs is None:
+        theirs = json.loads(pfile.read_text(encoding="utf-8")).get("version")
+    ours = qupath_version()
+    if version_tuple(theirs) > version_tuple(ours):
+        raise ProjectError(
+            f"{pfile.name} was written by QuPath {theirs}, newer than the QuPath {ours} paquo "
+            "uses; writing would stamp the older version on it. Point PAQUO_QUPATH_DIR at "
+            f"QuPath {theirs} or newer, or use the menu script from QuPath itself."
+        )
+
+
 @contextmanager
 def open_project(path: Path, write: bool) -> Iterator[Any]:
     """A paquo project, read-only or read-write; never saved implicitly (we save per image)."""
@@ -200,13 +238,7 @@ def open_project(path: Path, write: bool) -> Iterator[Any]:
     except Exception as e:  # paquo/Java raise many kinds for a damaged project
         raise ProjectError(f"QuPath cannot open {pfile}: {e}") from None
     if write:
-        ours, theirs = qupath_version(), qp.version
-        if version_tuple(theirs) > version_tuple(ours):
-            raise ProjectError(
-                f"{pfile.name} was written by QuPath {theirs}, newer than the QuPath {ours} paquo "
-                "uses; writing would stamp the older version on it. Point PAQUO_QUPATH_DIR at "
-                f"QuPath {theirs} or newer, or use the menu script from QuPath itself."
-            )
+        check_version(pfile, qp.version)
     try:
         yield qp
     finally:

@@ -26,6 +26,7 @@ import shapely
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
 from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
+from engine.regions import clean
 from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, ProjectError, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
@@ -36,6 +37,7 @@ from qupath_bridge.geojson_io import (
     write_features,
 )
 from qupath_bridge.project import (
+    check_version,
     list_images,
     open_project,
     project_file,
@@ -215,6 +217,10 @@ def refine_project(
         ]
         return {"dry_run": True, "images": rows}
 
+    write_paquo = not options.geojson_only and any(not r.live for r in used)
+    if write_paquo:
+        check_version(pfile)  # no QuPath, or too old: say so now, not after embedding
+
     t0 = time.perf_counter()
     result = refine(items, settings, progress=progress, on_stage=on_stage)
     shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
@@ -222,14 +228,17 @@ def refine_project(
     results_dir = work_dir(pfile) / "results"
     stamp = timestamp()
     manifest_images, rows, errors = [], [], []
-    write_paquo = not options.geojson_only and any(not r.live for r in used)
     ctx = open_project(pfile, write=True) if write_paquo else None
     qp = ctx.__enter__() if ctx is not None else None
     try:
         for r, inp, res in zip(used, inputs, result.slides, strict=True):
             regions = res.regions
             if inp.keep is not None:
-                regions = regions.difference(inp.keep)
+                # QuPath rounds the kept outlines to 0.01 px, so cutting them out leaves
+                # zero-area slivers along their borders: drop pieces under half a patch (the
+                # engine's own smallest region).
+                cut = shapely.make_valid(regions.difference(inp.keep))
+                regions = clean(cut, res.grid.size**2 / 2, 0.0)
             polys = _polygons(regions)
             feats = refined_features(
                 shapely.MultiPolygon(polys),
