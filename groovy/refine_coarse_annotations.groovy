@@ -220,8 +220,13 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
         boolean live = liveId != null && id == liveId
         def hierarchy = live ? liveImageData.getHierarchy() : entry.readHierarchy()
         def annotations = hierarchy.getAnnotationObjects()
+        // Refined detections the user locked are kept by Python: new regions are cut around them
+        String refined = "${COARSE_CLASS}: refined"
+        def kept = hierarchy.getDetectionObjects().findAll { o ->
+            o.isLocked() && !o.isTile() && o.getPathClass() != null && o.getPathClass().toString() == refined
+        }
         File geojson = new File(imagesDir, "${id}.geojson")
-        exportObjectsToGeoJson(annotations, geojson.absolutePath, 'FEATURE_COLLECTION')
+        exportObjectsToGeoJson(annotations + kept, geojson.absolutePath, 'FEATURE_COLLECTION')
         Map md = metadata(entry, live ? liveImageData : null, projectFile)
         images << [name          : entry.getImageName(),
                    id            : id,
@@ -232,7 +237,8 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
                    width         : md.width,
                    height        : md.height,
                    open_in_gui   : live]
-        LOG.info('Exported {} annotation(s) of {}{}', annotations.size(), entry.getImageName(),
+        LOG.info('Exported {} annotation(s) and {} locked refined detection(s) of {}{}', annotations.size(),
+                kept.size(), entry.getImageName(),
                 live ? ' (open image, live)' : '')
     }
     Map manifest = [format        : 'qupath-refine-export',
@@ -357,7 +363,12 @@ Thread pump(InputStream stream, boolean isErr, List<String> lastErr) {
                     if (lastErr.size() > 50) {
                         lastErr.remove(0)
                     }
-                    LOG.warn('[qupath-refine] {}', line)
+                    // qupath-refine writes progress to stderr too; only its problems are warnings
+                    if (line.startsWith('error:') || line.startsWith('warning:')) {
+                        LOG.warn('[qupath-refine] {}', line)
+                    } else {
+                        LOG.info('[qupath-refine] {}', line)
+                    }
                 } else {
                     LOG.info('[qupath-refine] {}', line)
                 }

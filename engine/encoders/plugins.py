@@ -1,7 +1,8 @@
 """Encoders for models a user holds on their own machine, addressed by local path only.
 
 Nothing here downloads anything: every loader is given a file or folder, and a missing
-package or file is an :class:`~engine.errors.EncoderError` saying what to install or fix.
+package or file is an :class:`~engine.errors.EncoderError` saying what to install or fix
+(the path is checked first: it is the more specific mistake).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class OnnxEncoder(Encoder):
     """``onnx:PATH``: an ONNX image model taking NCHW float32 with ImageNet normalisation."""
 
     def __init__(self, path: str, spec: str) -> None:
-        ort = _require_module("onnxruntime", "onnxruntime", spec)
         p = _require_path(path, "ONNX model", spec)
+        ort = _require_module("onnxruntime", "onnxruntime", spec)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(
             os.environ.get("QUPATH_REFINE_THREADS", os.cpu_count() or 1)
@@ -120,8 +121,8 @@ class TimmEncoder(TorchEncoder):
     """``timm:ARCH:WEIGHTS``: a timm architecture with a local weights file (e.g. UNI)."""
 
     def __init__(self, arch: str, weights: str, spec: str) -> None:
-        timm = _require_module("timm", "timm", spec)
         p = _require_path(weights, "weights", spec)
+        timm = _require_module("timm", "timm", spec)
         try:
             model = timm.create_model(arch, pretrained=False, num_classes=0)
         except Exception as e:
@@ -146,10 +147,10 @@ class ConchEncoder(TorchEncoder):
     input_px = 448
 
     def __init__(self, checkpoint: str, spec: str) -> None:
+        p = _require_path(checkpoint, "checkpoint", spec)
         mod = _require_module(
             "conch.open_clip_custom", "conch (git+https://github.com/mahmoodlab/CONCH)", spec
         )
-        p = _require_path(checkpoint, "checkpoint", spec)
         try:
             model, _ = mod.create_model_from_pretrained("conch_ViT-B-16", checkpoint_path=str(p))
         except Exception as e:
@@ -163,8 +164,8 @@ class HuggingFaceEncoder(TorchEncoder):
     """``hf:DIR``: a transformers vision model saved in a local folder (offline only)."""
 
     def __init__(self, folder: str, spec: str) -> None:
-        transformers = _require_module("transformers", "transformers", spec)
         p = _require_path(folder, "model", spec, folder=True)
+        transformers = _require_module("transformers", "transformers", spec)
         try:
             model = transformers.AutoModel.from_pretrained(str(p), local_files_only=True)
         except Exception as e:
