@@ -6,7 +6,16 @@ Stages, one module each: :mod:`~engine.slide` -> :mod:`~engine.patches` ->
 """
 
 from engine.errors import RefineError
-from engine.pipeline import RefineResult, RefineSettings, SlideInput, refine
 
 __all__ = ["RefineError", "RefineResult", "RefineSettings", "SlideInput", "refine"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The pipeline pulls in torch and scikit-learn (seconds); load it on first use only, so
+    # `qupath-refine --help` and bad-input errors stay instant.
+    if name in ("RefineResult", "RefineSettings", "SlideInput", "refine"):
+        from engine import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

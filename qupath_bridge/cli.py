@@ -8,12 +8,18 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
 from engine.errors import RefineError
+
+if TYPE_CHECKING:
+    from engine.pipeline import RefineSettings
+    from qupath_bridge.runner import ClassNames
 
 log = logging.getLogger("qupath_refine")
 
@@ -110,13 +116,40 @@ ENCODER_HELP = (
 )
 
 
-def _settings(encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp):
-    from dataclasses import replace
+@dataclass(frozen=True)
+class _Run:
+    """What the common options decide, for any command that refines."""
 
+    settings: RefineSettings
+    classes: ClassNames
+    mpp: float | None
+    progress: object
+
+
+def _run(
+    class_name,
+    negative_class,
+    encoder,
+    mpp,
+    target_mpp,
+    patch_um,
+    stride_um,
+    min_tissue,
+    context,
+    tau,
+    seed,
+    cache_dir,
+    quiet,
+    progress_lines,
+) -> _Run:
+    """The common options as settings; also sets up logging."""
+    # Imported here: torch and scikit-learn make `--help` slow when imported at the top.
     from engine.features import FeatureSettings
     from engine.patches import GridSettings
     from engine.pipeline import RefineSettings
+    from qupath_bridge.runner import ClassNames
 
+    _setup_logging(quiet)
     s = RefineSettings(
         grid=GridSettings(
             mpp=target_mpp, patch_um=patch_um, stride_um=stride_um, min_tissue=min_tissue
@@ -126,7 +159,8 @@ def _settings(encoder, patch_um, stride_um, min_tissue, context, tau, seed, cach
     ).with_seed(seed)
     if tau is not None:
         s = replace(s, pseudolabels=replace(s.pseudolabels, tau=_parse_tau(tau)))
-    return s
+    classes = ClassNames(class_name, negative_class or None)
+    return _Run(s, classes, mpp, _progress(quiet, progress_lines))
 
 
 def _parse_tau(text: str) -> float | str | None:
@@ -267,26 +301,7 @@ def common_options(fn):
 @click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
 @common_options
 @_friendly
-def slide_cmd(
-    slides,
-    coarse_files,
-    out_dir,
-    no_tiles,
-    class_name,
-    negative_class,
-    encoder,
-    mpp,
-    target_mpp,
-    patch_um,
-    stride_um,
-    min_tissue,
-    context,
-    tau,
-    seed,
-    cache_dir,
-    quiet,
-    progress_lines,
-):
+def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     """Refine the coarse annotations of one or more slides.
 
     Several slides in one run share the global prototypes and one classifier. Writes
@@ -294,21 +309,18 @@ def slide_cmd(
     SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
     File > Import objects.
     """
-    from qupath_bridge.runner import ClassNames, refine_slides
+    from qupath_bridge.runner import refine_slides
 
-    _setup_logging(quiet)
-    settings = _settings(
-        encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp
-    )
+    run = _run(**common)
     summary = refine_slides(
         list(slides),
         list(coarse_files),
         out_dir,
-        settings,
-        ClassNames(class_name, negative_class or None),
-        mpp,
+        run.settings,
+        run.classes,
+        run.mpp,
         tiles=not no_tiles,
-        progress=_progress(quiet, progress_lines),
+        progress=run.progress,
     )
     cols = ["slide", "patches", "coarse_mm2", "refined_mm2", "regions", "relabelled", "cached"]
     click.echo(_table(summary["slides"], cols))
@@ -345,27 +357,7 @@ def slide_cmd(
 @common_options
 @_friendly
 def project_cmd(
-    project,
-    images,
-    from_export,
-    dry_run,
-    skip_missing,
-    geojson_only,
-    no_tiles,
-    class_name,
-    negative_class,
-    encoder,
-    mpp,
-    target_mpp,
-    patch_um,
-    stride_um,
-    min_tissue,
-    context,
-    tau,
-    seed,
-    cache_dir,
-    quiet,
-    progress_lines,
+    project, images, from_export, dry_run, skip_missing, geojson_only, no_tiles, **common
 ):
     """Refine the coarse annotations of a QuPath project and write the result into it.
 
@@ -376,28 +368,18 @@ def project_cmd(
     QuPath menu script, which handles the open image itself.
     """
     from qupath_bridge.project_runner import ProjectOptions, refine_project
-    from qupath_bridge.runner import ClassNames
 
-    _setup_logging(quiet)
-    settings = _settings(
-        encoder, patch_um, stride_um, min_tissue, context, tau, seed, cache_dir, target_mpp
-    )
+    run = _run(**common)
     opts = ProjectOptions(
         images=tuple(images),
         from_export=from_export,
         dry_run=dry_run,
         skip_missing=skip_missing,
         geojson_only=geojson_only,
-        mpp=mpp,
+        mpp=run.mpp,
         tiles=not no_tiles,
     )
-    report = refine_project(
-        project,
-        opts,
-        settings,
-        ClassNames(class_name, negative_class or None),
-        progress=_progress(quiet, progress_lines),
-    )
+    report = refine_project(project, opts, run.settings, run.classes, progress=run.progress)
     if report.get("dry_run"):
         click.echo("dry run, nothing written:")
         click.echo(
