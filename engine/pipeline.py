@@ -1,8 +1,9 @@
 """The whole method over a cohort of slides, stage by stage.
 
 slide -> patches -> features -> prototypes -> pseudo-labels -> classifier -> regions.
-Several slides refined together share the global prototypes and one classifier, which is
-the paper's transductive setting: the model is trained on the slides it refines.
+Several slides refined together share the global prototypes and the classifier, which is
+the paper's transductive setting: the model is trained on the slides it refines (each patch
+scored by a model trained on the other cross-fitting folds, see :mod:`engine.classifier`).
 """
 
 from __future__ import annotations
@@ -253,6 +254,8 @@ def refine(
     """
     settings.grid.validate()
     settings.features.validate()
+    settings.pseudolabels.validate()
+    settings.regions.validate()
     say = on_stage or (lambda msg: log.info(msg))
     timings = dict.fromkeys(STAGES, 0.0)
     cache_dir = settings.cache_dir or default_cache_dir()

@@ -48,6 +48,12 @@ class RegionSettings:
     min_hole_um2: float | None = None
     smooth: float = 0.5
 
+    def validate(self) -> None:
+        if self.mode not in ("edit", "replace"):
+            raise ValueError(f"region mode is 'edit' or 'replace', not {self.mode!r}")
+        if not (0 <= self.remove_below <= 1 and 0 <= self.add_above <= 1):
+            raise ValueError("add_above and remove_below are probabilities between 0 and 1")
+
 
 def cell_probabilities(grid: PatchGrid, proba: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """Mean probability of the patches covering each stride-sized lattice cell; NaN where no
