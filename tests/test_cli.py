@@ -72,12 +72,17 @@ def test_slide_command_then_cached_rerun(demo_inputs, tmp_path, cache_dir):
     assert first["slides"][0]["cached"] is False
     assert first["slides"][0]["patches"] > 500
     assert (out / "demo.refined.geojson").is_file() and (out / "demo.overlay.png").is_file()
+    first_objects = read_objects(out / "demo.refined.geojson")
     # Second run (annotations unchanged or edited): nothing read or embedded again.
     r = run(*args)
     assert r.exit_code == 0, r.output
     second = json.loads((out / "summary.json").read_text())
     assert second["slides"][0]["cached"] is True
     assert second["timings"]["read"] == 0 and second["timings"]["embed"] == 0
+    # Same seed, same result: every region and every tile probability.
+    again = read_objects(out / "demo.refined.geojson")
+    assert [o.geometry.wkb for o in again] == [o.geometry.wkb for o in first_objects]
+    assert [o.measurements for o in again] == [o.measurements for o in first_objects]
     assert "relabelled" in r.output
     # evaluate: refined against truth, as JSON with the eight metrics.
     r = run(
