@@ -1,0 +1,350 @@
+"""The real-tissue benchmark, one command (issue 4):
+
+    python -m benchmarks.run --out benchmarks/results              # the full table (~30 min)
+    python -m benchmarks.run --out benchmarks/results --quick      # CI's quick mode (~1 min)
+
+Options: ``--seeds N`` (coarse-annotation seeds, default 5), ``--encoders lite0 ...``
+(default: all of ``benchmarks.harness.ENCODERS``), ``--encoder-seeds N`` (seeds for the
+non-default encoders; default 3), ``--benchmarks``, ``--levels``, ``--methods`` (also the
+``v-*`` variants of ``benchmarks.harness.VARIANTS``), ``--data`` (a folder laid out like
+``../shared/data``), ``--work`` (built slides and the feature cache; reused by later runs).
+Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.md`` (the tables that
+BENCHMARKS.md quotes); ``name`` is ``full`` or ``quick`` unless ``--name`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import harness as H
+from engine.metrics import METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+#: the headline table's columns
+HEADLINE = (
+    "coarse",
+    "ca",
+    "knn",
+    "lcmil",
+    "paper-rf",
+    "engine",
+    "oracle",
+    "ceiling",
+    "ceiling-insample",
+)
+LABELS = {
+    "coarse": "coarse",
+    "ca": "CA classifier",
+    "knn": "kNN cleaning",
+    "lcmil": "LCMIL-style",
+    "paper-ca": "paper: CA",
+    "paper-lp": "paper: +LP",
+    "paper-gp": "paper: +GP",
+    "paper-dds": "paper: +DDS",
+    "paper-rf": "paper literal (+RF)",
+    "engine": "**engine defaults**",
+    "oracle": "oracle (true patch labels)",
+    "ceiling": "ceiling (other slides)",
+    "ceiling-insample": "ceiling (in-sample)",
+}
+
+
+def config(args: argparse.Namespace) -> H.SuiteConfig:
+    pool = H.QUICK_BENCHMARKS if args.quick else H.BENCHMARKS
+    names = args.benchmarks or list(pool)
+    unknown = [b for b in names if b not in pool]
+    if unknown:
+        raise SystemExit(f"error: unknown benchmark(s) {unknown}; choose from {list(pool)}")
+    if args.quick:
+        levels = tuple(args.levels or ("severe", "mild"))
+        seeds = tuple(range(args.seeds or 1))
+        encoders = tuple(args.encoders or (H.DEFAULT_ENCODER,))
+        methods = tuple(args.methods or ("coarse", "ca", "engine"))
+    else:
+        levels = tuple(args.levels or H.NOISE_LEVELS)
+        seeds = tuple(range(args.seeds or 5))
+        encoders = tuple(args.encoders or H.ENCODERS)
+        methods = tuple(args.methods or H.MAIN_METHODS)
+    for e in encoders:
+        if e not in H.ENCODERS:
+            raise SystemExit(f"error: unknown encoder {e!r}; choose from {list(H.ENCODERS)}")
+    for m in methods:
+        if m not in H.METHODS:
+            raise SystemExit(f"error: unknown method {m!r}; choose from {list(H.METHODS)}")
+    # the non-default encoders run on 3 seeds unless told: keeps the full run near 30 min
+    n_enc = args.encoder_seeds or (len(seeds) if args.quick else min(3, len(seeds)))
+    enc_seeds = tuple(range(n_enc))
+    return H.SuiteConfig(
+        data_root=Path(args.data),
+        work=Path(args.work),
+        benchmarks={b: pool[b] for b in names},
+        levels=levels,
+        seeds=seeds,
+        encoders=encoders,
+        methods=methods,
+        encoder_seeds=enc_seeds,
+        # methods named on the command line run with every encoder named
+        per_encoder=tuple(args.methods) if args.methods else H.PER_ENCODER,
+        log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True)),
+    )
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def fmt(cell: dict[str, Any] | None, key: str = "dice", digits: int = 3) -> str:
+    if not cell or cell[key]["mean"] is None:
+        return "n/a"
+    m, s = cell[key]["mean"], cell[key]["std"]
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def headline(results: dict[str, Any], enc: str = H.DEFAULT_ENCODER) -> list[str]:
+    out = []
+    cols = [
+        m
+        for m in (*HEADLINE, *H.VARIANTS)
+        if any(
+            m in lv["methods"]
+            for b in results["benchmarks"].values()
+            if enc in b["encoders"]
+            for lv in b["encoders"][enc]["levels"].values()
+        )
+    ]
+    out.append("| benchmark | noise | " + " | ".join(LABELS.get(m, m) for m in cols) + " |")
+    out.append("|---|---|" + "---|" * len(cols))
+    for bname, b in results["benchmarks"].items():
+        if enc not in b["encoders"]:
+            continue
+        for level, lv in b["encoders"][enc]["levels"].items():
+            row = [fmt(lv["methods"].get(m)) for m in cols]
+            out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
+    return out
+
+
+def target_rows(results: dict[str, Any]) -> list[str]:
+    enc = H.DEFAULT_ENCODER
+    kinds = ["never_worse", "better", *(f"above_{b}" for b in H.BASELINES)]
+    names = {
+        "never_worse": "never worse (≥ coarse − 0.01)",
+        "better": "better (≥ coarse + 0.03 / + 0.06)",
+        "above_ca": "above CA",
+        "above_knn": "above kNN",
+        "above_lcmil": "above LCMIL-style",
+    }
+    out = ["| benchmark | noise | " + " | ".join(names[k] for k in kinds) + " |"]
+    out.append("|---|---|" + "---|" * len(kinds))
+    for bname, b in results["benchmarks"].items():
+        if enc not in b["encoders"]:
+            continue
+        for level, lv in b["encoders"][enc]["levels"].items():
+            cell = lv["methods"]
+            if "engine" not in cell or "coarse" not in cell:
+                continue
+            t = H.targets(cell, level)  # from the stored means: no double rounding
+            row = []
+            for k in kinds:
+                if k not in t:
+                    row.append("–")
+                    continue
+                verdict = "PASS" if t[k]["pass"] else "**MISS**"
+                row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
+            out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
+    return out
+
+
+def full_tables(results: dict[str, Any]) -> list[str]:
+    out = []
+    enc = H.DEFAULT_ENCODER
+    for bname, b in results["benchmarks"].items():
+        if enc not in b["encoders"]:
+            continue
+        e = b["encoders"][enc]
+        spec = b["spec"]
+        out.append("")
+        out.append(
+            f"#### {bname}: {spec['n_slides']} slides, {spec['patch_um']:g} µm patches, "
+            f"{sum(e['patches'])} patches ({', '.join(map(str, e['patches']))})"
+        )
+        out.append("")
+        heads = [m.upper() if m in ("ppv", "npv", "tpr", "tnr") else m for m in METRICS]
+        out.append("| noise | method | " + " | ".join(heads) + " | time s | peak MiB |")
+        out.append("|---|---|" + "---|" * (len(METRICS) + 2))
+        for level, lv in e["levels"].items():
+            for m, cell in lv["methods"].items():
+                vals = [fmt(cell, k) for k in METRICS]
+                t = cell["seconds"]["mean"]
+                mem = cell["peak_mib"]["mean"]
+                out.append(
+                    f"| {level} | {LABELS.get(m, m)} | "
+                    + " | ".join(vals)
+                    + f" | {t:.1f} | {mem:.0f} |"
+                )
+    return out
+
+
+def encoder_table(results: dict[str, Any]) -> list[str]:
+    """Dice of every encoder on the same seeds (the non-default encoders' seeds; the default
+    encoder's first as many), so rows compare like with like."""
+    levels = results["config"]["levels"]
+    n = len(results["config"]["encoder_seeds"])
+    trio = " / ".join(levels)
+    out = [
+        "| benchmark | encoder | patches/s (read + embed) | "
+        f"coarse ({trio}) | engine ({trio}) | paper literal ({trio}) | "
+        "ceiling (other slides) | ceiling (in-sample) |"
+    ]
+    out.append("|---|---|---|---|---|---|---|---|")
+
+    def dice(cell: dict[str, Any] | None, std: bool = False) -> str:
+        if not cell:
+            return "n/a"
+        v = np.array(cell["dice_per_seed"][:n], dtype=float)
+        if std:
+            return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+        return f"{v.mean():.3f}"
+
+    for bname, b in results["benchmarks"].items():
+        for ename, e in b["encoders"].items():
+            lvs = [e["levels"][lv]["methods"] for lv in levels]
+            tp = e.get("throughput")
+            row = [f"{tp['patches_per_s']:.0f}" if tp else "n/a"]
+            row += [
+                " / ".join(dice(c.get(m)) for c in lvs) for m in ("coarse", "engine", "paper-rf")
+            ]
+            row += [dice(lvs[0].get("ceiling"), True), dice(lvs[0].get("ceiling-insample"), True)]
+            out.append(f"| {bname} | {ename} | " + " | ".join(row) + " |")
+    return out
+
+
+def ablation_table(results: dict[str, Any]) -> list[str]:
+    enc = H.DEFAULT_ENCODER
+    steps = ("coarse", *H.PAPER_STEPS, "engine")
+    out = ["| benchmark | noise | " + " | ".join(LABELS[s] for s in steps) + " |"]
+    out.append("|---|---|" + "---|" * len(steps))
+    for bname, b in results["benchmarks"].items():
+        if enc not in b["encoders"]:
+            continue
+        for level, lv in b["encoders"][enc]["levels"].items():
+            if not all(s in lv["methods"] for s in H.PAPER_STEPS):
+                continue
+            out.append(
+                f"| {bname} | {level} | "
+                + " | ".join(fmt(lv["methods"].get(s)) for s in steps)
+                + " |"
+            )
+    return out if len(out) > 2 else []
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    mach = results["machine"]
+    cfg = results["config"]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, Python {mach['python']}, torch "
+        f"{mach['torch']}; total {results['seconds'] / 60:.1f} min.  ",
+        f"Seeds (coarse annotations, and every random step of the methods): "
+        f"{cfg['seeds']}; other encoders: {cfg['encoder_seeds']}. Pixel Dice inside tissue, "
+        "mean ± std over seeds.",
+        "",
+        "### Dice, default encoder (EfficientNet-Lite0)",
+        "",
+        *headline(results),
+        "",
+        "### Targets (engine defaults)",
+        "",
+        *target_rows(results),
+    ]
+    # encoders that ran more than the usual per-encoder methods get a headline table too
+    if set(cfg["per_encoder"]) - set(H.PER_ENCODER):
+        for ename, spec in cfg["encoders"].items():
+            if ename != H.DEFAULT_ENCODER:
+                lines += [
+                    "",
+                    f"### Dice, encoder {ename} ({spec['encoder']}, context {spec['context']:g})",
+                    "",
+                    *headline(results, ename),
+                ]
+    abl = ablation_table(results)
+    if abl:
+        lines += ["", "### The paper's ablation, literal (Dice)", "", *abl]
+    n_enc = len(cfg["encoder_seeds"])
+    lines += [
+        "",
+        f"### Encoders (Dice, mean of seeds 0-{n_enc - 1} for every encoder)",
+        "",
+        *encoder_table(results),
+    ]
+    lines += ["", "### Every metric, time and memory (default encoder)", *full_tables(results)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--work", default=None, help="built slides and feature cache")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--quick", action="store_true", help="CI's quick mode")
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--encoder-seeds", type=int, default=None)
+    p.add_argument("--encoders", nargs="+", default=None)
+    p.add_argument("--benchmarks", nargs="+", default=None)
+    p.add_argument("--levels", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render", default=None, help="only re-write the .md of a results JSON")
+    p.add_argument(
+        "--remeasure-throughput",
+        default=None,
+        metavar="JSON",
+        help="only measure the encoders' patches/s again and update that results JSON",
+    )
+    args = p.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        results = json.loads(src.read_text())
+        for b in results["benchmarks"].values():
+            for e in b["encoders"].values():
+                for level, lv in e["levels"].items():
+                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
+                        lv["targets"] = H.targets(lv["methods"], level)
+        H.write_json(results, src)
+        src.with_suffix(".md").write_text(markdown(results, results.get("command", "")))
+        return 0
+    if args.remeasure_throughput:
+        src = Path(args.remeasure_throughput)
+        results = json.loads(src.read_text())
+        args.work = args.work or str(Path(args.out) / "tmp")
+        H.remeasure_throughput(results, config(args))
+        H.write_json(results, src)
+        src.with_suffix(".md").write_text(markdown(results, results.get("command", "")))
+        return 0
+    if not Path(args.data).is_dir():
+        print(f"error: data folder {args.data} not found (see ../shared/data/README.md)")
+        return 2
+    out = Path(args.out)
+    args.work = args.work or str(out / "tmp")
+    cfg = config(args)
+    t0 = time.perf_counter()
+    results = H.run_suite(cfg)
+    name = args.name or ("quick" if args.quick else "full")
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    results["command"] = command
+    H.write_json(results, out / f"{name}.json")
+    (out / f"{name}.md").write_text(markdown(results, command))
+    print(f"wrote {out / name}.json and .md in {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
