@@ -476,37 +476,52 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def summarise(enc: list[dict], cold: list[dict], warm: list[dict], warm_proc: list[float]) -> dict:
+def _quiet(runs: list[dict], limit: float) -> tuple[list[dict], bool]:
+    """The measurements during which other processes used under ``limit`` cores; all of them
+    (flagged False) when none was quiet."""
+    quiet = [r for r in runs if r["other_load_cores"] < limit]
+    return (quiet, True) if quiet else (runs, False)
+
+
+def summarise(enc: list[dict], cold: list[dict], warm: list[dict], limit: float) -> dict:
+    """Medians over each kind's quiet measurements (each measurement is judged on its own)."""
+    all_runs = {"encoder": enc, "cold": cold, "warm": warm}
+    enc, enc_q = _quiet(enc, limit)
+    cold, cold_q = _quiet(cold, limit)
+    warm, warm_q = _quiet(warm, limit)
     stages = ("read", "embed", "prototypes", "train", "regions")
     cold_wall = _median(cold, "refine_s")
     stage_s = {s: statistics.median(r["timings"][s] for r in cold) for s in stages}
     main_thread = sum(stage_s[s] for s in stages if s != "read")
-    ratios = [
-        c["patches_per_s"] / e["encoder_patches_per_s"] for c, e in zip(cold, enc, strict=True)
-    ]
     s = {
         "patches": cold[0]["patches"],
         "encoder_pps": _median(enc, "encoder_patches_per_s"),
         "read_pps_1thread": _median(enc, "read_patches_per_s_1thread"),
         "e2e_pps": _median(cold, "patches_per_s"),
-        "ratio_e2e_over_encoder": statistics.median(ratios),
+        "ratio_e2e_over_encoder": _median(cold, "patches_per_s")
+        / _median(enc, "encoder_patches_per_s"),
         "cold_refine_s": cold_wall,
         "cold_cpu_s": _median(cold, "refine_cpu_s"),
         "stage_s": stage_s,
         "stage_share": {k: v / cold_wall for k, v in stage_s.items()},
         "unattributed_s": cold_wall - main_thread,
         "warm_refine_s": _median(warm, "refine_s"),
-        "warm_process_s": statistics.median(warm_proc),
+        "warm_process_s": _median(warm, "process_s"),
         "warm_imports_s": _median(warm, "imports_s"),
         "warm_stage_s": {s: statistics.median(r["timings"][s] for r in warm) for s in stages},
-        "peak_rss_mib_cold": _median(cold, "peak_rss_mib"),
-        "peak_rss_mib_cold_max": max(r["peak_rss_mib"] for r in cold),
+        # Memory does not depend on what else runs: every cold run counts.
+        "peak_rss_mib_cold": _median(all_runs["cold"], "peak_rss_mib"),
+        "peak_rss_mib_cold_max": max(r["peak_rss_mib"] for r in all_runs["cold"]),
         "peak_rss_mib_warm": _median(warm, "peak_rss_mib"),
         "patch_dice_coarse": _median(cold, "patch_dice_coarse"),
         "patch_dice_refined": _median(cold, "patch_dice_refined"),
         "code": sorted({r["code"] for r in (*enc, *cold, *warm)}),
-        "other_load_cores_cold": [round(r["other_load_cores"], 2) for r in cold],
-        "other_load_cores_encoder": [round(r["other_load_cores"], 2) for r in enc],
+        "used": {"encoder": len(enc), "cold": len(cold), "warm": len(warm)},
+        "quiet": {"encoder": enc_q, "cold": cold_q, "warm": warm_q},
+        "other_load_cores": {
+            k: [round(r["other_load_cores"], 2) for r in v] for k, v in all_runs.items()
+        },
+        "quiet_cores": limit,
     }
     s["pass"] = {
         "e2e_pps>=150": s["e2e_pps"] >= TARGETS["e2e_pps"],
@@ -522,10 +537,14 @@ def markdown(s: dict) -> str:
     p = s["pass"]
     lines = [
         f"Slide: {s['patches']:,} tissue patches (128 µm = 256 px at 0.5 µm/px, encoder input "
-        f"224 px); medians of {len(s['rounds_used'])} "
-        f"{'quiet ' if s['quiet'] else ''}rounds (rounds {s['rounds_used']} of "
-        f"{s['rounds_total']}{'' if s['quiet'] else '; none was quiet: figures are pessimistic'}"
-        "), every measurement in a fresh process.",
+        f"224 px). Every measurement runs in a fresh process; medians over the measurements "
+        f"during which other processes used under {s['quiet_cores']} cores: "
+        + ", ".join(
+            f"{k} {s['used'][k]} of {len(s['other_load_cores'][k])}"
+            + ("" if s["quiet"][k] else " (none quiet: pessimistic)")
+            for k in ("encoder", "cold", "warm")
+        )
+        + ".",
         "",
         "| measure | median | target | |",
         "|---|---|---|---|",
@@ -562,16 +581,63 @@ def markdown(s: dict) -> str:
     )
     lines += [
         "",
-        "Other processes on the machine used "
-        + ", ".join(f"{v:.2f}" for v in s["other_load_cores_cold"])
-        + " cores during the cold runs and "
-        + ", ".join(f"{v:.2f}" for v in s["other_load_cores_encoder"])
-        + " during the encoder-alone runs (0 = a quiet machine).",
+        "Cores other processes used during each measurement (all rounds): "
+        + "; ".join(
+            f"{k} " + ", ".join(f"{v:.2f}" for v in s["other_load_cores"][k])
+            for k in ("encoder", "cold", "warm")
+        )
+        + ".",
         "",
         f"Sanity: patch-level Dice against the mosaic's truth, coarse "
         f"{s['patch_dice_coarse']:.3f} → refined {s['patch_dice_refined']:.3f}.",
     ]
     return "\n".join(lines)
+
+
+def _write_json(
+    path: Path,
+    command: str,
+    meta: dict,
+    enc: list[dict],
+    cold: list[dict],
+    warm: list[dict],
+    limit: float,
+) -> dict:
+    """Results so far (written after every round, so an interrupted run keeps its data)."""
+    result = {
+        "command": command.strip(),
+        "machine": _machine(),
+        "slide": {k: v for k, v in meta.items() if not k.endswith("_wkt")},
+        "summary": summarise(enc, cold, warm, limit),
+        "runs": {"encoder": enc, "cold": cold, "warm": warm},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return result
+
+
+def _report(paths: list[Path], limit: float) -> None:
+    enc: list[dict] = []
+    cold: list[dict] = []
+    warm: list[dict] = []
+    for p in paths:
+        runs = json.loads(p.read_text())["runs"]
+        for w, secs in zip(runs["warm"], runs.get("warm_process_s", []), strict=False):
+            w.setdefault("process_s", secs)  # results files of the first version
+        enc += runs["encoder"]
+        cold += runs["cold"]
+        warm += runs["warm"]
+    first = json.loads(paths[0].read_text())
+    summary = summarise(enc, cold, warm, limit)
+    m = first["machine"]
+    print(f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; "
+          f"onnxruntime {m['onnxruntime']}, OpenSlide {m['openslide']}.")  # fmt: skip
+    print(f"Commands: {'; '.join(json.loads(p.read_text())['command'] for p in paths)}")
+    print(f"Code: {', '.join(summary['code'])}.")
+    print()
+    print(markdown(summary))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -613,6 +679,12 @@ def main(argv: list[str] | None = None) -> None:
         help="before each measurement wait up to this many seconds for other processes to "
         "use under 0.2 cores (0: don't wait); each run records the load it saw",
     )
+    ap.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        help="no measuring: pool the runs of these results files and print the summary",
+    )
     ap.add_argument("--worker", choices=("encoder", "cold", "warm"), help=argparse.SUPPRESS)
     ap.add_argument("--meta", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)  # fmt: skip
@@ -630,6 +702,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(out))
         return
 
+    if args.report:
+        _report(args.report, args.quiet_cores)
+        return
+
     print(f"slide in {args.dir} ...", flush=True)
     meta = build_slide(args.dir, args.cols, args.rows, args.compression)
     meta_path = args.dir / (Path(meta["path"]).stem + ".json")
@@ -639,11 +715,20 @@ def main(argv: list[str] | None = None) -> None:
 
     build_encoder(args.encoder, cache)
 
-    enc, cold, warm, warm_proc = [], [], [], []
+    enc: list[dict] = []
+    cold: list[dict] = []
+    warm: list[dict] = []
     max_runs = args.max_runs or 3 * args.repeats
-    quiet: list[int] = []  # rounds in which no other process used the machine
+    command = "python benchmarks/bench_engine.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:])
+    )
+
+    def quiet_count(runs: list[dict]) -> int:
+        return sum(r["other_load_cores"] < args.quiet_cores for r in runs)
+
+    flag = {True: "quiet", False: "busy"}
     for i in range(max_runs):
-        if len(quiet) >= args.repeats:
+        if min(quiet_count(enc), quiet_count(cold), quiet_count(warm)) >= args.repeats:
             break
         e, _ = _run_worker(args, "encoder", meta_path)
         if e["grid_patches"] < args.min_patches:
@@ -651,44 +736,24 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(cache / "features", ignore_errors=True)
         c, _ = _run_worker(args, "cold", meta_path)
         w, w_wall = _run_worker(args, "warm", meta_path)
+        w["process_s"] = w_wall
         enc.append(e)
         cold.append(c)
         warm.append(w)
-        warm_proc.append(w_wall)
-        others = max(e["other_load_cores"], c["other_load_cores"], w["other_load_cores"])
-        if others < args.quiet_cores:
-            quiet.append(i)
         print(
             f"run {i + 1}: encoder {e['encoder_patches_per_s']:.0f}/s, "
-            f"read {e['read_patches_per_s_1thread']:.0f}/s, end to end "
+            f"read {e['read_patches_per_s_1thread']:.0f}/s "
+            f"({flag[e['other_load_cores'] < args.quiet_cores]}); end to end "
             f"{c['patches_per_s']:.0f}/s ({c['refine_s']:.1f} s, {c['patches']} patches, "
-            f"peak {c['peak_rss_mib']:.0f} MiB), warm {w['refine_s']:.2f} s "
-            f"(process {w_wall:.2f} s); other processes used up to {others:.2f} cores "
-            f"({'quiet' if others < args.quiet_cores else 'busy: not counted'})",
+            f"peak {c['peak_rss_mib']:.0f} MiB; {flag[c['other_load_cores'] < args.quiet_cores]}"
+            f"); warm {w['refine_s']:.2f} s, process {w_wall:.2f} s "
+            f"({flag[w['other_load_cores'] < args.quiet_cores]})",
             flush=True,
         )
+        _write_json(args.json, command, meta, enc, cold, warm, args.quiet_cores)
 
-    # Figures from the quiet rounds; all rounds only when none was quiet (and then say so).
-    use = quiet or list(range(len(cold)))
-    summary = summarise(
-        [enc[i] for i in use], [cold[i] for i in use], [warm[i] for i in use],
-        [warm_proc[i] for i in use],
-    )  # fmt: skip
-    summary["rounds_used"] = [i + 1 for i in use]
-    summary["rounds_total"] = len(cold)
-    summary["quiet"] = bool(quiet)
-    command = "python benchmarks/bench_engine.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:])
-    )
-    result = {
-        "command": command.strip(),
-        "machine": _machine(),
-        "slide": {k: v for k, v in meta.items() if not k.endswith("_wkt")},
-        "summary": summary,
-        "runs": {"encoder": enc, "cold": cold, "warm": warm, "warm_process_s": warm_proc},
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    result = _write_json(args.json, command, meta, enc, cold, warm, args.quiet_cores)
+    summary = result["summary"]
     m = result["machine"]
     print()
     print(f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['memory_gib']} GiB; "
