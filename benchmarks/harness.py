@@ -50,7 +50,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 import torch
-from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import StandardScaler, normalize
@@ -78,7 +77,14 @@ from benchmarks.slides import (
     wsss4luad_mosaic,
     wsss_names,
 )
-from engine.classifier import ClassifierSettings, PatchClassifier, cross_fit_proba, focal_loss
+from engine.classifier import (
+    ClassifierSettings,
+    MilSettings,
+    PatchClassifier,
+    cross_fit_proba,
+    mil_proba,
+    standardise,
+)
 from engine.encoders import build_encoder
 from engine.errors import TrainingDataError
 from engine.features import FeatureSettings, embed_grid
@@ -95,7 +101,12 @@ from engine.pipeline import (
 )
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabelSettings, pseudo_labels
-from engine.regions import RegionSettings, edit_outline, regions_from_probabilities
+from engine.regions import (
+    RegionSettings,
+    edit_outline,
+    regions_from_probabilities,
+    smooth_on_grid,
+)
 from engine.slide import Slide
 
 Geometry = shapely.Geometry
@@ -375,7 +386,8 @@ def replace_regions(
     out = []
     for s, g, p in zip(case.cohort.slides, case.cohort.grids, case.split(proba), strict=True):
         area = None if min_cells is None else min_cells * (g.size * s.mpp) ** 2
-        rs = RegionSettings(mode="replace", threshold=threshold, min_area_um2=area)
+        # sigma 0: the scores as the method gives them (LCMIL smooths its own beforehand)
+        rs = RegionSettings(mode="replace", threshold=threshold, min_area_um2=area, sigma=0.0)
         if area is not None:
             rs = replace(rs, min_hole_um2=area)
         out.append(regions_from_probabilities(g, p, s.mpp, rs, frame=s.size))
@@ -476,120 +488,29 @@ def knn(case: Case) -> list[Geometry]:
 
 @dataclass(frozen=True)
 class LcmilSettings:
-    """METHOD.md's description of LCMIL, on our frozen features, at its lr (Adam 5e-5).
-    Deviations: bags go ``bags_per_step`` to a step (one bag per step took 5x as long for
-    the same Dice, within 0.01, on the GlaS benchmark), ``epochs`` passes over freshly drawn
-    bags (the focal loss is below 1% of its start by then), and ``min_cells`` replaces
-    LCMIL's 100 cells, a whole-slide size larger than most of our slides' tumour."""
+    """METHOD.md's description of LCMIL on our frozen features: the engine's attention MIL
+    on pseudo bags (:func:`engine.classifier.mil_proba`, whose settings are LCMIL's: Adam
+    5e-5, bags of 10, focal loss), then LCMIL's own step 8: Gaussian smoothing of the scores
+    (σ = 1 cell), **re-drawing** every region at ``threshold`` 0.6, objects and holes under
+    ``min_cells`` removed (LCMIL's 100 cells is a whole-slide size, larger than most of our
+    slides' tumour). What sets the engine apart is what it does with the same scores: edit
+    the coarse outline instead of re-drawing it."""
 
-    n_bags: int = 1000
-    bag_size: int = 10
-    hidden: int = 128
-    attn: int = 64
-    epochs: int = 5
-    bags_per_step: int = 8
-    lr: float = 5e-5
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.5
+    mil: MilSettings = MilSettings()
     sigma_cells: float = 1.0
     threshold: float = 0.6
     min_cells: float = 2.0
 
 
-class AttentionMIL(nn.Module):
-    """Gated attention MIL (Ilse et al. 2018): instance embedding, gated attention pooling,
-    a bag classifier. A one-patch bag scores that patch."""
-
-    def __init__(self, dim: int, hidden: int, attn: int) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(0.25))
-        self.v = nn.Linear(hidden, attn)
-        self.u = nn.Linear(hidden, attn)
-        self.w = nn.Linear(attn, 1)
-        self.head = nn.Linear(hidden, 1)
-
-    def forward(self, bags: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B,)
-        h = self.embed(bags)
-        a = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
-        a = torch.softmax(a, dim=1)
-        z = (a.unsqueeze(-1) * h).sum(1)
-        return self.head(z).squeeze(-1)
-
-
-def lcmil_slide(
-    x: np.ndarray, y: np.ndarray, seed: int, s: LcmilSettings = LcmilSettings()
-) -> tuple[F32, list[float]]:
-    """Patch scores of one slide: attention MIL trained on pseudo bags (half drawn inside
-    the coarse outline, bag label 1; half outside, label 0), then each patch as a one-patch
-    bag. Returns the scores and the mean loss of each epoch."""
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    if len(pos) == 0 or len(neg) == 0:
-        raise TrainingDataError("LCMIL needs patches inside and outside the coarse outline")
-    xs = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    xt = torch.from_numpy(xs.astype(np.float32))
-    rng = np.random.default_rng(seed)
-    losses = []
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = AttentionMIL(x.shape[1], s.hidden, s.attn)
-            opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-            half = s.n_bags // 2
-            labels = torch.cat([torch.ones(half), torch.zeros(s.n_bags - half)])
-            for _ in range(s.epochs):
-                bags = np.concatenate(
-                    [
-                        rng.choice(pos, (half, s.bag_size)),
-                        rng.choice(neg, (s.n_bags - half, s.bag_size)),
-                    ]
-                )
-                order = rng.permutation(s.n_bags)
-                model.train()
-                tot = 0.0
-                for i0 in range(0, s.n_bags, s.bags_per_step):
-                    b = order[i0 : i0 + s.bags_per_step]
-                    logits = model(xt[torch.from_numpy(bags[b])])
-                    loss = focal_loss(logits, labels[b], s.focal_gamma, s.focal_alpha)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    tot += loss.item() * len(b)
-                losses.append(tot / s.n_bags)
-            model.eval()
-            with torch.inference_mode():
-                p = torch.sigmoid(model(xt.unsqueeze(1))).numpy().astype(np.float32)
-    finally:
-        torch.set_num_threads(n_threads)
-    return p, losses
-
-
-def blur_on_grid(grid: PatchGrid, values: np.ndarray, sigma: float) -> F32:
-    """Gaussian blur (``sigma`` lattice cells) of per-patch values over the lattice,
-    normalised by the blurred tissue indicator so that tissue edges are not pulled to 0."""
-    if sigma <= 0:
-        return np.asarray(values, dtype=np.float32)
-    rows, cols = grid.shape
-    img = np.zeros((rows, cols))
-    w = np.zeros((rows, cols))
-    img[grid.ij[:, 1], grid.ij[:, 0]] = values
-    w[grid.ij[:, 1], grid.ij[:, 0]] = 1.0
-    num = gaussian_filter(img, sigma, mode="constant")
-    den = gaussian_filter(w, sigma, mode="constant")
-    out = num / np.maximum(den, 1e-9)
-    return out[grid.ij[:, 1], grid.ij[:, 0]].astype(np.float32)
-
-
 def lcmil(case: Case, s: LcmilSettings = LcmilSettings()) -> list[Geometry]:
     def run() -> list[Geometry]:
+        settings = replace(classifier_settings(case.seed), mil=s.mil)
         probas = []
         for k, (g, x, y) in enumerate(
             zip(case.cohort.grids, case.cohort.features, case.coarse_labels, strict=True)
         ):
-            p, losses = lcmil_slide(x, y, case.seed * 100 + k, s)
-            case.notes.append(f"lcmil slide {k}: focal loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-            probas.append(blur_on_grid(g, p, s.sigma_cells))
+            p = mil_proba(standardise(x), y, settings, case.seed * 100 + k)
+            probas.append(smooth_on_grid(g, p, s.sigma_cells))
         return replace_regions(case, np.concatenate(probas), s.threshold, s.min_cells)
 
     return _guarded(case, "lcmil", run)
@@ -636,13 +557,20 @@ def paper_step(case: Case, step: str) -> list[Geometry]:
 # ---- the engine as shipped
 
 
-def engine_defaults(case: Case) -> list[Geometry]:
-    """``engine.pipeline.refine`` with its defaults (features from the cache)."""
+def engine_defaults(case: Case, model: str = "mil") -> list[Geometry]:
+    """``engine.pipeline.refine`` with its defaults (features from the cache); ``model="mlp"``
+    is ``--method prototype``: the paper's route through the same pipeline and guard."""
     c = case.cohort
     items = [SlideInput(s.path, g, name=s.name) for s, g in zip(c.slides, case.coarse, strict=True)]
+    settings = c.settings.with_seed(case.seed)
+    if model == "mlp":
+        p = RefineSettings.for_method("prototype")
+        settings = replace(settings, classifier=p.classifier, regions=p.regions).with_seed(
+            case.seed
+        )
 
     def run() -> list[Geometry]:
-        result = refine(items, c.settings.with_seed(case.seed), progress=False)
+        result = refine(items, settings, progress=False)
         return [r.regions for r in result.slides]
 
     return _guarded(case, "engine", run)
@@ -689,6 +617,7 @@ METHODS: dict[str, Callable[[Case], list[Geometry]]] = {
     "knn": knn,
     "lcmil": lcmil,
     **{step: (lambda case, _s=step: paper_step(case, _s)) for step in PAPER_STEPS},
+    "engine-prototype": lambda case: engine_defaults(case, model="mlp"),
     "engine": engine_defaults,
     "oracle": oracle,
     "ceiling": ceiling,
@@ -700,65 +629,62 @@ METHODS: dict[str, Callable[[Case], list[Geometry]]] = {
 # Candidate method changes, measured with the same harness (``--methods``), never defaults.
 
 
-def _edit(case: Case, proba: np.ndarray, settings: RegionSettings) -> list[Geometry]:
-    out = []
-    for s, g, p, c, geom in zip(
-        case.cohort.slides,
-        case.cohort.grids,
-        case.split(proba),
-        case.coarse_labels,
-        case.coarse,
-        strict=True,
-    ):
-        out.append(edit_outline(geom, g, p, c, s.mpp, settings, s.size))
-    return out
-
-
-def _engine_proba(case: Case, per_slide: bool = False) -> np.ndarray:
+def _engine_with(case: Case, **changes: Any) -> list[Geometry]:
+    """The engine with some settings changed: ``regions=...``, ``classifier=...`` (dicts of
+    field changes) or ``pseudo_bags=True`` (MIL bags from the prototype pseudo-labels)."""
     c = case.cohort
     items = [SlideInput(s.path, g, name=s.name) for s, g in zip(c.slides, case.coarse, strict=True)]
-    settings = c.settings.with_seed(case.seed)
-    groups = [[i] for i in items] if per_slide else [items]
-    return np.concatenate(
-        [r.proba for grp in groups for r in refine(grp, settings, progress=False).slides]
+    s = c.settings.with_seed(case.seed)
+    s = replace(
+        s,
+        regions=replace(s.regions, **changes.get("regions", {})),
+        classifier=replace(s.classifier, **changes.get("classifier", {})),
     )
 
+    def run() -> list[Geometry]:
+        return [r.regions for r in refine(items, s, progress=False).slides]
 
-def _lcmil_proba(case: Case, s: LcmilSettings = LcmilSettings()) -> np.ndarray:
-    out = []
-    for k, (g, x, y) in enumerate(
-        zip(case.cohort.grids, case.cohort.features, case.coarse_labels, strict=True)
-    ):
-        p, _ = lcmil_slide(x, y, case.seed * 100 + k, s)
-        out.append(blur_on_grid(g, p, s.sigma_cells))
-    return np.concatenate(out)
+    return _guarded(case, "engine variant", run)
 
 
-def _blurred(case: Case, proba: np.ndarray, sigma: float = 1.0) -> np.ndarray:
-    return np.concatenate(
-        [
-            blur_on_grid(g, p, sigma)
-            for g, p in zip(case.cohort.grids, case.split(proba), strict=True)
+def _pseudo_bags(case: Case) -> list[Geometry]:
+    """MIL with bags drawn from the prototype pseudo-labels instead of the coarse labels."""
+
+    def run() -> list[Geometry]:
+        labels = paper_pseudo_labels_auto(case, tau=None)
+        probas = [
+            mil_proba(standardise(x), y, classifier_settings(case.seed), case.seed * 100 + k)
+            for k, (x, y) in enumerate(zip(case.cohort.features, case.split(labels), strict=True))
         ]
-    )
+        out = []
+        for s, g, p, c, geom in zip(
+            case.cohort.slides, case.cohort.grids, probas, case.coarse_labels, case.coarse,
+            strict=True,
+        ):  # fmt: skip
+            out.append(edit_outline(geom, g, p, c, s.mpp, RegionSettings(), s.size))
+        return out
+
+    return _guarded(case, "pseudo bags", run)
 
 
-EDIT = RegionSettings()
-#: looser edit thresholds: cut inside below 0.3, add outside above 0.7
-EDIT_LOOSE = replace(EDIT, add_above=0.7, remove_below=0.3)
+def paper_pseudo_labels_auto(case: Case, tau: float | str | None) -> np.ndarray:
+    protos = LocalGlobalPrototypes.from_settings(PrototypeSettings(random_state=case.seed))
+    protos.fit(case.cohort.features)
+    return pseudo_labels(protos.similarity(case.x), case.y, PseudoLabelSettings(tau=tau)).labels
 
+
+#: the alternatives the engine's defaults were chosen against (BENCHMARKS.md)
 VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
-    # the engine's out-of-fold probabilities, re-drawn instead of edited
-    "v-engine-replace": lambda c: replace_regions(c, _engine_proba(c)),
-    # ... blurred by one lattice cell before the edit
-    "v-engine-blur": lambda c: _edit(c, _blurred(c, _engine_proba(c)), EDIT),
-    # ... blurred, looser edit thresholds
-    "v-engine-blur-loose": lambda c: _edit(c, _blurred(c, _engine_proba(c)), EDIT_LOOSE),
-    # the engine run on each slide alone (LCMIL's per-slide setting)
-    "v-engine-per-slide": lambda c: _edit(c, _engine_proba(c, per_slide=True), EDIT),
-    # LCMIL's blurred scores through the engine's guard (edit the coarse outline)
-    "v-lcmil-edit": lambda c: _edit(c, _lcmil_proba(c), EDIT),
-    "v-lcmil-edit-loose": lambda c: _edit(c, _lcmil_proba(c), EDIT_LOOSE),
+    # re-draw everything from the smoothed scores (the paper's step 8) instead of editing
+    "v-replace": lambda c: _engine_with(c, regions={"mode": "replace"}),
+    # no smoothing of the scores over the lattice
+    "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0}),
+    # edit thresholds: add above 0.6 instead of 0.7; cut below 0.6 or 0.3 instead of 0.5
+    "v-add-0.6": lambda c: _engine_with(c, regions={"add_above": 0.6}),
+    "v-cut-0.6": lambda c: _engine_with(c, regions={"remove_below": 0.6}),
+    "v-cut-0.3": lambda c: _engine_with(c, regions={"remove_below": 0.3}),
+    # MIL bags from the prototype pseudo-labels (tau off) instead of the coarse labels
+    "v-pseudo-bags": _pseudo_bags,
 }
 METHODS.update(VARIANTS)
 #: the methods of the full table (variants run only when named)
@@ -952,7 +878,7 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
             "methods": list(cfg.methods),
             "per_encoder": list(cfg.per_encoder),
             "noise": {lv: NOISE_LEVELS[lv].as_dict() for lv in cfg.levels},
-            "lcmil": vars(LcmilSettings()),
+            "lcmil": asdict(LcmilSettings()),
             "knn_k": KNN_K,
             "paper_tau": PAPER_TAU,
             "memory": "peak RSS above the method's start, sampled every 10 ms",

@@ -136,6 +136,7 @@ def _run(
     stride_um,
     min_tissue,
     context,
+    method,
     tau,
     seed,
     cache_dir,
@@ -150,7 +151,8 @@ def _run(
     from qupath_bridge.runner import ClassNames
 
     _setup_logging(quiet)
-    s = RefineSettings(
+    s = RefineSettings.for_method(
+        method,
         grid=GridSettings(
             mpp=target_mpp, patch_um=patch_um, stride_um=stride_um, min_tissue=min_tissue
         ),
@@ -190,7 +192,8 @@ class _Group(click.Group):
 )
 @click.version_option(package_name="qupath-refine")
 def main() -> None:
-    """Refine coarse tumour annotations into fine ones (prototype-guided pseudo-labels).
+    """Refine coarse tumour annotations into fine ones (attention MIL on pseudo bags, or the
+    paper's prototype-guided pseudo-labels with --method prototype).
 
     \b
       qupath-refine PROJECT.qpproj     refine a QuPath project in place (needs QuPath for paquo)
@@ -257,10 +260,19 @@ def common_options(fn):
             help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
         ),
         click.option(
+            "--method",
+            type=click.Choice(["mil", "prototype"]),
+            default="mil",
+            show_default=True,
+            help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
+            "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
+            "and patch classifier.",
+        ),
+        click.option(
             "--tau",
             default=None,
-            help="Cosine threshold for outside patches to become tumour: a number, 'auto' "
-            "(the default: set from the data) or 'off'.",
+            help="With --method prototype: cosine threshold for outside patches to become "
+            "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
         click.option(

@@ -172,7 +172,9 @@ def refine_slides(
         "slides": slide_rows(result, items, seconds),
         "outputs": [{k: str(v) for k, v in w.items()} for w in written],
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "pseudo_labels": {
+        "pseudo_labels": None
+        if result.pseudo is None
+        else {
             "major_prototypes": [int(i) for i in result.pseudo.major.nonzero()[0]],
             "outside_to_tumour": result.pseudo.n_flipped_in,
             "inside_to_normal": result.pseudo.n_flipped_out,

@@ -8,10 +8,9 @@ Margins sit below what was measured (in brackets: Dice, 2-core AMD EPYC, default
 that a regression fails:
 
 * severe noise, engine >= coarse + margin and >= CA + margin:
-  region (coarse 0.746, CA 0.753, engine 0.768) and gland level (0.636, 0.635, 0.645);
-* mild noise, engine >= coarse - 0.01 (issue 4's "never worse"): region (0.961 -> 0.958).
-  At gland level the engine misses that target (0.849 -> 0.823): that test guards the present
-  value (-0.035) and an ``xfail(strict=True)`` states the target, so fixing it shows up here.
+  region (coarse 0.745, CA 0.753, engine 0.770) and gland level (0.636, 0.635, 0.665);
+* mild noise, engine >= coarse - 0.01 (issue 4's "never worse"): region (0.961 -> 0.961) and
+  gland level (0.849 -> 0.840).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import pytest
 from tests.conftest import GLAS, SHARED_DATA, need
 
 # benchmark, Dice margin of the engine over coarse, over the CA classifier (severe noise)
-SEVERE = [("region", 0.01, 0.005), ("glas-gland", 0.004, 0.004)]
+SEVERE = [("region", 0.015, 0.01), ("glas-gland", 0.02, 0.02)]
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +56,10 @@ def test_engine_beats_coarse_and_ca_at_severe_noise(quick, bench, over_coarse, o
     assert ours >= ca + over_ca, f"{bench}: CA {ca:.3f}, engine {ours:.3f}"
 
 
-def test_engine_not_worse_at_mild_noise_region(quick):
-    c, ours = dice(quick, "region", "mild", "coarse"), dice(quick, "region", "mild", "engine")
-    assert ours >= c - 0.01, f"coarse {c:.3f}, engine {ours:.3f}"
-
-
-def test_engine_at_mild_noise_gland_level_guard(quick):
-    c = dice(quick, "glas-gland", "mild", "coarse")
-    ours = dice(quick, "glas-gland", "mild", "engine")
-    assert ours >= c - 0.035, f"coarse {c:.3f}, engine {ours:.3f}"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 4 target missed at gland level, mild noise (0.849 -> 0.823); BENCHMARKS.md",
-)
-def test_engine_not_worse_at_mild_noise_gland_level(quick):
-    c = dice(quick, "glas-gland", "mild", "coarse")
-    ours = dice(quick, "glas-gland", "mild", "engine")
-    assert ours >= c - 0.01, f"coarse {c:.3f}, engine {ours:.3f}"
+@pytest.mark.parametrize("bench", ["region", "glas-gland"])
+def test_engine_not_worse_at_mild_noise(quick, bench):
+    c, ours = dice(quick, bench, "mild", "coarse"), dice(quick, bench, "mild", "engine")
+    assert ours >= c - 0.01, f"{bench}: coarse {c:.3f}, engine {ours:.3f}"
 
 
 def test_quick_results_render_and_judge_targets(quick):
@@ -113,13 +97,3 @@ def test_knn_cleaning_relabels_isolated_noise():
     noisy = y.copy()
     noisy[[3, 70]] = 1 - noisy[[3, 70]]
     assert np.array_equal(knn_clean(x, noisy, k=5), y)
-
-
-def test_blur_on_grid_keeps_constant_maps_at_tissue_edges():
-    from benchmarks.harness import blur_on_grid
-    from engine.patches import PatchGrid
-
-    ij = np.array([(c, r) for r in range(3) for c in range(4)])
-    grid = PatchGrid(ij * 10.0, ij, 10.0, 10.0, np.ones(len(ij), np.float32), (5, 6))
-    out = blur_on_grid(grid, np.full(len(ij), 0.7), 1.0)
-    assert np.allclose(out, 0.7)

@@ -11,10 +11,12 @@ from engine.regions import (
     RegionSettings,
     cell_probabilities,
     clean,
+    edit_masks,
     edit_outline,
     mask_to_polygons,
     refined_labels,
     regions_from_probabilities,
+    smooth_on_grid,
 )
 
 
@@ -47,7 +49,7 @@ def test_regions_follow_probabilities():
     p[block] = 0.9
     p[(grid.ij == [9, 0]).all(1)] = 0.8
     # min_area 1.5 patches: the lone patch goes, the block stays.
-    s = RegionSettings(min_area_um2=1.5 * 100 * 100, smooth=0.0)
+    s = RegionSettings(min_area_um2=1.5 * 100 * 100, smooth=0.0, sigma=0.0)
     regions = regions_from_probabilities(grid, p, mpp=1.0, settings=s)
     assert len(regions.geoms) == 1
     # The 0.5 iso-line of a 0.9 block crosses 0.44 cells out from the edge cells' centres,
@@ -57,7 +59,7 @@ def test_regions_follow_probabilities():
     assert minx == pytest.approx(200 + 100 / 18, abs=1) and maxy == pytest.approx(
         600 - 100 / 18, abs=1
     )
-    smoothed = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.5))
+    smoothed = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.5, sigma=0))
     assert 0.85 * 120000 < smoothed.area < regions.area
     assert smoothed.geoms[0].centroid.distance(shapely.Point(400, 450)) < 5
 
@@ -66,7 +68,7 @@ def test_contours_are_not_staircases():
     """A diagonal tumour edge is traced diagonally, not as lattice steps."""
     grid = _grid()
     p = (grid.ij[:, 0] > grid.ij[:, 1]).astype(np.float32)  # upper-right triangle
-    regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.0))
+    regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(smooth=0.0, sigma=0))
     poly = max(regions.geoms, key=lambda g: g.area)
     # A staircase along 9 steps has ~20 vertices; the iso-line has a handful.
     assert len(poly.exterior.coords) < 10
@@ -83,7 +85,9 @@ def test_overlapping_grid_gives_finer_boundaries():
     # The cell at x 300..350 is covered by patches starting at 250 (p=0) and 300 (p=1).
     assert cells[5, 6] == pytest.approx(0.5)
     assert cells[5, 7] == pytest.approx(1.0)
-    regions = regions_from_probabilities(grid, p, 1.0, RegionSettings(threshold=0.75, smooth=0.0))
+    regions = regions_from_probabilities(
+        grid, p, 1.0, RegionSettings(threshold=0.75, smooth=0.0, sigma=0)
+    )
     assert regions.bounds[0] == pytest.approx(350)
 
 
@@ -94,16 +98,46 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     p = np.where(c == 1, 0.6, 0.3).astype(np.float32)  # unsure everywhere
     p[(grid.ij == [9, 9]).all(1)] = 0.95  # confident tumour far outside
     p[(grid.ij == [5, 5]).all(1)] = 0.01  # confident normal inside
-    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0)
+    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0)
     out = edit_outline(coarse, grid, p, c, 1.0, s)
     # The coarse outline survives exactly where nothing was confident ...
     assert out.boundary.distance(shapely.Point(500, 180)) < 1e-6
     # ... the confident inside patch is cut out and the outside one added.
     assert not out.contains(shapely.Point(550, 550))
     assert out.contains(shapely.Point(950, 950))
-    labels = refined_labels(c, p, s)
+    labels = refined_labels(grid, c, p, s)
     assert labels.sum() == c.sum() - 1 + 1
-    replace = refined_labels(c, p, RegionSettings(mode="replace"))
+    replace = refined_labels(grid, c, p, RegionSettings(mode="replace", sigma=0))
     np.testing.assert_array_equal(replace, (p >= 0.5).astype(np.int8))
     with pytest.raises(ValueError):
-        refined_labels(c, p, RegionSettings(mode="paint"))
+        refined_labels(grid, c, p, RegionSettings(mode="paint"))
+
+
+def test_smoothing_averages_tissue_neighbours_only():
+    grid = _grid()
+    p = np.zeros(len(grid), np.float32)
+    lone = (grid.ij == [5, 5]).all(1)
+    p[lone] = 1.0
+    sm = smooth_on_grid(grid, p, 1.0)
+    # A lone positive patch is spread out, its sum kept (all its neighbours are tissue) ...
+    assert sm[lone][0] < 0.3 and sm.sum() == pytest.approx(1.0, abs=0.01)
+    # ... and a uniform map stays uniform up to the tissue's edge (no pull towards 0 there).
+    np.testing.assert_allclose(smooth_on_grid(grid, np.full(len(grid), 0.8), 1.0), 0.8, atol=1e-5)
+    np.testing.assert_array_equal(smooth_on_grid(grid, p, 0.0), p)
+
+
+def test_edit_adds_only_where_raw_and_smoothed_scores_agree():
+    """Smoothing leaks a confident inside across the outline; that alone adds nothing."""
+    grid = _grid()
+    c = (grid.ij[:, 0] < 5).astype(np.int8)  # the left half is inside the coarse outline
+    p = np.where(c == 1, 1.0, 0.69).astype(np.float32)  # outside: unsure, close to the line
+    p[(grid.ij == [8, 5]).all(1)] = 0.99  # one sure outside patch, among unsure ones
+    s = RegionSettings()  # sigma 1, add above 0.7, cut below 0.5
+    remove, add = edit_masks(grid, p, c, s)
+    assert not remove.any()
+    # The column next to the outline gets smoothed scores > 0.7 from the inside, but its own
+    # scores are 0.69: not added. The sure patch is (its smoothed score stays > 0.7).
+    assert smooth_on_grid(grid, p, 1.0)[(grid.ij[:, 0] == 5)].min() > 0.7
+    assert add.sum() == 1 and add[(grid.ij == [8, 5]).all(1)][0]
+    labels = refined_labels(grid, c, p, s)
+    assert labels.sum() == c.sum() + 1

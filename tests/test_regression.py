@@ -6,10 +6,11 @@ coarse annotations simulated at the benchmark's noise levels. Margins are below 
 measured (in brackets, 2-core CPU, default settings) so that a real regression fails:
 
 * region-level slide (malignant GlaS texture in random blobs), severe noise, seed 0:
-  refined >= coarse + 0.02 (measured 0.727 -> 0.764, +0.037);
-* gland-level GlaS mosaic, severe noise, seed 1: refined >= coarse + 0.01 (0.654 -> 0.675);
-* gland-level GlaS mosaic, mild noise, seed 0: refined >= coarse - 0.005 (0.830 -> 0.829):
-  a good annotation is not made worse.
+  refined >= coarse + 0.06 (measured 0.727 -> 0.818, +0.091); moderate noise: >= coarse + 0.05
+  (0.787 -> 0.887, +0.100);
+* gland-level GlaS mosaic, severe noise, seed 1: refined >= coarse + 0.015 (0.654 -> 0.681);
+* gland-level GlaS mosaic, mild noise, seed 0: refined >= coarse - 0.01 (0.830 -> 0.825):
+  a good annotation is not made worse (issue 4's "never worse" margin).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from tests.conftest import GLAS, need
 
 CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice
-    ("region", 80.0, "severe", 0, 0.02),
-    ("glas", 40.0, "severe", 1, 0.01),
-    ("glas", 40.0, "mild", 0, -0.005),
+    ("region", 80.0, "severe", 0, 0.06),
+    ("region", 80.0, "moderate", 0, 0.05),
+    ("glas", 40.0, "severe", 1, 0.015),
+    ("glas", 40.0, "mild", 0, -0.01),
 ]
 
 
