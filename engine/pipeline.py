@@ -304,7 +304,7 @@ def refine(
     if settings.classifier.model == "mlp":
         # The paper's route: prototype pseudo-labels for the patch classifier. MIL learns
         # from the coarse labels themselves: bags drawn from the prototype pseudo-labels lost
-        # 0.01-0.06 Dice against bags from the coarse labels on every benchmark cell.
+        # 0.005-0.04 Dice against bags from the coarse labels on every benchmark cell.
         say("prototypes")
         t0 = time.perf_counter()
         protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(

@@ -36,7 +36,7 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     coarse, refined = s["coarse"]["pixel"]["dice"], s["refined"]["pixel"]["dice"]
-    # Measured 0.758 -> 0.856 (seed 0); a margin of 0.06 fails if refinement stops working.
+    # Measured 0.758 -> 0.834 (seed 0); a margin of 0.06 fails if refinement stops working.
     assert refined > coarse + 0.06, (coarse, refined)
     assert "Dice +" in r.output
     img = Image.open(out / "demo-slide.overlay.png")

@@ -1,0 +1,65 @@
+"""The pipeline's two routes on a real (synthetic) pyramidal slide: per-slide MIL (default)
+and the paper's prototype route."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from engine.patches import GridSettings
+from engine.pipeline import RefineSettings, SlideInput, refine
+
+
+@pytest.fixture(scope="module")
+def settings(cache_dir) -> RefineSettings:
+    return RefineSettings(grid=GridSettings(patch_um=64.0), cache_dir=cache_dir)
+
+
+def test_mil_model_per_slide_and_a_pooled_one_for_a_slide_without_annotation(demo_slide, settings):
+    alone = refine([SlideInput(demo_slide.path, demo_slide.coarse)], settings, progress=False)
+    both = refine(
+        [
+            SlideInput(demo_slide.path, demo_slide.coarse, name="annotated"),
+            SlideInput(demo_slide.path, None, name="bare"),
+        ],
+        settings,
+        progress=False,
+    )
+    # Each slide has its own model: adding a slide leaves the first one's scores as they were.
+    np.testing.assert_array_equal(both.slides[0].proba, alone.slides[0].proba)
+    # The slide with no annotation (nothing inside to draw bags from) is scored by the
+    # pooled model, which finds the tumour the other slide's outline taught: everything on
+    # it is "outside", so what edit mode adds there is confident tumour, mostly true.
+    bare = both.slides[1]
+    assert bare.coarse.sum() == 0 and not bare.regions.is_empty
+    assert bare.regions.intersection(demo_slide.truth).area > 0.7 * bare.regions.area
+    tumour = alone.slides[0].refined == 1
+    assert bare.proba[tumour].mean() > bare.proba[~tumour].mean() + 0.3
+    # The default route skips prototypes.
+    assert both.prototypes is None and both.pseudo is None
+    assert both.timings["prototypes"] == 0.0
+
+
+def test_prototype_route_and_hard_negatives(demo_slide, settings):
+    s = RefineSettings.for_method("prototype", grid=settings.grid, cache_dir=settings.cache_dir)
+    assert s.classifier.model == "mlp" and s.regions.add_above == 0.8
+    # A user's negative region over part of the coarse outline: never tumour in the result.
+    neg = demo_slide.coarse.intersection(demo_slide.coarse.centroid.buffer(150))
+    for route in (s, settings):
+        r = refine([SlideInput(demo_slide.path, demo_slide.coarse, neg)], route, progress=False)
+        res = r.slides[0]
+        assert res.hard_negative.any() and (res.proba[res.hard_negative] == 0).all()
+        assert res.regions.intersection(neg).area < 1e-6 * neg.area
+    assert r.prototypes is None  # the last route was the default (MIL)
+    proto = refine([SlideInput(demo_slide.path, demo_slide.coarse)], s, progress=False)
+    assert proto.pseudo is not None and proto.pseudo.major.any()
+    with pytest.raises(ValueError, match="'mil' or 'prototype'"):
+        RefineSettings.for_method("svm")
+    with pytest.raises(ValueError, match="'mil' or 'mlp'"):
+        refine(
+            [SlideInput(demo_slide.path, demo_slide.coarse)],
+            replace(settings, classifier=replace(settings.classifier, model="svm")),
+            progress=False,
+        )
