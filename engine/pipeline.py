@@ -1,9 +1,12 @@
 """The whole method over a cohort of slides, stage by stage.
 
-slide -> patches -> features -> prototypes -> pseudo-labels -> classifier -> regions.
-Several slides refined together share the global prototypes and the classifier, which is
-the paper's transductive setting: the model is trained on the slides it refines (each patch
-scored by a model trained on the other cross-fitting folds, see :mod:`engine.classifier`).
+slide -> patches -> features -> [prototypes -> pseudo-labels] -> classifier -> regions.
+
+Default (``model="mil"``): each slide gets its own attention-MIL model trained on bags drawn
+inside and outside its coarse outline, then the outline is edited where the scores are clear.
+With ``model="mlp"`` (``--method prototype``, the paper's route) slides refined together
+share the global prototypes and one patch classifier, trained on the slides it refines (each
+patch scored by a model trained on the other cross-fitting folds, see :mod:`engine.classifier`).
 """
 
 from __future__ import annotations

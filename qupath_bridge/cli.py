@@ -316,7 +316,8 @@ def common_options(fn):
 def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     """Refine the coarse annotations of one or more slides.
 
-    Several slides in one run share the global prototypes and one classifier. Writes
+    Several slides are refined in one run (each with its own MIL model; with --method
+    prototype they share the global prototypes and one classifier). Writes
     SLIDE.refined.geojson (detections of class '<class>: refined' plus tiles with p_<class>),
     SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
     File > Import objects.
@@ -373,7 +374,8 @@ def project_cmd(
 ):
     """Refine the coarse annotations of a QuPath project and write the result into it.
 
-    All selected images are refined together (the global prototypes span the project). Per
+    All selected images are refined in one run (with --method prototype the global
+    prototypes span the project). Per
     image, unlocked '<class>: refined' detections and tiles are replaced; annotations, other
     objects and locked objects are never touched, and each image's data file is backed up
     first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the

@@ -1,13 +1,15 @@
 """``qupath-refine PROJECT.qpproj``: refine every selected image of a QuPath project together.
 
 Reads the coarse annotations through paquo (or from the QuPath script's export folder), runs
-the engine over all images at once so the global prototypes span the project, and writes back
+the engine over all images in one run (with ``--method prototype`` the global prototypes span
+the project), and writes back
 image by image: refined regions as detections and patches as tiles with ``p_<class>``, under
 the derived class ``<class>: refined``. Round-trip rules, so the pathologist can edit and run
 again:
 
 * the coarse input is the current annotations of the coarse class (edited outlines count);
-* annotations of the negative class (``Ignore*``) are hard negatives no pseudo-label overrides;
+* annotations of the negative class (``Ignore*``) are hard negatives: always normal, whatever
+  the model or the pseudo-labels say;
 * a refined region the user kept, by converting it to an annotation or locking it, is left
   alone and new regions are cut around it; a converted one also counts as confirmed tumour;
 * only unlocked ``<class>: refined`` detections and tiles are replaced; nothing else changes.
