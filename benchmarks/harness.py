@@ -103,7 +103,9 @@ from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabelSettings, pseudo_labels
 from engine.regions import (
     RegionSettings,
+    edit_masks,
     edit_outline,
+    refined_labels,
     regions_from_probabilities,
     smooth_on_grid,
 )
@@ -673,6 +675,61 @@ def paper_pseudo_labels_auto(case: Case, tau: float | str | None) -> np.ndarray:
     return pseudo_labels(protos.similarity(case.x), case.y, PseudoLabelSettings(tau=tau)).labels
 
 
+def _mil_scores(case: Case) -> list[np.ndarray]:
+    """The engine's per-slide MIL scores (same seeds as ``refine``)."""
+    s = classifier_settings(case.seed)
+    return [
+        mil_proba(standardise(x), y, s, case.seed * 100 + k)
+        for k, (x, y) in enumerate(zip(case.cohort.features, case.coarse_labels, strict=True))
+    ]
+
+
+def _mil_refinetuned(case: Case) -> list[Geometry]:
+    """The paper's re-finetuning step in MIL form: a second MIL model per slide, its bags
+    drawn from the first model's edited labels, then the same edit of the coarse outline."""
+
+    def run() -> list[Geometry]:
+        rs, s = RegionSettings(), classifier_settings(case.seed)
+        out = []
+        for k, (sl, g, x, p, c, geom) in enumerate(
+            zip(
+                case.cohort.slides, case.cohort.grids, case.cohort.features,
+                _mil_scores(case), case.coarse_labels, case.coarse, strict=True,
+            )
+        ):  # fmt: skip
+            y2 = refined_labels(g, c, p, rs)
+            p2 = mil_proba(standardise(x), y2, s, case.seed * 100 + k + 50)
+            out.append(edit_outline(geom, g, p2, c, sl.mpp, rs, sl.size))
+        return out
+
+    return _guarded(case, "mil re-finetuning", run)
+
+
+def _iso_cut(case: Case) -> list[Geometry]:
+    """Inside the outline, follow the smoothed scores' 0.5 iso-line instead of cutting whole
+    patches; add outside as the engine does."""
+
+    def run() -> list[Geometry]:
+        rs = RegionSettings()
+        trace = RegionSettings(mode="replace", threshold=0.5, sigma=0.0)
+        out = []
+        for sl, g, p, c, geom in zip(
+            case.cohort.slides, case.cohort.grids, _mil_scores(case), case.coarse_labels,
+            case.coarse, strict=True,
+        ):  # fmt: skip
+            keep = regions_from_probabilities(g, smooth_on_grid(g, p, rs.sigma), sl.mpp, trace)
+            _, add = edit_masks(g, p, c, rs)
+            res = geom.intersection(keep)
+            if add.any():
+                res = res.union(
+                    regions_from_probabilities(g, add.astype(np.float32), sl.mpp, trace)
+                )
+            out.append(shapely.make_valid(res.intersection(shapely.box(0, 0, *sl.size))))
+        return out
+
+    return _guarded(case, "iso cut", run)
+
+
 #: the alternatives the engine's defaults were chosen against (BENCHMARKS.md)
 VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     # re-draw everything from the smoothed scores (the paper's step 8) instead of editing
@@ -685,6 +742,10 @@ VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     "v-cut-0.3": lambda c: _engine_with(c, regions={"remove_below": 0.3}),
     # MIL bags from the prototype pseudo-labels (tau off) instead of the coarse labels
     "v-pseudo-bags": _pseudo_bags,
+    # a second MIL round on the first one's edited labels (re-finetuning, MIL form)
+    "v-mil-refinetune": _mil_refinetuned,
+    # cut along the smoothed scores' iso-line inside the outline, not whole patches
+    "v-iso-cut": _iso_cut,
 }
 METHODS.update(VARIANTS)
 #: the methods of the full table (variants run only when named)
