@@ -506,13 +506,10 @@ class LcmilSettings:
 
 def lcmil(case: Case, s: LcmilSettings = LcmilSettings()) -> list[Geometry]:
     def run() -> list[Geometry]:
-        settings = replace(classifier_settings(case.seed), mil=s.mil)
-        probas = []
-        for k, (g, x, y) in enumerate(
-            zip(case.cohort.grids, case.cohort.features, case.coarse_labels, strict=True)
-        ):
-            p = mil_proba(standardise(x), y, settings, case.seed * 100 + k)
-            probas.append(smooth_on_grid(g, p, s.sigma_cells))
+        probas = [
+            smooth_on_grid(g, p, s.sigma_cells)
+            for g, p in zip(case.cohort.grids, _mil_scores(case, s.mil), strict=True)
+        ]
         return replace_regions(case, np.concatenate(probas), s.threshold, s.min_cells)
 
     return _guarded(case, "lcmil", run)
@@ -526,12 +523,12 @@ PAPER_STEPS = ("paper-ca", "paper-lp", "paper-gp", "paper-dds", "paper-rf")
 PAPER_TAU: float | str = "auto"
 
 
-def paper_pseudo_labels(case: Case, local: bool) -> np.ndarray:
+def paper_pseudo_labels(case: Case, local: bool, tau: float | str | None = PAPER_TAU) -> np.ndarray:
     """Prototype pseudo-labels (eqs. 3-4) from the global prototypes, or per slide from
     that slide's local prototypes (the ablation's LP step)."""
     protos = LocalGlobalPrototypes.from_settings(PrototypeSettings(random_state=case.seed))
     protos.fit(case.cohort.features)
-    settings = PseudoLabelSettings(tau=PAPER_TAU)
+    settings = PseudoLabelSettings(tau=tau)
     if not local:
         return pseudo_labels(protos.similarity(case.x), case.y, settings).labels
     out = []
@@ -653,7 +650,7 @@ def _pseudo_bags(case: Case) -> list[Geometry]:
     """MIL with bags drawn from the prototype pseudo-labels instead of the coarse labels."""
 
     def run() -> list[Geometry]:
-        labels = paper_pseudo_labels_auto(case, tau=None)
+        labels = paper_pseudo_labels(case, local=False, tau=None)
         probas = [
             mil_proba(standardise(x), y, classifier_settings(case.seed), case.seed * 100 + k)
             for k, (x, y) in enumerate(zip(case.cohort.features, case.split(labels), strict=True))
@@ -669,15 +666,9 @@ def _pseudo_bags(case: Case) -> list[Geometry]:
     return _guarded(case, "pseudo bags", run)
 
 
-def paper_pseudo_labels_auto(case: Case, tau: float | str | None) -> np.ndarray:
-    protos = LocalGlobalPrototypes.from_settings(PrototypeSettings(random_state=case.seed))
-    protos.fit(case.cohort.features)
-    return pseudo_labels(protos.similarity(case.x), case.y, PseudoLabelSettings(tau=tau)).labels
-
-
-def _mil_scores(case: Case) -> list[np.ndarray]:
-    """The engine's per-slide MIL scores (same seeds as ``refine``)."""
-    s = classifier_settings(case.seed)
+def _mil_scores(case: Case, mil: MilSettings | None = None) -> list[np.ndarray]:
+    """Per-slide MIL scores on the coarse labels, seeded as ``refine`` seeds them."""
+    s = classifier_settings(case.seed, mil=mil or MilSettings())
     return [
         mil_proba(standardise(x), y, s, case.seed * 100 + k)
         for k, (x, y) in enumerate(zip(case.cohort.features, case.coarse_labels, strict=True))
@@ -1006,16 +997,7 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
                 }
             bres["encoders"][ename] = eres
         if cfg.throughput:
-            # Encoders in turn, round after round, best of the rounds: load from other work on
-            # the machine then slows every encoder alike instead of whichever ran during it.
-            best: dict[str, dict[str, float]] = {}
-            for _ in range(cfg.throughput_rounds):
-                for ename in cfg.encoders:
-                    tp = encoder_throughput(
-                        slides[0], grid0, spec, ENCODERS[ename], cfg.cache_dir, repeats=1
-                    )
-                    if ename not in best or tp["patches_per_s"] > best[ename]["patches_per_s"]:
-                        best[ename] = tp
+            best = best_throughput(slides[0], grid0, spec, cfg.encoders, cfg)
             for ename, tp in best.items():
                 bres["encoders"][ename]["throughput"] = tp
             cfg.log(
@@ -1061,6 +1043,25 @@ def _dumps(obj: Any, indent: int = 0) -> str:
     return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
 
 
+def best_throughput(
+    slide: BenchSlide,
+    grid: PatchGrid,
+    spec: BenchmarkSpec,
+    encoders: Sequence[str],
+    cfg: SuiteConfig,
+) -> dict[str, dict[str, float]]:
+    """Each encoder's best patches/s over ``cfg.throughput_rounds`` rounds, encoders in turn:
+    load from other work on the machine then slows every encoder alike instead of whichever
+    ran during it."""
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(cfg.throughput_rounds):
+        for ename in encoders:
+            tp = encoder_throughput(slide, grid, spec, ENCODERS[ename], cfg.cache_dir, repeats=1)
+            if ename not in best or tp["patches_per_s"] > best[ename]["patches_per_s"]:
+                best[ename] = tp
+    return best
+
+
 def remeasure_throughput(results: dict[str, Any], cfg: SuiteConfig) -> dict[str, Any]:
     """Measure every encoder's patches/s again (interleaved, best of ``throughput_rounds``)
     and put the figures into ``results``; nothing else is re-run."""
@@ -1069,14 +1070,7 @@ def remeasure_throughput(results: dict[str, Any], cfg: SuiteConfig) -> dict[str,
         slides = build_cohort(cfg.data_root, cfg.work, spec)
         names = list(bres["encoders"])
         grid0 = load_cohort(slides[:1], spec, ENCODERS[names[0]], cfg.cache_dir).grids[0]
-        best: dict[str, dict[str, float]] = {}
-        for _ in range(cfg.throughput_rounds):
-            for ename in names:
-                tp = encoder_throughput(
-                    slides[0], grid0, spec, ENCODERS[ename], cfg.cache_dir, repeats=1
-                )
-                if ename not in best or tp["patches_per_s"] > best[ename]["patches_per_s"]:
-                    best[ename] = tp
+        best = best_throughput(slides[0], grid0, spec, names, cfg)
         for ename, tp in best.items():
             bres["encoders"][ename]["throughput"] = tp
         cfg.log(f"{bname}: " + ", ".join(f"{e} {t['patches_per_s']:.0f}" for e, t in best.items()))

@@ -377,20 +377,19 @@ def slide_mil_proba(
     the pooled patches of all slides. The user's hard negatives always go in normal bags."""
     s = settings.classifier
     xs = [standardise(x) for x in features]
-    ys = np.split(np.where(negatives, 0, labels), np.cumsum([len(x) for x in xs])[:-1])
-    out: list[npt.NDArray[np.float32] | None] = []
-    pooled: list[int] = []
-    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if min(int((y == 1).sum()), int((y == 0).sum())) >= s.min_per_class:
-            out.append(mil_proba(x, y, s, seed=s.random_state * 100 + k))
-        else:
-            out.append(None)
-            pooled.append(k)
-    if pooled:
+    bounds = np.cumsum([len(x) for x in xs])[:-1]
+    ys = np.split(np.where(negatives, 0, labels), bounds)
+    own = [min(int((y == 1).sum()), int((y == 0).sum())) >= s.min_per_class for y in ys]
+    pooled: list[npt.NDArray[np.float32]] = []
+    if not all(own):
         p = mil_proba(np.concatenate(xs), np.concatenate(ys), s, seed=s.random_state * 100 + 99)
-        parts = np.split(p, np.cumsum([len(x) for x in xs])[:-1])
-        out = [parts[k] if o is None else o for k, o in enumerate(out)]
-    return np.concatenate([o for o in out if o is not None])
+        pooled = np.split(p, bounds)
+    return np.concatenate(
+        [
+            mil_proba(x, y, s, seed=s.random_state * 100 + k) if ok else pooled[k]
+            for k, (x, y, ok) in enumerate(zip(xs, ys, own, strict=True))
+        ]
+    )
 
 
 def spatial_groups(grid: PatchGrid, slide: int, block: int) -> npt.NDArray[np.int64]:
