@@ -13,8 +13,11 @@ from engine.pipeline import RefineSettings, SlideInput, refine
 
 
 @pytest.fixture(scope="module")
-def settings(cache_dir) -> RefineSettings:
-    return RefineSettings(grid=GridSettings(patch_um=64.0), cache_dir=cache_dir)
+def settings(tmp_path_factory) -> RefineSettings:
+    # A cache of its own: the session's cache must not hold the demo slide's features before
+    # the CLI test checks that its first run embeds them.
+    cache = tmp_path_factory.mktemp("pipeline-cache")
+    return RefineSettings(grid=GridSettings(patch_um=64.0), cache_dir=cache)
 
 
 def test_mil_model_per_slide_and_a_pooled_one_for_a_slide_without_annotation(demo_slide, settings):
