@@ -104,7 +104,7 @@ from engine.pseudolabels import PseudoLabelSettings, pseudo_labels
 from engine.regions import (
     RegionSettings,
     edit_masks,
-    edit_outline,
+    refine_outline,
     refined_labels,
     regions_from_probabilities,
     smooth_on_grid,
@@ -660,7 +660,7 @@ def _pseudo_bags(case: Case) -> list[Geometry]:
             case.cohort.slides, case.cohort.grids, probas, case.coarse_labels, case.coarse,
             strict=True,
         ):  # fmt: skip
-            out.append(edit_outline(geom, g, p, c, s.mpp, RegionSettings(), s.size))
+            out.append(refine_outline(geom, g, p, c, s.mpp, RegionSettings(), s.size).regions)
         return out
 
     return _guarded(case, "pseudo bags", run)
@@ -690,7 +690,7 @@ def _mil_refinetuned(case: Case) -> list[Geometry]:
         ):  # fmt: skip
             y2 = refined_labels(g, c, p, rs)
             p2 = mil_proba(standardise(x), y2, s, case.seed * 100 + k + 50)
-            out.append(edit_outline(geom, g, p2, c, sl.mpp, rs, sl.size))
+            out.append(refine_outline(geom, g, p2, c, sl.mpp, rs, sl.size).regions)
         return out
 
     return _guarded(case, "mil re-finetuning", run)
@@ -725,6 +725,9 @@ def _iso_cut(case: Case) -> list[Geometry]:
 VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     # re-draw everything from the smoothed scores (the paper's step 8) instead of editing
     "v-replace": lambda c: _engine_with(c, regions={"mode": "replace"}),
+    # the guard off: edit every outline (the default before the guard) / re-draw every one
+    "v-no-guard": lambda c: _engine_with(c, regions={"redraw_below": None}),
+    "v-always-redraw": lambda c: _engine_with(c, regions={"redraw_below": float("inf")}),
     # no smoothing of the scores over the lattice
     "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0}),
     # edit thresholds: add above 0.6 instead of 0.7; cut below 0.6 or 0.3 instead of 0.5

@@ -37,8 +37,9 @@ from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction,
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
 from engine.regions import (
+    Outline,
     RegionSettings,
-    edit_outline,
+    refine_outline,
     refined_labels,
     regions_from_probabilities,
 )
@@ -86,7 +87,7 @@ class RefineSettings:
         """Defaults for ``method``: ``"mil"`` (the default) or ``"prototype"`` (the paper's
         prototype pseudo-labels and patch MLP). The prototype route's out-of-fold scores are
         lower and flatter than MIL's; it keeps the guard that was tuned for them on the
-        benchmark (no smoothing, add above 0.8, cut below 0.05)."""
+        benchmark (no smoothing, add above 0.8, cut below 0.05, never re-draw)."""
         if method not in ("mil", "prototype"):
             raise ValueError(f"method is 'mil' or 'prototype', not {method!r}")
         s = cls(**kw)
@@ -95,7 +96,9 @@ class RefineSettings:
         return replace(
             s,
             classifier=replace(s.classifier, model="mlp"),
-            regions=replace(s.regions, sigma=0.0, add_above=0.8, remove_below=0.05),
+            regions=replace(
+                s.regions, sigma=0.0, add_above=0.8, remove_below=0.05, redraw_below=None
+            ),
         )
 
     def with_seed(self, seed: int) -> RefineSettings:
@@ -119,6 +122,9 @@ class SlideResult:
     regions: shapely.Geometry
     cached: bool
     seconds: float  # reading and embedding this slide (shared stages not included)
+    #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
+    #: (the guard judged the outline loose) or "from scores" (region mode "replace")
+    outline: str = "edited"
 
     @property
     def relabelled_share(self) -> float:
@@ -342,7 +348,8 @@ def refine(
     for item, d, c, hn in zip(items, data, coarse, hard_neg, strict=True):
         n = len(d.grid)
         p = proba[start : start + n]
-        regions = slide_regions(item, d, c, p, settings.regions)
+        outline = slide_outline(item, d, c, p, settings.regions)
+        regions = outline.regions
         if item.negative is not None and not item.negative.is_empty:
             regions = regions.difference(item.negative)
         results.append(
@@ -354,10 +361,15 @@ def refine(
                 hard_negative=hn,
                 pseudo=labels[start : start + n],
                 proba=p,
-                refined=refined_labels(d.grid, c, p, settings.regions),
+                refined=outline.labels,
                 regions=regions,
                 cached=d.cached,
                 seconds=d.seconds,
+                outline=(
+                    "re-drawn (loose)"
+                    if outline.redrawn
+                    else ("edited" if settings.regions.mode == "edit" else "from scores")
+                ),
             )
         )
         start += n
@@ -398,14 +410,15 @@ def spatial_groups(grid: PatchGrid, slide: int, block: int) -> npt.NDArray[np.in
     return (slide * 1_000_000 + bi[:, 1] * 1000 + bi[:, 0]).astype(np.int64)
 
 
-def slide_regions(
+def slide_outline(
     item: SlideInput,
     d: SlideFeatures,
     coarse: npt.NDArray[np.int8],
     proba: npt.NDArray[np.float32],
     settings: RegionSettings,
-) -> shapely.Geometry:
+) -> Outline:
     frame = (d.info.width, d.info.height)
     if settings.mode == "edit":
-        return edit_outline(item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame)
-    return regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)
+        return refine_outline(item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame)
+    regions = regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)
+    return Outline(regions, refined_labels(d.grid, coarse, proba, settings), False, None)

@@ -44,6 +44,15 @@ class RegionSettings:
     at mild noise, adding at 0.6 cost 0.02 on gland-level slides, where benign glands look
     like malignant ones to ImageNet features).
 
+    The guard (``edit`` mode): a loose outline is one drawn well outside the tumour, so the
+    band of tissue just inside it scores like the tissue outside rather than like the deep
+    inside (:class:`RimScores`). Where the rim's level is below ``redraw_below`` the slide's
+    outline is **re-drawn inside itself** from the smoothed scores instead (their iso-line
+    at the midpoint of the outside and deep-inside levels, at least 0.5), and tissue outside
+    it whose smoothed score exceeds ``redraw_add_above`` is added. None: always edit. On the
+    benchmark this took region-level severe noise from 0.82 to 0.89 Dice (LCMIL's re-draw)
+    while mild-noise outlines, whose rims score like their insides, stayed edited.
+
     ``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes
     (None: half a patch's area, so one lone positive patch, traced as a diamond, survives);
     ``smooth`` is the closing/opening radius in lattice cells.
@@ -57,12 +66,19 @@ class RegionSettings:
     min_area_um2: float | None = None
     min_hole_um2: float | None = None
     smooth: float = 0.5
+    redraw_below: float | None = 0.6
+    redraw_add_above: float = 0.6
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
             raise ValueError(f"region mode is 'edit' or 'replace', not {self.mode!r}")
-        if not (0 <= self.remove_below <= 1 and 0 <= self.add_above <= 1):
-            raise ValueError("add_above and remove_below are probabilities between 0 and 1")
+        probs = (self.remove_below, self.add_above, self.redraw_add_above)
+        if not all(0 <= v <= 1 for v in probs):
+            raise ValueError(
+                "add_above, remove_below and redraw_add_above are probabilities between 0 and 1"
+            )
+        if self.redraw_below is not None and self.redraw_below < 0:
+            raise ValueError("redraw_below is a rim level, 0 or more (or None: never re-draw)")
         if self.sigma < 0:
             raise ValueError("sigma is a number of lattice cells, 0 or more")
 
@@ -83,6 +99,59 @@ def smooth_on_grid(grid: PatchGrid, values: npt.NDArray[np.floating], sigma: flo
     num = gaussian_filter(img, sigma, mode="constant")
     den = gaussian_filter(weight, sigma, mode="constant")
     return (num[r, c] / np.maximum(den[r, c], 1e-9)).astype(np.float32)
+
+
+#: the rim is inside the outline and within this many patch sizes of it; the deep inside and
+#: the outside are at least DEEP and OUTSIDE patch sizes away; each needs MIN_PATCHES
+RIM, DEEP, OUTSIDE, MIN_PATCHES = 0.5, 2.0, 1.0, 5
+
+
+@dataclass(frozen=True)
+class RimScores:
+    """Mean classifier scores of one slide's tissue by its depth relative to the coarse
+    outline: ``outside`` it (at least a patch away), in its ``rim`` (inside, within half a
+    patch of it) and ``deep`` inside (two patches or more)."""
+
+    outside: float
+    rim: float
+    deep: float
+
+    @property
+    def level(self) -> float:
+        """Where the rim sits between the outside (0) and the deep inside (1): near 1 the
+        outline hugs tumour, near 0 it runs through tissue that looks normal."""
+        return (self.rim - self.outside) / (self.deep - self.outside)
+
+    @property
+    def cut_at(self) -> float:
+        """The score that separates this slide's two levels (at least 0.5)."""
+        return max(0.5, (self.outside + self.deep) / 2)
+
+
+def outline_depth(grid: PatchGrid, coarse: shapely.Geometry) -> F32:
+    """Distance of each patch's centre to the coarse outline, in patch sizes."""
+    if coarse is None or coarse.is_empty or len(grid) == 0:
+        return np.full(len(grid), np.inf, dtype=np.float32)
+    centres = shapely.points(grid.xy + grid.size / 2)
+    return (shapely.distance(centres, coarse.boundary) / grid.size).astype(np.float32)
+
+
+def rim_scores(
+    proba: npt.NDArray[np.floating],
+    coarse_labels: npt.NDArray[np.integer],
+    depth: npt.NDArray[np.floating],
+) -> RimScores | None:
+    """The slide's :class:`RimScores`; None where a band has too few patches to judge, or
+    the deep inside does not score above the outside (the scores separate nothing)."""
+    p = np.asarray(proba, dtype=np.float64)
+    inside = np.asarray(coarse_labels).astype(bool)
+    bands = (~inside & (depth >= OUTSIDE), inside & (depth < RIM), inside & (depth >= DEEP))
+    if min(int(b.sum()) for b in bands) < MIN_PATCHES:
+        return None
+    outside, rim, deep = (float(p[b].mean()) for b in bands)
+    if deep - outside < 0.1:
+        return None
+    return RimScores(outside, rim, deep)
 
 
 def edit_masks(
@@ -234,6 +303,65 @@ def refined_labels(
         raise ValueError(f"region mode is 'edit' or 'replace', not {settings.mode!r}")
     remove, add = edit_masks(grid, proba, coarse, settings)
     return ((np.asarray(coarse).astype(bool) & ~remove) | add).astype(np.int8)
+
+
+@dataclass
+class Outline:
+    """The refined outline of one slide and how it was reached."""
+
+    regions: MultiPolygon
+    labels: npt.NDArray[np.int8]  # the final label of each patch
+    redrawn: bool  # the guard judged the coarse outline loose
+    rim: RimScores | None
+
+
+def refine_outline(
+    coarse: shapely.Geometry,
+    grid: PatchGrid,
+    proba: npt.NDArray[np.floating],
+    coarse_labels: npt.NDArray[np.integer],
+    mpp: float,
+    settings: RegionSettings = RegionSettings(),
+    frame: tuple[int, int] | None = None,
+) -> Outline:
+    """``edit`` mode with its guard: the coarse outline edited (:func:`edit_outline`), or,
+    where its rim scores like normal tissue, re-drawn inside itself (:func:`redraw_outline`)."""
+    rim = None
+    if settings.redraw_below is not None and coarse is not None and not coarse.is_empty:
+        rim = rim_scores(proba, coarse_labels, outline_depth(grid, coarse))
+    if rim is not None and rim.level < settings.redraw_below:
+        geom, labels = redraw_outline(coarse, grid, proba, coarse_labels, mpp, rim, settings, frame)
+        return Outline(geom, labels, True, rim)
+    geom = edit_outline(coarse, grid, proba, coarse_labels, mpp, settings, frame)
+    return Outline(geom, refined_labels(grid, coarse_labels, proba, settings), False, rim)
+
+
+def redraw_outline(
+    coarse: shapely.Geometry,
+    grid: PatchGrid,
+    proba: npt.NDArray[np.floating],
+    coarse_labels: npt.NDArray[np.integer],
+    mpp: float,
+    rim: RimScores,
+    settings: RegionSettings = RegionSettings(),
+    frame: tuple[int, int] | None = None,
+) -> tuple[MultiPolygon, npt.NDArray[np.int8]]:
+    """A loose outline re-drawn: inside it, the smoothed scores' iso-line at ``rim.cut_at``
+    (finer than whole patches: a loose rim is often narrower than one); outside it, tissue
+    whose smoothed score exceeds ``settings.redraw_add_above``. Returns the regions and the
+    label of each patch."""
+    smoothed = smooth_on_grid(grid, proba, settings.sigma)
+    trace = replace(settings, mode="replace", sigma=0.0, threshold=rim.cut_at)
+    keep = regions_from_probabilities(grid, smoothed, mpp, trace)
+    added = regions_from_probabilities(
+        grid, smoothed, mpp, replace(trace, threshold=settings.redraw_add_above)
+    )
+    geom = coarse.intersection(keep).union(added.difference(coarse))
+    if frame is not None:
+        geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
+    c = np.asarray(coarse_labels).astype(bool)
+    labels = np.where(c, smoothed >= rim.cut_at, smoothed >= settings.redraw_add_above)
+    return MultiPolygon(_polygons(shapely.make_valid(geom))), labels.astype(np.int8)
 
 
 def edit_outline(

@@ -102,6 +102,12 @@ def _fmt(v: float) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+#: columns of the per-slide / per-image summary tables
+_AREAS = ("patches", "coarse_mm2", "refined_mm2")
+SLIDE_COLUMNS = ["slide", *_AREAS, "regions", "relabelled", "outline", "cached"]
+IMAGE_COLUMNS = ["image", *_AREAS, "relabelled", "outline", "seconds", "written"]
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -335,8 +341,7 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
         tiles=not no_tiles,
         progress=run.progress,
     )
-    cols = ["slide", "patches", "coarse_mm2", "refined_mm2", "regions", "relabelled", "cached"]
-    click.echo(_table(summary["slides"], cols))
+    click.echo(_table(summary["slides"], SLIDE_COLUMNS))
     t = summary["timings"]
     click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     for o in summary["outputs"]:
@@ -406,7 +411,7 @@ def project_cmd(
     click.echo(
         _table(
             report["images"],
-            ["image", "patches", "coarse_mm2", "refined_mm2", "relabelled", "seconds", "written"],
+            IMAGE_COLUMNS,
         )
     )
     click.echo(f"results: {report['results']}")
@@ -520,6 +525,7 @@ def demo_cmd(out_dir, seed, cache_dir, quiet):
     click.echo(_table(rows, ["metric", "coarse", "refined"]))
     gain = s["refined"]["pixel"]["dice"] - s["coarse"]["pixel"]["dice"]
     click.echo(f"Dice {'+' if gain >= 0 else ''}{gain:.3f} over the coarse annotation")
+    click.echo(f"coarse outline: {s['rows'][0]['outline']}")
     for k, v in s["outputs"].items():
         click.echo(f"{k}: {v}")
 

@@ -283,6 +283,7 @@ def refine_project(
                     "coarse_mm2": round(shapely.area(inp.coarse) * um2 / 1e6, 4),
                     "refined_mm2": round(shapely.area(regions) * um2 / 1e6, 4),
                     "relabelled": round(res.relabelled_share, 4),
+                    "outline": res.outline,
                     "seconds": round(res.seconds + shared / len(used), 1),
                     "written": "project" if written else ("live" if r.live else "geojson"),
                 }

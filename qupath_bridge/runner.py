@@ -86,7 +86,8 @@ def _stem(path: Path) -> str:
 
 
 def slide_rows(result: RefineResult, items: list[SlideInput], seconds: float) -> list[dict]:
-    """Per-slide summary: patches, coarse and refined area, share relabelled."""
+    """Per-slide summary: patches, coarse and refined area, share relabelled, and whether the
+    coarse outline was edited or, judged loose, re-drawn."""
     rows = []
     for item, r in zip(items, result.slides, strict=True):
         um2 = r.info.mpp**2
@@ -98,6 +99,7 @@ def slide_rows(result: RefineResult, items: list[SlideInput], seconds: float) ->
                 "refined_mm2": round(shapely.area(r.regions) * um2 / 1e6, 4),
                 "regions": len(getattr(r.regions, "geoms", [])),
                 "relabelled": round(r.relabelled_share, 4),
+                "outline": r.outline,
                 "cached": r.cached,
                 "seconds": round(seconds, 2),
             }

@@ -8,7 +8,8 @@ Margins sit below what was measured (in brackets: Dice, 2-core AMD EPYC, default
 that a regression fails:
 
 * severe noise, engine >= coarse + margin and >= CA + margin:
-  region (coarse 0.745, CA 0.753, engine 0.770) and gland level (0.636, 0.635, 0.665);
+  region (coarse 0.745, CA 0.753, engine 0.790) and gland level (0.636, 0.635, 0.699); without
+  the guard that re-draws loose outlines the engine reached 0.770 and 0.665, below these margins;
 * mild noise, engine >= coarse - 0.01 (issue 4's "never worse"): region (0.961 -> 0.961) and
   gland level (0.849 -> 0.840).
 """
@@ -21,7 +22,7 @@ import pytest
 from tests.conftest import GLAS, SHARED_DATA, need
 
 # benchmark, Dice margin of the engine over coarse, over the CA classifier (severe noise)
-SEVERE = [("region", 0.015, 0.01), ("glas-gland", 0.02, 0.02)]
+SEVERE = [("region", 0.03, 0.025), ("glas-gland", 0.04, 0.04)]
 
 
 @pytest.fixture(scope="module")

@@ -36,9 +36,11 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     coarse, refined = s["coarse"]["pixel"]["dice"], s["refined"]["pixel"]["dice"]
-    # Measured 0.758 -> 0.834 (seed 0); a margin of 0.06 fails if refinement stops working.
-    assert refined > coarse + 0.06, (coarse, refined)
-    assert "Dice +" in r.output
+    # Measured 0.758 -> 0.959 (seed 0): the demo's outline is loose, so the guard re-draws it
+    # (edited, it reached 0.834); a margin of 0.15 fails if either stops working.
+    assert refined > coarse + 0.15, (coarse, refined)
+    assert "Dice +" in r.output and "coarse outline: re-drawn (loose)" in r.output
+    assert s["rows"][0]["outline"] == "re-drawn (loose)"
     img = Image.open(out / "demo-slide.overlay.png")
     assert max(img.size) >= 1000
     objs = read_objects(out / "demo-slide.refined.geojson")

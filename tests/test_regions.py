@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import shapely
@@ -14,8 +16,11 @@ from engine.regions import (
     edit_masks,
     edit_outline,
     mask_to_polygons,
+    outline_depth,
+    refine_outline,
     refined_labels,
     regions_from_probabilities,
+    rim_scores,
     smooth_on_grid,
 )
 
@@ -141,3 +146,55 @@ def test_edit_adds_only_where_raw_and_smoothed_scores_agree():
     assert add.sum() == 1 and add[(grid.ij == [8, 5]).all(1)][0]
     labels = refined_labels(grid, c, p, s)
     assert labels.sum() == c.sum() + 1
+
+
+def _disc_case(coarse_radius: float, n: int = 30):
+    """Tumour a disc of radius 700 px on a lattice of 100 px patches; the classifier scores
+    0.9 on it and 0.1 elsewhere; the coarse outline a disc of ``coarse_radius``."""
+    grid = _grid(n=n)
+    centres = grid.xy + grid.size / 2
+    truth = shapely.Point(1500, 1500).buffer(700)
+    p = np.where(shapely.contains_xy(truth, centres[:, 0], centres[:, 1]), 0.9, 0.1)
+    coarse = shapely.Point(1500, 1500).buffer(coarse_radius)
+    c = shapely.contains_xy(coarse, centres[:, 0], centres[:, 1]).astype(np.int8)
+    return grid, truth, p.astype(np.float32), coarse, c
+
+
+def test_rim_level_tells_a_loose_outline_from_a_tight_one():
+    levels = {}
+    for r in (700, 950):
+        grid, _, p, coarse, c = _disc_case(r)
+        rim = rim_scores(p, c, outline_depth(grid, coarse))
+        assert rim is not None and rim.outside == pytest.approx(0.1)
+        levels[r] = rim.level
+    # Tight: the rim is tumour. Loose by 2.5 patches: the rim is the normal tissue around it.
+    assert levels[700] > 0.9 and levels[950] < 0.1
+    # Scores that separate nothing, or an outline with no deep inside: no verdict.
+    grid, _, _, coarse, c = _disc_case(950)
+    flat = np.full(len(grid), 0.5, np.float32)
+    assert rim_scores(flat, c, outline_depth(grid, coarse)) is None
+    small = shapely.Point(1500, 1500).buffer(120)
+    cs = shapely.contains_xy(small, grid.xy[:, 0] + 50, grid.xy[:, 1] + 50).astype(np.int8)
+    assert rim_scores(np.where(cs == 1, 0.9, 0.1), cs, outline_depth(grid, small)) is None
+
+
+def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
+    s = RegionSettings()
+    # Loose: re-drawn inside itself, ending near the tumour's edge.
+    grid, truth, p, coarse, c = _disc_case(950)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert out.redrawn and out.rim is not None and out.rim.level < s.redraw_below
+    assert out.regions.within(coarse.buffer(1))
+    iou = lambda a: a.intersection(truth).area / a.union(truth).area  # noqa: E731
+    assert iou(coarse) < 0.6 and iou(out.regions) > 0.9
+    assert out.labels.sum() < c.sum()
+    # The same scores, the guard off: the whole-patch edit keeps a rim of normal tissue.
+    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_below=None))
+    assert not edited.redrawn and edited.rim is None
+    assert iou(edited.regions) < iou(out.regions) - 0.05
+    # Tight: edited, and little changes.
+    grid, truth, p, coarse, c = _disc_case(700)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert not out.redrawn and out.rim is not None
+    assert out.regions.symmetric_difference(coarse).area < 0.05 * coarse.area
+    np.testing.assert_array_equal(out.labels, refined_labels(grid, c, p, s))
