@@ -12,6 +12,7 @@ patch scored by a model trained on the other cross-fitting folds, see :mod:`engi
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -365,16 +366,22 @@ def refine(
                 regions=regions,
                 cached=d.cached,
                 seconds=d.seconds,
-                outline=(
-                    "re-drawn (loose)"
-                    if outline.redrawn
-                    else ("edited" if settings.regions.mode == "edit" else "from scores")
-                ),
+                outline=outline_verdict(outline, settings.regions),
             )
         )
         start += n
     timings["regions"] = time.perf_counter() - t0
     return RefineResult(results, protos, pl, timings)
+
+
+def outline_verdict(outline: Outline, settings: RegionSettings) -> str:
+    """How the result was drawn, for the summary tables."""
+    if settings.mode != "edit":
+        return "from scores"
+    if not outline.redrawn:
+        return "edited"
+    # redraw_below = inf is the user's "re-draw every outline", not the guard's verdict
+    return "re-drawn (loose)" if math.isfinite(settings.redraw_below or 0) else "re-drawn"
 
 
 def slide_mil_proba(

@@ -28,7 +28,7 @@
 @groovy.transform.Field String COARSE_CLASS = 'Tumor'          // class of the coarse annotations
 @groovy.transform.Field String NEGATIVE_CLASS = 'Ignore*'      // annotations that are not tumour
 @groovy.transform.Field String ENCODER = 'efficientnet-lite0'   // patch encoder
-@groovy.transform.Field String EXTRA_ARGS = ''                  // more options: '--method prototype'
+@groovy.transform.Field String EXTRA_ARGS = ''                  // more options, e.g. '--outline redraw'
 @groovy.transform.Field boolean SHOW_DIALOG = true              // GUI: confirm settings first
 // ====================================================================================
 

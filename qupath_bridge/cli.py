@@ -143,6 +143,7 @@ def _run(
     min_tissue,
     context,
     method,
+    outline,
     tau,
     seed,
     cache_dir,
@@ -167,6 +168,10 @@ def _run(
     ).with_seed(seed)
     if tau is not None:
         s = replace(s, pseudolabels=replace(s.pseudolabels, tau=_parse_tau(tau)))
+    if outline != "auto":
+        # edit: never re-draw; redraw: every slide's outline re-drawn inside itself
+        redraw = None if outline == "edit" else float("inf")
+        s = replace(s, regions=replace(s.regions, redraw_below=redraw))
     classes = ClassNames(class_name, negative_class or None)
     return _Run(s, classes, mpp, _progress(quiet, progress_lines))
 
@@ -273,6 +278,15 @@ def common_options(fn):
             help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
             "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
             "and patch classifier.",
+        ),
+        click.option(
+            "--outline",
+            type=click.Choice(["auto", "edit", "redraw"]),
+            default="auto",
+            show_default=True,
+            help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
+            "the scores say it was drawn loosely (with --method mil); edit: always edit; "
+            "redraw: always re-draw (outlines you know are rough).",
         ),
         click.option(
             "--tau",

@@ -100,6 +100,28 @@ def test_slide_command_then_cached_rerun(demo_inputs, tmp_path, cache_dir):
     assert res["pixel"]["dice"] > coarse_res["pixel"]["dice"]
 
 
+def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
+    """The demo's coarse outline is loose: the guard re-draws it; --outline edit keeps and
+    edits it (a lower Dice here), --outline redraw re-draws without asking the guard."""
+    slide, coarse, truth = demo_inputs
+    verdicts, dice = {}, {}
+    for mode in ("auto", "edit", "redraw"):
+        out = tmp_path / mode
+        r = run(
+            "slide", slide.path, "--coarse", coarse, "--out", out, "--patch-um", "64",
+            "--cache-dir", cache_dir, "--quiet", "--outline", mode,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        verdicts[mode] = json.loads((out / "summary.json").read_text())["slides"][0]["outline"]
+        ev = run("evaluate", "--slide", slide.path, "--truth", truth, "--pred",
+                 out / "demo.refined.geojson")  # fmt: skip
+        dice[mode] = json.loads(ev.output)["pixel"]["dice"]
+    assert verdicts == {"auto": "re-drawn (loose)", "edit": "edited", "redraw": "re-drawn"}
+    assert dice["auto"] == dice["redraw"] > dice["edit"] + 0.05, dice
+    r = run("slide", slide.path, "--coarse", coarse, "--outline", "sometimes")
+    assert r.exit_code == 2 and "--outline" in r.output
+
+
 def test_evaluate_with_mask_truth(demo_inputs, tmp_path):
     from engine.metrics import rasterize
 
