@@ -357,11 +357,9 @@ def redraw_outline(
         grid, smoothed, mpp, replace(trace, threshold=settings.redraw_add_above)
     )
     geom = coarse.intersection(keep).union(added.difference(coarse))
-    if frame is not None:
-        geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
     c = np.asarray(coarse_labels).astype(bool)
     labels = np.where(c, smoothed >= rim.cut_at, smoothed >= settings.redraw_add_above)
-    return MultiPolygon(_polygons(shapely.make_valid(geom))), labels.astype(np.int8)
+    return _in_frame(geom, frame), labels.astype(np.int8)
 
 
 def edit_outline(
@@ -387,6 +385,11 @@ def edit_outline(
         geom = geom.union(
             regions_from_probabilities(grid, add.astype(np.float32), mpp, mask_settings)
         )
+    return _in_frame(geom, frame)
+
+
+def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:
+    """``geom`` clipped to the image (``frame`` = width, height) as valid polygons."""
     if frame is not None:
         geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
     return MultiPolygon(_polygons(shapely.make_valid(geom)))
