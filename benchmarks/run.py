@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,10 @@ def config(args: argparse.Namespace) -> H.SuiteConfig:
     return H.SuiteConfig(
         data_root=Path(args.data),
         work=Path(args.work),
-        benchmarks={b: pool[b] for b in names},
+        # --patch-um: the same slides on another grid (is a choice tied to one patch size?)
+        benchmarks={
+            b: replace(pool[b], patch_um=args.patch_um) if args.patch_um else pool[b] for b in names
+        },
         levels=levels,
         seeds=seeds,
         encoders=encoders,
@@ -302,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmarks", nargs="+", default=None)
     p.add_argument("--levels", nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument(
+        "--patch-um", type=float, default=None, help="patch side for every benchmark (µm)"
+    )
     p.add_argument("--name", default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--render", default=None, help="only re-write the .md of a results JSON")
