@@ -301,7 +301,12 @@ def refined_labels(
         return (smooth_on_grid(grid, proba, settings.sigma) >= settings.threshold).astype(np.int8)
     if settings.mode != "edit":
         raise ValueError(f"region mode is 'edit' or 'replace', not {settings.mode!r}")
-    remove, add = edit_masks(grid, proba, coarse, settings)
+    return _edited_labels(coarse, *edit_masks(grid, proba, coarse, settings))
+
+
+def _edited_labels(
+    coarse: npt.NDArray[np.integer], remove: npt.NDArray[np.bool_], add: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int8]:
     return ((np.asarray(coarse).astype(bool) & ~remove) | add).astype(np.int8)
 
 
@@ -332,8 +337,9 @@ def refine_outline(
     if rim is not None and rim.level < settings.redraw_below:
         geom, labels = redraw_outline(coarse, grid, proba, coarse_labels, mpp, rim, settings, frame)
         return Outline(geom, labels, True, rim)
-    geom = edit_outline(coarse, grid, proba, coarse_labels, mpp, settings, frame)
-    return Outline(geom, refined_labels(grid, coarse_labels, proba, settings), False, rim)
+    remove, add = edit_masks(grid, proba, coarse_labels, settings)
+    geom = _trace_edit(coarse, grid, remove, add, mpp, settings, frame)
+    return Outline(geom, _edited_labels(coarse_labels, remove, add), False, rim)
 
 
 def redraw_outline(
@@ -374,6 +380,19 @@ def edit_outline(
     """The coarse outline minus confidently normal regions inside it, plus confidently
     tumour regions outside it; both traced like :func:`regions_from_probabilities`."""
     remove, add = edit_masks(grid, proba, coarse_labels, settings)
+    return _trace_edit(coarse, grid, remove, add, mpp, settings, frame)
+
+
+def _trace_edit(
+    coarse: shapely.Geometry,
+    grid: PatchGrid,
+    remove: npt.NDArray[np.bool_],
+    add: npt.NDArray[np.bool_],
+    mpp: float,
+    settings: RegionSettings,
+    frame: tuple[int, int] | None,
+) -> MultiPolygon:
+    """The coarse outline with the ``remove`` patches cut out and the ``add`` ones added."""
     # The masks are traced as they are (no second smoothing): a lone patch stays one patch.
     mask_settings = replace(settings, threshold=0.5, sigma=0.0)
     geom = coarse if coarse is not None else Polygon()

@@ -185,7 +185,10 @@ def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
     out = refine_outline(coarse, grid, p, c, 1.0, s)
     assert out.redrawn and out.rim is not None and out.rim.level < s.redraw_below
     assert out.regions.within(coarse.buffer(1))
-    iou = lambda a: a.intersection(truth).area / a.union(truth).area  # noqa: E731
+
+    def iou(a: shapely.Geometry) -> float:
+        return a.intersection(truth).area / a.union(truth).area
+
     assert iou(coarse) < 0.6 and iou(out.regions) > 0.9
     assert out.labels.sum() < c.sum()
     # The same scores, the guard off: the whole-patch edit keeps a rim of normal tissue.
