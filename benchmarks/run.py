@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -114,26 +115,28 @@ def fmt(cell: dict[str, Any] | None, key: str = "dice", digits: int = 3) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def headline(results: dict[str, Any], enc: str = H.DEFAULT_ENCODER) -> list[str]:
-    out = []
-    cols = [
-        m
-        for m in (*HEADLINE, *H.VARIANTS)
-        if any(
-            m in lv["methods"]
-            for b in results["benchmarks"].values()
-            if enc in b["encoders"]
-            for lv in b["encoders"][enc]["levels"].values()
-        )
-    ]
-    out.append("| benchmark | noise | " + " | ".join(LABELS.get(m, m) for m in cols) + " |")
-    out.append("|---|---|" + "---|" * len(cols))
+def cells(
+    results: dict[str, Any], enc: str = H.DEFAULT_ENCODER
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(benchmark, noise level, {method: aggregated results}) of one encoder."""
     for bname, b in results["benchmarks"].items():
-        if enc not in b["encoders"]:
-            continue
-        for level, lv in b["encoders"][enc]["levels"].items():
-            row = [fmt(lv["methods"].get(m)) for m in cols]
-            out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
+        if enc in b["encoders"]:
+            for level, lv in b["encoders"][enc]["levels"].items():
+                yield bname, level, lv["methods"]
+
+
+def cell_table(heads: Sequence[str]) -> list[str]:
+    """The header of a table with one row per benchmark and noise level."""
+    return ["| benchmark | noise | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
+
+
+def headline(results: dict[str, Any], enc: str = H.DEFAULT_ENCODER) -> list[str]:
+    present = {m for _, _, methods in cells(results, enc) for m in methods}
+    cols = [m for m in (*HEADLINE, *H.VARIANTS) if m in present]
+    out = cell_table([LABELS.get(m, m) for m in cols])
+    for bname, level, methods in cells(results, enc):
+        row = [fmt(methods.get(m)) for m in cols]
+        out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
     return out
 
 
@@ -147,24 +150,19 @@ def target_rows(results: dict[str, Any]) -> list[str]:
         "above_knn": "above kNN",
         "above_lcmil": "above LCMIL-style",
     }
-    out = ["| benchmark | noise | " + " | ".join(names[k] for k in kinds) + " |"]
-    out.append("|---|---|" + "---|" * len(kinds))
-    for bname, b in results["benchmarks"].items():
-        if enc not in b["encoders"]:
+    out = cell_table([names[k] for k in kinds])
+    for bname, level, cell in cells(results, enc):
+        if "engine" not in cell or "coarse" not in cell:
             continue
-        for level, lv in b["encoders"][enc]["levels"].items():
-            cell = lv["methods"]
-            if "engine" not in cell or "coarse" not in cell:
+        t = H.targets(cell, level)  # from the stored means: no double rounding
+        row = []
+        for k in kinds:
+            if k not in t:
+                row.append("–")
                 continue
-            t = H.targets(cell, level)  # from the stored means: no double rounding
-            row = []
-            for k in kinds:
-                if k not in t:
-                    row.append("–")
-                    continue
-                verdict = "PASS" if t[k]["pass"] else "**MISS**"
-                row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
-            out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
+            verdict = "PASS" if t[k]["pass"] else "**MISS**"
+            row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
+        out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
     return out
 
 
@@ -235,19 +233,11 @@ def encoder_table(results: dict[str, Any]) -> list[str]:
 def ablation_table(results: dict[str, Any]) -> list[str]:
     enc = H.DEFAULT_ENCODER
     steps = ("coarse", *H.PAPER_STEPS, "engine")
-    out = ["| benchmark | noise | " + " | ".join(LABELS[s] for s in steps) + " |"]
-    out.append("|---|---|" + "---|" * len(steps))
-    for bname, b in results["benchmarks"].items():
-        if enc not in b["encoders"]:
-            continue
-        for level, lv in b["encoders"][enc]["levels"].items():
-            if not all(s in lv["methods"] for s in H.PAPER_STEPS):
-                continue
-            out.append(
-                f"| {bname} | {level} | "
-                + " | ".join(fmt(lv["methods"].get(s)) for s in steps)
-                + " |"
-            )
+    out = cell_table([LABELS[s] for s in steps])
+    for bname, level, methods in cells(results, enc):
+        if all(s in methods for s in H.PAPER_STEPS):
+            row = [fmt(methods.get(s)) for s in steps]
+            out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
     return out if len(out) > 2 else []
 
 
