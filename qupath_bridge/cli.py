@@ -422,12 +422,7 @@ def project_cmd(
             )
         )
         return
-    click.echo(
-        _table(
-            report["images"],
-            IMAGE_COLUMNS,
-        )
-    )
+    click.echo(_table(report["images"], IMAGE_COLUMNS))
     click.echo(f"results: {report['results']}")
     if report["backup"]:
         click.echo(

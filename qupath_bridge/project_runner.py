@@ -50,7 +50,7 @@ from qupath_bridge.project import (
     work_dir,
     write_refined,
 )
-from qupath_bridge.runner import REFINED_COLOR, ClassNames, write_json
+from qupath_bridge.runner import REFINED_COLOR, ClassNames, result_fields, write_json
 
 log = logging.getLogger("qupath_refine")
 
@@ -275,15 +275,10 @@ def refine_project(
                     error = str(e)
                     errors.append(error)
                     log.error("%s", error)
-            um2 = res.info.mpp**2
             rows.append(
                 {
                     "image": r.name,
-                    "patches": len(res.grid),
-                    "coarse_mm2": round(shapely.area(inp.coarse) * um2 / 1e6, 4),
-                    "refined_mm2": round(shapely.area(regions) * um2 / 1e6, 4),
-                    "relabelled": round(res.relabelled_share, 4),
-                    "outline": res.outline,
+                    **result_fields(res, inp.coarse, regions),
                     "seconds": round(res.seconds + shared / len(used), 1),
                     "written": "project" if written else ("live" if r.live else "geojson"),
                 }

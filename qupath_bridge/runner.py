@@ -21,7 +21,14 @@ from engine.errors import AnnotationError, RefineError
 from engine.evaluation import evaluate
 from engine.features import ProgressFactory
 from engine.overlay import render_overlay, save_png
-from engine.pipeline import RefineResult, RefineSettings, SlideInput, open_slide, refine
+from engine.pipeline import (
+    RefineResult,
+    RefineSettings,
+    SlideInput,
+    SlideResult,
+    open_slide,
+    refine,
+)
 from engine.slide import Slide
 from qupath_bridge.geojson_io import (
     DEFAULT_COLORS,
@@ -90,21 +97,29 @@ def slide_rows(result: RefineResult, items: list[SlideInput], seconds: float) ->
     coarse outline was edited or, judged loose, re-drawn."""
     rows = []
     for item, r in zip(items, result.slides, strict=True):
-        um2 = r.info.mpp**2
         rows.append(
             {
                 "slide": r.name,
-                "patches": len(r.grid),
-                "coarse_mm2": round(shapely.area(item.coarse) * um2 / 1e6, 4),
-                "refined_mm2": round(shapely.area(r.regions) * um2 / 1e6, 4),
+                **result_fields(r, item.coarse, r.regions),
                 "regions": len(getattr(r.regions, "geoms", [])),
-                "relabelled": round(r.relabelled_share, 4),
-                "outline": r.outline,
                 "cached": r.cached,
                 "seconds": round(seconds, 2),
             }
         )
     return rows
+
+
+def result_fields(r: SlideResult, coarse: shapely.Geometry, regions: shapely.Geometry) -> dict:
+    """The columns the slide and project summaries share: patches, coarse and refined area
+    (mm²), share of patches relabelled, and how the outline was drawn."""
+    um2 = r.info.mpp**2
+    return {
+        "patches": len(r.grid),
+        "coarse_mm2": round(shapely.area(coarse) * um2 / 1e6, 4),
+        "refined_mm2": round(shapely.area(regions) * um2 / 1e6, 4),
+        "relabelled": round(r.relabelled_share, 4),
+        "outline": r.outline,
+    }
 
 
 def write_outputs(
