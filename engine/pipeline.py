@@ -33,6 +33,7 @@ from engine.features import (
     load_cached,
     store_cached,
 )
+from engine.guard import redraw_self_test
 from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
@@ -389,14 +390,15 @@ def refine(
     t0 = time.perf_counter()
     results = []
     start = 0
-    for item, d, c, hn in zip(items, data, coarse, hard_neg, strict=True):
+    for k, (item, d, c, hn) in enumerate(zip(items, data, coarse, hard_neg, strict=True)):
         n = len(d.grid)
         p = proba[start : start + n]
         few = too_few_to_learn(labels[start : start + n], d, settings)
-        outline = slide_outline(item, d, c, p, settings.regions, kept=few)
+        confirm = self_test_for(d, settings, k)
+        outline = slide_outline(item, d, c, p, settings.regions, kept=few, confirm=confirm)
         regions = outline.regions
         if item.negative is not None and not item.negative.is_empty:
-            regions = regions.difference(item.negative)
+            regions = valid_polygons(regions.difference(item.negative))
         results.append(
             SlideResult(
                 name=item.label,
@@ -477,6 +479,35 @@ def too_few_to_learn(
     return f"only {n_out} patches of {side} outside the outline; leave more tissue outside it"
 
 
+def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
+    """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
+    only if the guard is about to re-draw."""
+    r, c = settings.regions, settings.classifier
+    if c.model != "mil" or not r.self_test or d.features is None:
+        return None
+
+    def confirm() -> bool:
+        test = redraw_self_test(
+            d.item.coarse,
+            d.grid,
+            standardise(d.features),
+            d.info.mpp,
+            c,
+            r,
+            (d.info.width, d.info.height),
+            seed=c.random_state * 100 + 50 + k,
+        )
+        log.info(
+            "%s: the outline looks loose; self-test took back %s of a %d-patch test band",
+            d.item.label,
+            "n/a" if test.recovered is None else f"{test.recovered:.0%}",
+            test.band_patches,
+        )
+        return test.passed(r.self_test_recovered)
+
+    return confirm
+
+
 def slide_outline(
     item: SlideInput,
     d: SlideFeatures,
@@ -484,11 +515,14 @@ def slide_outline(
     proba: npt.NDArray[np.float32],
     settings: RegionSettings,
     kept: str | None = None,
+    confirm: Callable[[], bool] | None = None,
 ) -> Outline:
     frame = (d.info.width, d.info.height)
     if settings.mode == "edit":
         if kept:
             return Outline(valid_polygons(item.coarse, frame), coarse, False, None, kept=kept)
-        return refine_outline(item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame)
+        return refine_outline(
+            item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame, confirm
+        )
     regions = regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)
     return Outline(regions, refined_labels(d.grid, coarse, proba, settings), False, None)

@@ -10,6 +10,7 @@ closing and opening.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -58,6 +59,11 @@ class RegionSettings:
     at the midpoint of the outside and deep-inside levels, at least 0.5), and tissue outside
     it whose smoothed score exceeds ``redraw_add_above`` is added.
 
+    Before the guard re-draws, the slide's scores must pass a self-test (``self_test``,
+    :mod:`engine.guard`): the outline loosened by ``self_test_dilate`` patches, a model
+    trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
+    band back out; otherwise the outline is edited.
+
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
     pathologist drew, and the outline is **kept** unchanged (``Outline.kept``), whatever
@@ -82,6 +88,9 @@ class RegionSettings:
     redraw_below: float = 0.6
     redraw_add_above: float = 0.6
     min_separation: float = 0.1
+    self_test: bool = True
+    self_test_dilate: float = 2.0
+    self_test_recovered: float = 0.5
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
@@ -410,11 +419,12 @@ def refine_outline(
     mpp: float,
     settings: RegionSettings = RegionSettings(),
     frame: tuple[int, int] | None = None,
+    confirm: Callable[[], bool] | None = None,
 ) -> Outline:
     """``edit`` mode with its guard: the coarse outline kept where the scores separate
     nothing, edited (:func:`edit_outline`), or, where its rim scores like normal tissue
-    (``outline="auto"``) or as asked (``"redraw"``), re-drawn inside itself
-    (:func:`redraw_outline`)."""
+    (``outline="auto"``, and ``confirm()`` agrees: the guard's self-test) or as asked
+    (``"redraw"``), re-drawn inside itself (:func:`redraw_outline`)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
         return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None)
@@ -423,7 +433,10 @@ def refine_outline(
     if weak:
         return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
     loose = settings.outline == "redraw" or (
-        settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below
+        settings.outline == "auto"
+        and rim is not None
+        and rim.level < settings.redraw_below
+        and (confirm is None or confirm())
     )
     if loose and rim is not None:
         geom, labels = redraw_outline(coarse, grid, proba, c, mpp, rim, settings, frame)

@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
-from engine.errors import RefineError
+from engine.errors import RefineError, SettingsError
 
 if TYPE_CHECKING:
     from engine.pipeline import RefineSettings
@@ -71,6 +72,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+#: engine setting names and the options that set them
+_FLAGS = {
+    "patch_um": "--patch-um",
+    "stride_um": "--stride-um",
+    "min_tissue": "--min-tissue",
+    "mpp": "--target-mpp",
+}
+
+
+def _as_flags(message: str) -> str:
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return message
+
+
 def _friendly(fn):
     """Bad input becomes one line on stderr and a non-zero exit, never a traceback."""
 
@@ -78,6 +94,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except SettingsError as e:  # engine messages name settings; the user typed flags
+            _fail(_as_flags(str(e)), e.exit_code)
         except RefineError as e:
             _fail(str(e), e.exit_code)
         except ValueError as e:  # settings rejected by a stage's validate()
