@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlparse
 
 import shapely
 
+from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
 from qupath_bridge.export import WORK_DIR, ImageRecord, ProjectError
 from qupath_bridge.geojson_io import QuPathObject
 
@@ -335,12 +336,12 @@ def write_refined(
             f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
             "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
         )
-    refined_id = f"{coarse_class}: refined"
+    refined_id = refined_class(coarse_class)
     parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
     parent = parent or PathClass(coarse_class)
     refined = next((c for c in qp.path_classes if c.id == refined_id), None)
     if refined is None:
-        refined = PathClass("refined", parent=parent, color=color)
+        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
         qp.path_classes = [*qp.path_classes, refined]
     backup = backup_image_data(project, entry_id, stamp)
     try:
@@ -353,7 +354,7 @@ def write_refined(
             det = h.detections
             det -= victims
             new = [Detection.from_shapely(r, refined) for r in regions]
-            key = f"p_{coarse_class}"
+            key = probability_key(coarse_class)
             new += [Tile.from_shapely(b, refined, {key: float(p)}) for b, p in tiles]
             det |= new
         entry.save()

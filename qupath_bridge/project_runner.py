@@ -29,10 +29,10 @@ from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
 from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
 from engine.regions import clean
+from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
 from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, ProjectError, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
-    class_matches,
     clip_to_frame,
     read_objects,
     refined_features,
@@ -50,7 +50,7 @@ from qupath_bridge.project import (
     work_dir,
     write_refined,
 )
-from qupath_bridge.runner import REFINED_COLOR, ClassNames, result_fields, write_json
+from qupath_bridge.runner import result_fields, write_json
 
 log = logging.getLogger("qupath_refine")
 
