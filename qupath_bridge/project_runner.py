@@ -120,6 +120,8 @@ def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInput
 MEMORY_VERSION = 1
 #: share of a written region that must still be covered for it to count as present
 PRESENT_SHARE = 0.5
+#: share of a written region an annotation of the refined class must cover to count as converted
+CONVERTED_SHARE = 0.1
 
 
 @dataclass
@@ -173,9 +175,9 @@ def vanished_regions(
 
     A written region is still there when the image's ``refined`` detections (locked or not)
     cover at least half of it, and converted when an annotation matches it: one of class
-    ``refined`` covering half of it, or any annotation with an overlap (IoU) of at least one
-    half (a converted region the user then re-classified). The coarse outline around many
-    regions matches none of them, so it does not count as a conversion.
+    ``refined`` covering a tenth of it (converted, perhaps trimmed), or any annotation with an
+    overlap (IoU) of at least one half (a converted region the user then re-classified). The
+    coarse outline around many regions matches none of them: it is no conversion.
     """
     dets = [
         o.geometry for o in objects if o.object_type == "detection" and o.classification == refined
@@ -193,7 +195,9 @@ def vanished_regions(
 def _converts(a: QuPathObject, p: shapely.Polygon, refined: str) -> bool:
     inter = p.intersection(a.geometry).area
     if a.classification == refined:
-        return inter >= PRESENT_SHARE * p.area
+        # a converted region, perhaps trimmed to the part the user agrees with: the rest was
+        # edited away, not rejected
+        return inter >= CONVERTED_SHARE * p.area
     return inter >= PRESENT_SHARE * p.union(a.geometry).area
 
 

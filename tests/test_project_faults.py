@@ -379,19 +379,20 @@ def _roundtrip(tmp_path: Path, feats: list) -> list[QuPathObject]:
 
 def test_vanished_regions(tmp_path):
     cls = classification(REFINED, (0, 170, 60))
-    a, b, c, d, e = (shapely.box(x, 0, x + 100, 100) for x in (0, 200, 400, 600, 800))
-    written = [a, b, c, d, e]
+    a, b, c, d, e, f = (shapely.box(x, 0, x + 100, 100) for x in (0, 200, 400, 600, 800, 1000))
+    written = [a, b, c, d, e, f]
     locked = feature(d, "detection", cls)
     locked["properties"]["isLocked"] = True
     objects = _roundtrip(
         tmp_path,
         [
-            *annotation_features(shapely.box(-50, -50, 1000, 150), "Tumor"),  # the coarse outline
+            *annotation_features(shapely.box(-50, -50, 1200, 150), "Tumor"),  # coarse outline
             feature(a, "detection", cls),  # a: still there
             *annotation_features(b.buffer(-2), REFINED),  # b: converted
             *annotation_features(c.buffer(3), "Tumor"),  # c: converted, then re-classified
             locked,  # d: locked
             # e: deleted (only the coarse outline covers it)
+            *annotation_features(shapely.box(1000, 0, 1030, 100), REFINED),  # f: converted part
         ],
     )
     assert vanished_regions(written, objects, REFINED) == [e]
