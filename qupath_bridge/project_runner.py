@@ -446,6 +446,7 @@ def _run_project(
     results_dir = work_dir(pfile) / "results"
     stamp = timestamp()
     manifest_images, rows, errors = [], [], []
+    result_files: list[tuple[Path, list]] = []
     if write_paquo:
         repair_images(pfile, [r.id for r in used if not r.live])
     ctx = open_project(pfile, write=True) if write_paquo else None
@@ -470,7 +471,10 @@ def _run_project(
                 REFINED_COLOR,
                 mpp=res.info.mpp,
             )
-            gj = write_features(results_dir / f"{r.id}.geojson", feats)
+            # written with the manifest after the loop: an interrupted run leaves the last
+            # run's results folder as it was
+            gj = results_dir / f"{r.id}.geojson"
+            result_files.append((gj, feats))
             written, error = False, None
             before = memories.get(r.id)
             if qp is not None and not r.live:
@@ -534,6 +538,8 @@ def _run_project(
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
+    for path, feats in result_files:
+        write_features(path, feats)
     manifest = {
         "format": RESULTS_FORMAT,
         "version": 1,
