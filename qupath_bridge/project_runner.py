@@ -20,6 +20,7 @@ again:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -120,7 +121,7 @@ def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInput
 MEMORY_VERSION = 1
 #: share of a written region that must still be covered for it to count as present
 PRESENT_SHARE = 0.5
-#: share of a written region an annotation of the refined class must cover to count as converted
+#: share of a written region a new annotation must cover for it to count as converted
 CONVERTED_SHARE = 0.1
 
 
@@ -136,6 +137,17 @@ class Memory:
     state: str
     regions: list[shapely.Polygon]
     rejected: shapely.Geometry | None = None  # tissue the user said is not tumour, by deleting
+    annotations: frozenset[str] = frozenset()  # the image's annotations then (shape_key)
+
+
+def shape_key(geom: shapely.Geometry) -> str:
+    """A geometry's identity across runs: QuPath keeps 0.01 px and may start rings elsewhere."""
+    g = shapely.normalize(shapely.set_precision(geom, 0.01))
+    return hashlib.sha1(shapely.to_wkb(g)).hexdigest()
+
+
+def annotation_keys(objects: list[QuPathObject]) -> frozenset[str]:
+    return frozenset(shape_key(o.geometry) for o in objects if o.object_type == "annotation")
 
 
 def memory_file(project: Path, entry_id: str) -> Path:
@@ -151,7 +163,8 @@ def read_memory(project: Path, entry_id: str) -> Memory | None:
         doc = json.loads(f.read_text(encoding="utf-8"))
         regions = _polygons(shapely.geometry.shape(doc["regions"])) if doc["regions"] else []
         rejected = shapely.geometry.shape(doc["rejected"]) if doc.get("rejected") else None
-        return Memory(str(doc["refined_class"]), str(doc["state"]), regions, rejected)
+        known = frozenset(str(k) for k in doc.get("annotations") or [])
+        return Memory(str(doc["refined_class"]), str(doc["state"]), regions, rejected, known)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("ignoring damaged %s (%s): deleted regions are not compared this run", f, e)
         return None
@@ -164,41 +177,41 @@ def write_memory(project: Path, entry_id: str, memory: Memory) -> Path:
         "state": memory.state,
         "regions": shapely.geometry.mapping(shapely.MultiPolygon(memory.regions)),
         "rejected": shapely.geometry.mapping(memory.rejected) if memory.rejected else None,
+        "annotations": sorted(memory.annotations),
     }
     return write_json(memory_file(project, entry_id), doc)
 
 
 def vanished_regions(
-    written: list[shapely.Polygon], objects: list[QuPathObject], refined: str
+    written: list[shapely.Polygon],
+    objects: list[QuPathObject],
+    refined: str,
+    known: frozenset[str] = frozenset(),
 ) -> list[shapely.Polygon]:
     """Regions a run wrote that the user has since deleted without converting them.
 
     A written region is still there when the image's ``refined`` detections (locked or not)
-    cover at least half of it, and converted when an annotation matches it: one of class
-    ``refined`` covering a tenth of it (converted, perhaps trimmed), or any annotation with an
-    overlap (IoU) of at least one half (a converted region the user then re-classified). The
-    coarse outline around many regions matches none of them: it is no conversion.
+    cover at least half of it, and converted when an annotation the user made since that run
+    (not among ``known``, the :func:`shape_key` of the annotations then) covers a tenth of it:
+    a converted region, perhaps trimmed or re-classified, or an edited outline. The coarse
+    outline that was already there is no conversion of the regions inside it.
     """
     dets = [
         o.geometry for o in objects if o.object_type == "detection" and o.classification == refined
     ]
     present = shapely.make_valid(shapely.union_all(dets)) if dets else None
-    notes = [o for o in objects if o.object_type == "annotation"]
+    new = [
+        o.geometry
+        for o in objects
+        if o.object_type == "annotation" and shape_key(o.geometry) not in known
+    ]
+    claimed = shapely.make_valid(shapely.union_all(new)) if new else None
     return [
         p
         for p in written
         if not (present is not None and p.intersection(present).area >= PRESENT_SHARE * p.area)
-        and not any(_converts(a, p, refined) for a in notes)
+        and not (claimed is not None and p.intersection(claimed).area >= CONVERTED_SHARE * p.area)
     ]
-
-
-def _converts(a: QuPathObject, p: shapely.Polygon, refined: str) -> bool:
-    inter = p.intersection(a.geometry).area
-    if a.classification == refined:
-        # a converted region, perhaps trimmed to the part the user agrees with: the rest was
-        # edited away, not rejected
-        return inter >= CONVERTED_SHARE * p.area
-    return inter >= PRESENT_SHARE * p.union(a.geometry).area
 
 
 def remembered_negative(
@@ -221,7 +234,7 @@ def remembered_negative(
     elif not compare:
         log.info("%s: the export lacks its refined detections; deleted regions not compared", name)
     elif memory.regions:
-        gone = vanished_regions(memory.regions, objects, memory.refined_class)
+        gone = vanished_regions(memory.regions, objects, memory.refined_class, memory.annotations)
         if len(gone) == len(memory.regions):
             log.warning(
                 "%s: none of the %d refined regions of the last run are in the image; taking "
@@ -477,20 +490,23 @@ def _run_project(
             result_files.append((gj, feats))
             written, error = False, None
             before = memories.get(r.id)
+            notes = annotation_keys(objects_of[r.id])
             if qp is not None and not r.live:
                 say(f"writing {r.name}")
                 tiles = []
                 if options.tiles:
                     tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
                 # Until the save is confirmed, which regions the image holds is unknown.
-                write_memory(pfile, r.id, Memory(classes.refined, "pending", polys, inp.rejected))
+                write_memory(
+                    pfile, r.id, Memory(classes.refined, "pending", polys, inp.rejected, notes)
+                )
                 try:
                     rep = write_refined(
                         qp, pfile, r.id, polys, tiles, classes.coarse, REFINED_COLOR, stamp
                     )
                     written = True
                     write_memory(
-                        pfile, r.id, Memory(classes.refined, "project", polys, inp.rejected)
+                        pfile, r.id, Memory(classes.refined, "project", polys, inp.rejected, notes)
                     )
                     log.info(
                         "%s: replaced %d refined objects by %d (backup: %s)",
@@ -510,7 +526,9 @@ def _run_project(
                         memory_file(pfile, r.id).unlink(missing_ok=True)
             elif r.live:
                 # the menu script puts these into the open image after this run
-                write_memory(pfile, r.id, Memory(classes.refined, "live", polys, inp.rejected))
+                write_memory(
+                    pfile, r.id, Memory(classes.refined, "live", polys, inp.rejected, notes)
+                )
             elif before is not None and inp.rejected is not None:
                 # --geojson-only: the project still holds what it held; keep what was learnt
                 write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
