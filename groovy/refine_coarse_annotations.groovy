@@ -34,7 +34,7 @@
 
 @groovy.transform.Field final String TITLE = 'Refine coarse annotations'
 @groovy.transform.Field final String PREFS_NODE = 'qupath-refine'
-@groovy.transform.Field final int EXPORT_VERSION = 1
+@groovy.transform.Field final int EXPORT_VERSION = 2
 @groovy.transform.Field final LOG = org.slf4j.LoggerFactory.getLogger('qupath-refine')
 
 checkQuPathVersion()
@@ -207,6 +207,7 @@ Map scriptArgs() {
 // ----------------------------------- export -------------------------------------------
 Map exportProject(def project, File projectFile, File exportDir, def liveImageData, String liveId) {
     File imagesDir = new File(exportDir, 'images')
+    File memoryDir = new File(exportDir.parentFile, 'memory')
     imagesDir.mkdirs()
     new File(exportDir, 'manifest.json').delete()   // never leave an old manifest next to new files
     imagesDir.listFiles()?.findAll { it.name.endsWith('.geojson') }?.each { it.delete() }
@@ -220,13 +221,15 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
         boolean live = liveId != null && id == liveId
         def hierarchy = live ? liveImageData.getHierarchy() : entry.readHierarchy()
         def annotations = hierarchy.getAnnotationObjects()
-        // Refined detections the user locked are kept by Python: new regions are cut around them
-        String refined = "${COARSE_CLASS}: refined"
-        def kept = hierarchy.getDetectionObjects().findAll { o ->
-            o.isLocked() && !o.isTile() && o.getPathClass() != null && o.getPathClass().toString() == refined
+        // Python decides what the detections mean; it needs the locked ones (kept: new regions are
+        // cut around them) and those of the refined class it last wrote here, named in its memory
+        // file (to see which the user deleted). The class name is never re-derived here.
+        List<String> remembered = rememberedClasses(memoryDir, id)
+        def detections = hierarchy.getDetectionObjects().findAll { o ->
+            !o.isTile() && (o.isLocked() || (o.getPathClass() != null && o.getPathClass().toString() in remembered))
         }
         File geojson = new File(imagesDir, "${id}.geojson")
-        exportObjectsToGeoJson(annotations + kept, geojson.absolutePath, 'FEATURE_COLLECTION')
+        exportObjectsToGeoJson(annotations + detections, geojson.absolutePath, 'FEATURE_COLLECTION')
         Map md = metadata(entry, live ? liveImageData : null, projectFile)
         images << [name          : entry.getImageName(),
                    id            : id,
@@ -236,9 +239,10 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
                    pixel_height_um: md.ph,
                    width         : md.width,
                    height        : md.height,
-                   open_in_gui   : live]
-        LOG.info('Exported {} annotation(s) and {} locked refined detection(s) of {}{}', annotations.size(),
-                kept.size(), entry.getImageName(),
+                   open_in_gui   : live,
+                   detection_classes: remembered]
+        LOG.info('Exported {} annotation(s) and {} detection(s) of {}{}', annotations.size(),
+                detections.size(), entry.getImageName(),
                 live ? ' (open image, live)' : '')
     }
     Map manifest = [format        : 'qupath-refine-export',
@@ -249,6 +253,21 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
                     images        : images]
     writeAtomically(new File(exportDir, 'manifest.json'), toJson(manifest))
     return manifest
+}
+
+List<String> rememberedClasses(File memoryDir, String id) {
+    // qupath_bridge/project_runner.py writes memory/<id>.json: the refined class it put into the image
+    File f = new File(memoryDir, "${id}.json")
+    if (!f.isFile()) {
+        return []
+    }
+    try {
+        def cls = fromJson(f.getText('UTF-8'))?.refined_class
+        return cls ? [cls as String] : []
+    } catch (Exception e) {
+        LOG.warn('Could not read {}: {}', f, e.getMessage())
+        return []
+    }
 }
 
 String localSlide(def entry) {
@@ -436,8 +455,13 @@ int importLive(def gui, def entry, def liveImageData, File resultsDir, Map resul
         LOG.warn('No result file {} for {}', geojson, entry.getImageName())
         return 0
     }
+    // The refined class comes from Python (results manifest), never from this script's settings
+    String refined = result.refined_class as String
+    if (!refined) {
+        LOG.warn('The results manifest names no refined class for {}: nothing imported', entry.getImageName())
+        return 0
+    }
     def objects = qupath.lib.io.PathIO.readObjects(geojson)
-    String refined = (result.refined_class ?: "${COARSE_CLASS}: refined") as String
     // Still shown in a viewer: change it live. Closed or switched meanwhile: change the saved data.
     def viewers = []
     if (gui != null) {   // getViewers() in 0.4, getAllViewers() since 0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from engine.errors import RefineError
 EXPORT_FORMAT = "qupath-refine-export"
 RESULTS_FORMAT = "qupath-refine-results"
 WORK_DIR = "qupath-refine"
+ENTRY_ID = re.compile(r"[0-9]+")  # QuPath numbers its project entries
 
 
 class ProjectError(RefineError):
@@ -37,6 +39,8 @@ class ImageRecord:
     height: int | None = None
     live: bool = False  # open in QuPath: only the script may change its hierarchy
     geojson: Path | None = None  # exported annotations (export mode)
+    # classes whose unlocked detections the objects include; None: all (read through paquo)
+    detection_classes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,11 @@ def _number(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
+
+
+def _classes(v: Any) -> tuple[str, ...]:
+    """The manifest's ``detection_classes`` (since export version 2); none before."""
+    return tuple(str(c) for c in v) if isinstance(v, list) else ()
 
 
 def read_export(folder: str | Path) -> Export:
@@ -76,10 +85,23 @@ def read_export(folder: str | Path) -> Export:
     if not isinstance(doc.get("images"), list):
         raise ProjectError(f"{manifest} lists no images. {hint}")
     images = []
+    seen: set[str] = set()
     for i, e in enumerate(doc["images"]):
         if not isinstance(e, dict) or not e.get("id") or not e.get("geojson"):
             raise ProjectError(f"{manifest}: image entry {i} lacks an id or a geojson file. {hint}")
-        gj = folder / str(e["geojson"])
+        # The id names files we write (results/<id>.geojson): only QuPath's entry numbers, so
+        # a manifest can never make us write outside the project.
+        eid = str(e["id"])
+        if not ENTRY_ID.fullmatch(eid) or eid in seen:
+            why = "is listed twice" if eid in seen else "is not a QuPath entry number"
+            raise ProjectError(f"{manifest}: image entry {i} has id {eid!r}, which {why}. {hint}")
+        seen.add(eid)
+        gj = (folder / str(e["geojson"])).resolve()
+        if not gj.is_relative_to(folder.resolve()):
+            raise ProjectError(
+                f"{manifest}: image entry {i} names {e['geojson']!r}, outside the export "
+                f"folder. {hint}"
+            )
         if not gj.is_file():
             raise ProjectError(
                 f"{manifest} names {gj.name} for image {e.get('name')!r}, but it is missing. {hint}"
@@ -89,13 +111,14 @@ def read_export(folder: str | Path) -> Export:
         images.append(
             ImageRecord(
                 name=str(e.get("name") or e["id"]),
-                id=str(e["id"]),
+                id=eid,
                 slide=Path(e["slide"]) if e.get("slide") else None,
                 pixel_um=(pw + ph) / 2 if pw and ph else pw or ph,
                 width=int(w) if w else None,
                 height=int(h) if h else None,
                 live=bool(e.get("open_in_gui") or e.get("live")),
                 geojson=gj,
+                detection_classes=_classes(e.get("detection_classes")),
             )
         )
     return Export(

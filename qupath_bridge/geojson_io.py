@@ -26,6 +26,7 @@ import shapely
 from shapely.geometry import mapping, shape
 
 from engine.errors import AnnotationError
+from qupath_bridge.classes import class_matches, probability_key
 
 log = logging.getLogger("qupath_refine")
 
@@ -171,16 +172,6 @@ def _areal(geom: shapely.Geometry) -> shapely.Geometry:
     return shapely.unary_union(parts) if parts else shapely.Polygon()
 
 
-def class_matches(name: str | None, wanted: str) -> bool:
-    """QuPath class equality; ``Tumor`` also matches derived classes like ``Tumor: grade 2``
-    but not ``Tumor: refined`` (our own output, never an input)."""
-    if name is None:
-        return False
-    if name == wanted:
-        return True
-    return name.startswith(wanted + ":") and not name.endswith(": refined")
-
-
 def select_geometry(
     objects: Iterable[QuPathObject], class_name: str, source: str, object_types=("annotation",)
 ) -> shapely.Geometry:
@@ -266,7 +257,7 @@ def refined_features(
     if tiles_xy is not None and proba is not None:
         x, y = tiles_xy[:, 0], tiles_xy[:, 1]
         boxes = shapely.box(x, y, x + tile_size, y + tile_size)
-        key = f"p_{class_name}"
+        key = probability_key(class_name)
         for b, p in zip(boxes, proba, strict=True):
             feats.append(feature(b, "tile", cls, {key: float(p)}))
     return feats

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shlex
 import shutil
@@ -36,6 +37,7 @@ from urllib.parse import unquote, urlparse
 
 import shapely
 
+from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
 from qupath_bridge.export import WORK_DIR, ImageRecord, ProjectError
 from qupath_bridge.geojson_io import QuPathObject
 
@@ -172,34 +174,195 @@ def summary_object_count(project: Path, entry_id: str) -> int | None:
         return None
 
 
+# A complete data.qpdata is a Java serialization stream (magic AC ED 00 05) that QuPath (0.2 to
+# 0.7, PathIO.writeImageDataSerialized) ends with writeObject("EOF"): TC_STRING, length 3, "EOF".
+# A save killed midway leaves it empty or cut short, and QuPath's reader then loops forever on
+# "Reached end of file unexpectedly", so we check the bytes before QuPath ever reads them.
+QPDATA_MAGIC = b"\xac\xed\x00\x05"
+QPDATA_END = b"t\x00\x03EOF"
+QPDATA_END_REF = b"q\x00~"  # the same "EOF" written as a back-reference to an earlier copy
+
+
+def qpdata_complete(path: Path) -> bool:
+    """Whether ``path`` holds a whole QuPath data file (magic at the start, EOF marker at the
+    end); False for a missing, empty or truncated file."""
+    try:
+        size = path.stat().st_size
+        if size < len(QPDATA_MAGIC) + len(QPDATA_END):
+            return False
+        with path.open("rb") as f:
+            head = f.read(len(QPDATA_MAGIC))
+            f.seek(size - len(QPDATA_END))
+            tail = f.read()
+    except OSError:
+        return False
+    return head == QPDATA_MAGIC and (tail == QPDATA_END or tail.startswith(QPDATA_END_REF))
+
+
+def entry_names(project: Path) -> dict[str, str]:
+    """Entry ID -> image name, from project.qpproj (no JVM)."""
+    doc = json.loads(project_file(project).read_text(encoding="utf-8"))
+    out = {}
+    for img in doc.get("images", []):
+        if img.get("entryID") is not None:
+            out[str(int(img["entryID"]))] = str(img.get("imageName") or img["entryID"])
+    return out
+
+
+def _copy_atomically(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def repair_image_data(
+    project: Path, entry_id: str, name: str | None = None, fix: bool = True
+) -> str | None:
+    """Make sure QuPath can read the image's data file before anyone opens it.
+
+    Nothing to do (None) when the data file is complete or the image was never saved. A
+    missing, empty or truncated ``data.qpdata`` (a save that was killed) is replaced by the
+    newest complete copy: QuPath's own ``data.qpdata.bkp`` (the state before that save), else
+    our newest backup under ``qupath-refine/backup/``; the damaged file is kept under
+    ``qupath-refine/damaged/``. Returns the one-line warning saying which; a
+    :class:`ProjectError` naming the image when no complete copy exists, or (``fix`` False,
+    a dry run) when one does, saying what a run would restore it from.
+    """
+    folder = project_file(project).parent / "data" / entry_id
+    data, bkp = folder / "data.qpdata", folder / "data.qpdata.bkp"
+    if qpdata_complete(data) or not (data.exists() or bkp.exists()):
+        return None
+    label = f"Image {name or entry_id!r} (ID {entry_id})"
+    what = "is empty" if not data.exists() or data.stat().st_size == 0 else "is cut short"
+    candidates = [(bkp, "QuPath's data.qpdata.bkp (the state before the interrupted save)")]
+    root = work_dir(project) / "backup"
+    if root.is_dir():
+        for stamp in sorted((p.name for p in root.iterdir()), reverse=True):
+            candidates.append(
+                (root / stamp / entry_id / "data.qpdata", f"qupath-refine's backup of {stamp}")
+            )
+    source = next(((f, label_) for f, label_ in candidates if qpdata_complete(f)), None)
+    if source is None:
+        raise ProjectError(
+            f"{label}: its data file {data} {what} (a save was interrupted) and no complete "
+            "copy exists (no data.qpdata.bkp, no qupath-refine backup). Nothing was opened. "
+            "Restore that file from your own backups, or remove the image from the project and "
+            "add the slide again, then run again."
+        )
+    src, said = source
+    if not fix:
+        raise ProjectError(
+            f"{label}: its data file {what} (an interrupted save); QuPath cannot read it. Run "
+            f"without --dry-run to restore it from {said}."
+        )
+    kept = None
+    if data.exists():
+        kept = work_dir(project) / "damaged" / timestamp() / entry_id / "data.qpdata"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(data, kept)
+    _copy_atomically(src, data)
+    if src.parent != folder and (src.parent / "summary.json").is_file():
+        _copy_atomically(src.parent / "summary.json", folder / "summary.json")
+    bkp.unlink(missing_ok=True)
+    return f"{label}: data.qpdata {what} (an interrupted save); restored from {said}" + (
+        f"; the damaged file is kept at {kept}" if kept else ""
+    )
+
+
+# --- project lock (no JVM) ---------------------------------------------------------------
+
+
+@contextmanager
+def project_lock(project: Path) -> Iterator[None]:
+    """Hold ``qupath-refine/lock`` for the run: a second run on the same project gets one clear
+    error naming the holder, instead of interleaving its writes with ours.
+
+    The lock is an OS file lock (``filelock``), so the kernel releases it when its holder dies,
+    even by SIGKILL; ``lock.json`` beside it names the holder (PID, start time, command) and is
+    what a later run finds of a run that died: it takes over with a warning.
+    """
+    from filelock import FileLock, Timeout
+
+    root = work_dir(project)
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / "lock.json"
+    lock = FileLock(root / "lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _lock_holder(info)
+        raise ProjectError(
+            f"Another qupath-refine run ({holder}) is working on this project; wait for it to "
+            f"finish or stop it, then run again. (Lock: {root / 'lock'})"
+        ) from None
+    try:
+        if info.exists():
+            log.warning(
+                "took over the project lock from a run that ended without releasing it (%s)",
+                _lock_holder(info),
+            )
+        doc = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        doc["command"] = " ".join(sys.argv)
+        tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, info)
+        yield
+    finally:
+        info.unlink(missing_ok=True)
+        lock.release()
+
+
+def _lock_holder(info: Path) -> str:
+    try:
+        doc = json.loads(info.read_text(encoding="utf-8"))
+        return f"PID {int(doc['pid'])}, started {doc.get('started', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "PID unknown"
+
+
 # --- paquo ------------------------------------------------------------------------------
 
 
 MAIN_THREAD_STACK = "-Xss8m"
+#: The JVM installs no handlers for SIGINT/SIGTERM/SIGHUP: without this it catches Ctrl-C and
+#: ends the process with 130 before Python's interrupt path (message, restore from backup) runs.
+PYTHON_SIGNALS = "-Xrs"
 
 
-def _jvm_stack() -> None:
-    """Before paquo starts the JVM: give Python's main thread its usual 8 MB of stack.
+def jvm_options(current: list[str] | str | None) -> list[str]:
+    """paquo's ``java_opts`` plus what we need, keeping the user's own choices.
 
-    The JVM, started in-process by JPype, caps the main thread's stack at ``-Xss`` (1 MB by
-    default) with guard pages; native code that needs more there, e.g. OpenBLAS's parallel LU
-    in the PCA of the prototypes on a few thousand patches, then dies with a segfault. A
-    ``-Xss`` the user set (``java_opts`` in paquo's settings) is kept.
+    * ``-Xss8m``: the JVM, started in-process by JPype, caps the main thread's stack at
+      ``-Xss`` (1 MB by default) with guard pages; native code that needs more there, e.g.
+      OpenBLAS's parallel LU in the PCA of the prototypes on a few thousand patches, then dies
+      with a segfault. A ``-Xss`` the user set is kept.
+    * ``-Xrs``: signals reach Python (see :data:`PYTHON_SIGNALS`).
     """
+    opts = shlex.split(current) if isinstance(current, str) else [str(o) for o in current or []]
+    if not any(o.startswith("-Xss") for o in opts):
+        opts.append(MAIN_THREAD_STACK)
+    if PYTHON_SIGNALS not in opts:
+        opts.append(PYTHON_SIGNALS)
+    return opts
+
+
+def configure_jvm() -> None:
+    """Before paquo starts the JVM (at the first import of ``paquo.java``): set our options in
+    paquo's settings, which ``paquo.java`` hands to the JVM."""
     if "paquo.java" in sys.modules:
         return
     from paquo._config import settings
 
-    opts = settings.get("java_opts") or []
-    opts = shlex.split(opts) if isinstance(opts, str) else [str(o) for o in opts]
-    if not any(o.startswith("-Xss") for o in opts):
-        settings.set("java_opts", [*opts, MAIN_THREAD_STACK])
+    settings.set("java_opts", jvm_options(settings.get("java_opts")))
 
 
 def _paquo():
     """Import paquo's project API, turning 'no QuPath' into one clear line."""
     try:
-        _jvm_stack()
+        configure_jvm()
         import paquo.java as pj
         from paquo.classes import QuPathPathClass
         from paquo.pathobjects import QuPathPathDetectionObject, QuPathPathTileObject
@@ -335,12 +498,12 @@ def write_refined(
             f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
             "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
         )
-    refined_id = f"{coarse_class}: refined"
+    refined_id = refined_class(coarse_class)
     parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
     parent = parent or PathClass(coarse_class)
     refined = next((c for c in qp.path_classes if c.id == refined_id), None)
     if refined is None:
-        refined = PathClass("refined", parent=parent, color=color)
+        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
         qp.path_classes = [*qp.path_classes, refined]
     backup = backup_image_data(project, entry_id, stamp)
     try:
@@ -353,10 +516,15 @@ def write_refined(
             det = h.detections
             det -= victims
             new = [Detection.from_shapely(r, refined) for r in regions]
-            key = f"p_{coarse_class}"
+            key = probability_key(coarse_class)
             new += [Tile.from_shapely(b, refined, {key: float(p)}) for b, p in tiles]
             det |= new
         entry.save()
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (which reach Python thanks to -Xrs) mid-save: put the data back.
+        if backup is not None:
+            restore_image_data(project, entry_id, backup)
+        raise
     except Exception as e:
         if backup is not None:
             restore_image_data(project, entry_id, backup)

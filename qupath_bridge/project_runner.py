@@ -12,27 +12,36 @@ again:
   the model or the pseudo-labels say;
 * a refined region the user kept, by converting it to an annotation or locking it, is left
   alone and new regions are cut around it; a converted one also counts as confirmed tumour;
+* a refined region the last run wrote that the user deleted (and did not convert to an
+  annotation) is remembered as not tumour, like ``Ignore*``, in this and every later run
+  (``qupath-refine/memory/<id>.json``; delete that file to forget);
 * only unlocked ``<class>: refined`` detections and tiles are replaced; nothing else changes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import shapely
+import shapely.geometry
 
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
 from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
 from engine.regions import clean
+from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
 from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, ProjectError, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
-    class_matches,
     clip_to_frame,
     read_objects,
     refined_features,
@@ -40,17 +49,20 @@ from qupath_bridge.geojson_io import (
 )
 from qupath_bridge.project import (
     check_version,
+    entry_names,
     list_images,
     open_project,
     project_file,
+    project_lock,
     prune_backups,
     read_image_objects,
+    repair_image_data,
     save_project,
     timestamp,
     work_dir,
     write_refined,
 )
-from qupath_bridge.runner import REFINED_COLOR, ClassNames, result_fields, write_json
+from qupath_bridge.runner import result_fields, write_json
 
 log = logging.getLogger("qupath_refine")
 
@@ -76,6 +88,7 @@ class ImageInputs:
     negative: shapely.Geometry | None
     keep: shapely.Geometry | None  # user-kept refined regions: not replaced, not overlapped
     classes: set[str] = field(default_factory=set)
+    rejected: shapely.Geometry | None = None  # refined regions the user deleted (remembered)
 
 
 def _union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
@@ -101,6 +114,148 @@ def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInput
         o.classification or "(unclassified)" for o in objects if o.object_type == "annotation"
     }
     return ImageInputs(_union(coarse), _union(negative), _union(keep), present)
+
+
+# --- what earlier runs wrote: deleted regions are remembered ------------------------------
+
+MEMORY_VERSION = 1
+#: share of a written region that must still be covered for it to count as present
+PRESENT_SHARE = 0.5
+#: share of a written region a new annotation must cover for it to count as converted
+CONVERTED_SHARE = 0.1
+
+
+@dataclass
+class Memory:
+    """What qupath-refine last put into one image, kept in ``qupath-refine/memory/<id>.json``.
+
+    ``state``: ``project`` (written into the data file), ``live`` (handed to the menu script
+    for the open image), ``pending`` (a write started and may not have finished).
+    """
+
+    refined_class: str
+    state: str
+    regions: list[shapely.Polygon]
+    rejected: shapely.Geometry | None = None  # tissue the user said is not tumour, by deleting
+    annotations: frozenset[str] = frozenset()  # the image's annotations then (shape_key)
+
+
+def shape_key(geom: shapely.Geometry) -> str:
+    """A geometry's identity across runs: QuPath keeps 0.01 px and may start rings elsewhere."""
+    g = shapely.normalize(shapely.set_precision(geom, 0.01))
+    return hashlib.sha1(shapely.to_wkb(g)).hexdigest()
+
+
+def annotation_keys(objects: list[QuPathObject]) -> frozenset[str]:
+    return frozenset(shape_key(o.geometry) for o in objects if o.object_type == "annotation")
+
+
+def memory_file(project: Path, entry_id: str) -> Path:
+    return work_dir(project) / "memory" / f"{entry_id}.json"
+
+
+def read_memory(project: Path, entry_id: str) -> Memory | None:
+    """The image's memory; None (with a warning when the file is damaged) if there is none."""
+    f = memory_file(project, entry_id)
+    if not f.is_file():
+        return None
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        regions = _polygons(shapely.geometry.shape(doc["regions"])) if doc["regions"] else []
+        rejected = shapely.geometry.shape(doc["rejected"]) if doc.get("rejected") else None
+        known = frozenset(str(k) for k in doc.get("annotations") or [])
+        return Memory(str(doc["refined_class"]), str(doc["state"]), regions, rejected, known)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("ignoring damaged %s (%s): deleted regions are not compared this run", f, e)
+        return None
+
+
+def write_memory(project: Path, entry_id: str, memory: Memory) -> Path:
+    doc = {
+        "version": MEMORY_VERSION,
+        "refined_class": memory.refined_class,
+        "state": memory.state,
+        "regions": shapely.geometry.mapping(shapely.MultiPolygon(memory.regions)),
+        "rejected": shapely.geometry.mapping(memory.rejected) if memory.rejected else None,
+        "annotations": sorted(memory.annotations),
+    }
+    return write_json(memory_file(project, entry_id), doc)
+
+
+def vanished_regions(
+    written: list[shapely.Polygon],
+    objects: list[QuPathObject],
+    refined: str,
+    known: frozenset[str] = frozenset(),
+) -> list[shapely.Polygon]:
+    """Regions a run wrote that the user has since deleted without converting them.
+
+    A written region is still there when the image's ``refined`` detections (locked or not)
+    cover at least half of it, and converted when an annotation the user made since that run
+    (not among ``known``, the :func:`shape_key` of the annotations then) covers a tenth of it:
+    a converted region, perhaps trimmed or re-classified, or an edited outline. The coarse
+    outline that was already there is no conversion of the regions inside it.
+    """
+    dets = [
+        o.geometry for o in objects if o.object_type == "detection" and o.classification == refined
+    ]
+    present = shapely.make_valid(shapely.union_all(dets)) if dets else None
+    new = [
+        o.geometry
+        for o in objects
+        if o.object_type == "annotation" and shape_key(o.geometry) not in known
+    ]
+    claimed = shapely.make_valid(shapely.union_all(new)) if new else None
+    return [
+        p
+        for p in written
+        if not (present is not None and p.intersection(present).area >= PRESENT_SHARE * p.area)
+        and not (claimed is not None and p.intersection(claimed).area >= CONVERTED_SHARE * p.area)
+    ]
+
+
+def remembered_negative(
+    name: str,
+    memory: Memory | None,
+    objects: list[QuPathObject],
+    compare: bool,
+    mpp: float | None,
+) -> shapely.Geometry | None:
+    """Tissue the user rejected by deleting refined regions, this run and earlier ones (the
+    image's new ``rejected``), from its memory and its objects now. ``compare`` is False when
+    the objects do not include the image's refined detections (an older menu script's export).
+    """
+    if memory is None:
+        return None
+    rejected = memory.rejected
+    gone: list[shapely.Polygon] = []
+    if memory.state == "pending":
+        log.info("%s: the last write may not have finished; deleted regions not compared", name)
+    elif not compare:
+        log.info("%s: the export lacks its refined detections; deleted regions not compared", name)
+    elif memory.regions:
+        gone = vanished_regions(memory.regions, objects, memory.refined_class, memory.annotations)
+        if len(gone) == len(memory.regions):
+            log.warning(
+                "%s: none of the %d refined regions of the last run are in the image; taking "
+                "them as never imported, not as rejected (to mark tissue as not tumour, draw "
+                "an Ignore* annotation)",
+                name,
+                len(gone),
+            )
+            gone = []
+    if gone:
+        area = sum(p.area for p in gone)
+        size = f"{area * mpp**2 / 1e6:.3f} mm²" if mpp else f"{area:.0f} px²"
+        log.info(
+            "%s: %d refined region(s) of the last run were deleted (%s): treated as not tumour "
+            "from now on",
+            name,
+            len(gone),
+            size,
+        )
+        rejected = _union([g for g in (rejected, *gone) if g is not None])
+    return rejected
 
 
 def select_images(records: list[ImageRecord], wanted: tuple[str, ...]) -> list[ImageRecord]:
@@ -138,12 +293,19 @@ def gather_inputs(
     objects: dict[str, list[QuPathObject]],
     classes: ClassNames,
     mpp: float | None,
+    rejected: dict[str, shapely.Geometry | None] | None = None,
 ) -> tuple[list[SlideInput], list[ImageRecord], list[ImageInputs]]:
-    """SlideInputs for the images that have coarse annotations; the others are skipped."""
+    """SlideInputs for the images that have coarse annotations; the others are skipped.
+    ``rejected``: per image, tissue the user rejected by deleting refined regions: negative,
+    except where the user has since kept a region (converted or locked)."""
     items, used, sorted_ = [], [], []
     seen: set[str] = set()
     for r in records:
         inp = sort_objects(objects[r.id], classes)
+        inp.rejected = (rejected or {}).get(r.id)
+        if inp.rejected is not None:
+            no = inp.rejected if inp.keep is None else inp.rejected.difference(inp.keep)
+            inp.negative = _union([g for g in (inp.negative, no) if g is not None])
         seen |= inp.classes
         if inp.coarse is None or inp.coarse.is_empty:
             log.warning("skipping %r: no %r annotation", r.name, classes.coarse)
@@ -179,6 +341,44 @@ def _polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
     return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
 
 
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) raise KeyboardInterrupt while a project run writes, like Ctrl-C,
+    so the interrupt path restores the image being written from its backup and releases the
+    lock. (The JVM leaves these signals to Python: ``-Xrs``, see project.jvm_options.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    before = {s: signal.signal(s, interrupt) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def repair_images(pfile: Path, ids: list[str], fix: bool = True) -> None:
+    """Check (and if need be restore) the data files of the images a run will read or write,
+    before QuPath opens any of them: one warning line per restored image. ``fix`` False (dry
+    run): a damaged file is an error saying what a real run would restore it from."""
+    names = entry_names(pfile)
+    for eid in ids:
+        said = repair_image_data(pfile, eid, names.get(eid), fix=fix)
+        if said:
+            log.warning("%s", said)
+
+
+def _chosen_ids(pfile: Path, wanted: tuple[str, ...]) -> list[str]:
+    """Entry IDs of the images a run reads, from project.qpproj (no JVM)."""
+    records = [ImageRecord(n, i, None) for i, n in entry_names(pfile).items()]
+    return [r.id for r in select_images(records, wanted)] if records else []
+
+
 def refine_project(
     project: Path,
     options: ProjectOptions,
@@ -187,22 +387,51 @@ def refine_project(
     progress: bool | ProgressFactory = True,
     on_stage: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run the whole project command; returns the report (also written as JSON)."""
+    """Run the whole project command; returns the report (also written as JSON).
+
+    Holds the project's lock for the run (a dry run writes nothing and takes none)."""
+    pfile = project_file(project)
+    if options.dry_run:
+        return _run_project(pfile, options, settings, classes, progress, on_stage)
+    with project_lock(pfile), signals_interrupt():
+        return _run_project(pfile, options, settings, classes, progress, on_stage)
+
+
+def _run_project(
+    pfile: Path,
+    options: ProjectOptions,
+    settings: RefineSettings,
+    classes: ClassNames | None,
+    progress: bool | ProgressFactory,
+    on_stage: Callable[[str], None] | None,
+) -> dict:
     classes = classes or ClassNames()
     say = on_stage or log.info
-    pfile = project_file(project)
     export = read_export(options.from_export) if options.from_export else None
     if export is not None:
         records = export.images
         objects_of = {r.id: read_objects(r.geojson) for r in records}
     else:
+        repair_images(pfile, _chosen_ids(pfile, options.images), fix=not options.dry_run)
         with open_project(pfile, write=False) as qp:
             records = list_images(qp, pfile)
             chosen = select_images(records, options.images)
             objects_of = {r.id: read_image_objects(qp, r.id) for r in chosen}
     records = select_images(records, options.images)
     records = check_slides(records, options.skip_missing)
-    items, used, inputs = gather_inputs(records, objects_of, classes, options.mpp)
+    memories = {r.id: read_memory(pfile, r.id) for r in records}
+    rejected = {
+        r.id: remembered_negative(
+            r.name,
+            memories[r.id],
+            objects_of[r.id],
+            r.detection_classes is None
+            or (memories[r.id] is not None and memories[r.id].refined_class in r.detection_classes),
+            options.mpp or r.pixel_um,
+        )
+        for r in records
+    }
+    items, used, inputs = gather_inputs(records, objects_of, classes, options.mpp, rejected)
 
     if options.dry_run:
         plans = plan(items, settings)
@@ -231,6 +460,9 @@ def refine_project(
     results_dir = work_dir(pfile) / "results"
     stamp = timestamp()
     manifest_images, rows, errors = [], [], []
+    result_files: list[tuple[Path, list]] = []
+    if write_paquo:
+        repair_images(pfile, [r.id for r in used if not r.live])
     ctx = open_project(pfile, write=True) if write_paquo else None
     qp = ctx.__enter__() if ctx is not None else None
     try:
@@ -253,18 +485,30 @@ def refine_project(
                 REFINED_COLOR,
                 mpp=res.info.mpp,
             )
-            gj = write_features(results_dir / f"{r.id}.geojson", feats)
+            # written with the manifest after the loop: an interrupted run leaves the last
+            # run's results folder as it was
+            gj = results_dir / f"{r.id}.geojson"
+            result_files.append((gj, feats))
             written, error = False, None
+            before = memories.get(r.id)
+            notes = annotation_keys(objects_of[r.id])
             if qp is not None and not r.live:
                 say(f"writing {r.name}")
                 tiles = []
                 if options.tiles:
                     tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
+                # Until the save is confirmed, which regions the image holds is unknown.
+                write_memory(
+                    pfile, r.id, Memory(classes.refined, "pending", polys, inp.rejected, notes)
+                )
                 try:
                     rep = write_refined(
                         qp, pfile, r.id, polys, tiles, classes.coarse, REFINED_COLOR, stamp
                     )
                     written = True
+                    write_memory(
+                        pfile, r.id, Memory(classes.refined, "project", polys, inp.rejected, notes)
+                    )
                     log.info(
                         "%s: replaced %d refined objects by %d (backup: %s)",
                         r.name,
@@ -276,6 +520,19 @@ def refine_project(
                     error = str(e)
                     errors.append(error)
                     log.error("%s", error)
+                    # restored from backup: the image holds what it held before
+                    if before is not None:
+                        write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
+                    else:
+                        memory_file(pfile, r.id).unlink(missing_ok=True)
+            elif r.live:
+                # the menu script puts these into the open image after this run
+                write_memory(
+                    pfile, r.id, Memory(classes.refined, "live", polys, inp.rejected, notes)
+                )
+            elif before is not None and inp.rejected is not None:
+                # --geojson-only: the project still holds what it held; keep what was learnt
+                write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
             rows.append(
                 {
                     "image": r.name,
@@ -300,6 +557,8 @@ def refine_project(
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)
+    for path, feats in result_files:
+        write_features(path, feats)
     manifest = {
         "format": RESULTS_FORMAT,
         "version": 1,

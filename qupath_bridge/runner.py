@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from engine.pipeline import (
     refine,
 )
 from engine.slide import Slide
+from qupath_bridge.classes import REFINED_COLOR, ClassNames
 from qupath_bridge.geojson_io import (
     DEFAULT_COLORS,
     annotation_features,
@@ -42,21 +43,7 @@ from qupath_bridge.geojson_io import (
 
 log = logging.getLogger("qupath_refine")
 
-REFINED_COLOR = (0, 170, 60)
 OVERLAY_SIDE = 1600  # px, long side of overlay pictures: detail without huge files
-
-
-@dataclass(frozen=True)
-class ClassNames:
-    """The coarse class, the class marking tissue that is not tumour, and the derived class
-    refined objects get (``Tumor: refined``), so they never mix with the user's objects."""
-
-    coarse: str = "Tumor"
-    negative: str | None = "Ignore*"
-
-    @property
-    def refined(self) -> str:
-        return f"{self.coarse}: refined"
 
 
 def load_inputs(

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -918,3 +919,152 @@ def test_from_export_cuts_new_regions_around_locked_detections(exported: Exporte
     two = image(exported.after, "second.tif")
     locked = held(two, "detection", REFINED, demo_objects(demo_slide)[2])
     assert all(overlap(geom(o), locked) <= TOL_PX2 for o in ours(two, "detection"))
+
+
+# --- faults: signals, kills, damaged data files, deleted regions (issue 10) -------------------
+
+
+def test_jvm_gets_xrs_so_signals_reach_python(qupath):
+    code = (
+        "from qupath_bridge.project import configure_jvm; configure_jvm(); import paquo.java; "
+        "from jpype import JClass; "
+        "args = JClass('java.lang.management.ManagementFactory').getRuntimeMXBean()"
+        ".getInputArguments(); print('ARGS', ' '.join(str(a) for a in args))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_env(),
+        timeout=300,
+    )
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("ARGS ")]
+    assert "-Xrs" in line.split() and "-Xss8m" in line.split()
+
+
+def _stop_at(project: Path, cache: Path, stage: str, sig: int) -> tuple[int, str]:
+    """Run the CLI on a project and send ``sig`` when a stderr line contains ``stage``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "qupath_bridge.cli",
+        str(project),
+        "--patch-um",
+        PATCH_UM,
+        "--cache-dir",
+        str(cache),
+        "--progress-lines",
+    ]
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=_env(PYTHONUNBUFFERED="1"),
+    )
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if stage in line:
+            p.send_signal(sig)
+            break
+    rest = p.stderr.read()
+    p.stdout.read()
+    return p.wait(timeout=600), "".join(seen) + rest
+
+
+@pytest.mark.parametrize(
+    "stage, sig",
+    [
+        ("embedding", signal.SIGINT),
+        ("classifier", signal.SIGTERM),
+        ("writing", signal.SIGINT),
+        ("writing", signal.SIGTERM),
+    ],
+)
+def test_interrupt_at_each_phase_of_a_project_run(
+    runs: Runs, paquo_helper, cache_dir, tmp_path, stage, sig
+):
+    """Ctrl-C or kill (SIGTERM) at any phase: exit 130 with one error line, every data file
+    complete and either as it was or fully written, the lock released, and the next run
+    succeeds."""
+    from qupath_bridge.project import qpdata_complete
+
+    project = tmp_path / "project"
+    shutil.copytree(runs.project, project)
+    before = project_bytes(project)
+    cache = cache_dir if stage != "embedding" else tmp_path / "cache"
+    code, err = _stop_at(project, cache, stage, sig)
+    assert code == 130, err[-4000:]
+    assert "interrupted" in error_line(subprocess.CompletedProcess([], 130, "", err), 130)
+    for f in project.glob("data/*/data.qpdata"):
+        assert qpdata_complete(f), f
+    if stage != "writing":
+        assert project_bytes(project) == before
+    assert not (project / "qupath-refine" / "lock.json").exists()
+    refine(project, cache_dir)
+    assert others(paquo_helper.snapshot(project)) == others(runs.after2)
+
+
+def test_sigkill_while_writing_then_the_next_run_recovers(
+    runs: Runs, paquo_helper, cache_dir, tmp_path
+):
+    from qupath_bridge.project import qpdata_complete
+
+    project = tmp_path / "project"
+    shutil.copytree(runs.project, project)
+    code, _ = _stop_at(project, cache_dir, "writing", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    r = refine(project, cache_dir)  # never hangs: damaged files are restored first
+    assert "took over the project lock" in r.stderr
+    for f in project.glob("data/*/data.qpdata"):
+        assert qpdata_complete(f), f
+    assert others(paquo_helper.snapshot(project)) == others(runs.after2)
+
+
+def test_truncated_data_file_is_restored_not_read(runs: Runs, paquo_helper, cache_dir, tmp_path):
+    """QuPath's reader loops forever on a truncated data.qpdata: the run restores the .bkp
+    first (one warning), then works as usual."""
+    project = tmp_path / "project"
+    shutil.copytree(runs.project, project)
+    eid = runs.ids[DEMO]
+    data = project / "data" / eid / "data.qpdata"
+    whole = data.read_bytes()
+    (data.parent / "data.qpdata.bkp").write_bytes(whole)
+    data.write_bytes(whole[: len(whole) // 2])
+    r = refine(project, cache_dir)
+    warn = [ln for ln in r.stderr.splitlines() if "restored from QuPath's data.qpdata.bkp" in ln]
+    assert len(warn) == 1 and DEMO in warn[0]
+    assert others(paquo_helper.snapshot(project)) == others(runs.after2)
+    data.write_bytes(b"")
+    (data.parent / "data.qpdata.bkp").unlink(missing_ok=True)
+    shutil.rmtree(project / "qupath-refine" / "backup")
+    line = error_line(cli(project, "--patch-um", PATCH_UM, "--cache-dir", cache_dir))
+    assert DEMO in line and "no complete copy" in line
+
+
+def test_deleted_region_is_remembered_through_paquo(runs: Runs, paquo_helper, cache_dir, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(runs.project, project)
+    demo = image(paquo_helper.snapshot(project), DEMO)
+    dets = sorted(ours(demo, "detection"), key=lambda o: geom(o).area, reverse=True)
+    deleted = geom(dets[0])
+    paquo_helper(
+        "edit",
+        {
+            "project": str(project),
+            "ops": [{"image": demo["id"], "op": "remove", "uid": dets[0]["uid"]}],
+        },
+    )
+    r = refine(project, cache_dir)
+    assert "1 refined region(s) of the last run were deleted" in r.stderr
+    after = image(paquo_helper.snapshot(project), DEMO)
+    inside = deleted.buffer(-2)
+    assert sum(overlap(geom(o), inside) for o in ours(after, "detection")) <= TOL_PX2
+    tiles = [t for t in ours(after, "tile") if inside.contains(geom(t))]
+    assert tiles and all(t["meas"][P_KEY] == 0.0 for t in tiles)
+    refine(project, cache_dir)  # remembered in later runs too
+    again = image(paquo_helper.snapshot(project), DEMO)
+    assert sum(overlap(geom(o), inside) for o in ours(again, "detection")) <= TOL_PX2
