@@ -163,7 +163,7 @@ def slide_grid(
     t0 = time.perf_counter()
     with open_slide(item) as slide:
         info = slide.info
-        key = cache_key(info.fingerprint, encoder.key, settings.grid, settings.features)
+        key = cache_key(info, encoder.key, settings.grid, settings.features)
         hit = load_cached(cache_dir, key)
         if hit is not None:
             return SlideFeatures(item, info, key, hit[0], hit[1], cached=True)
