@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 import zipfile
 import zlib
@@ -188,8 +188,9 @@ def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        # Unique per process and call: concurrent writers never share a temporary file.
+        tmp = str(path.with_name(f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
+        with open(tmp, "xb") as f:
             np.savez(f, checksum=np.array(_checksum(arrays)), **arrays)
         os.replace(tmp, path)
     except OSError as e:
