@@ -193,10 +193,12 @@ def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray)
         with open(tmp, "xb") as f:
             np.savez(f, checksum=np.array(_checksum(arrays)), **arrays)
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C included: no temporary file outlives the run
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        if not isinstance(e, OSError):
+            raise
         log.warning(
             f"could not write the feature cache in {path.parent} ({_reason(e)}); "
             "the result is not affected, but the next run will embed this slide again"

@@ -17,6 +17,8 @@ import contextlib
 import errno
 import os
 import secrets
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -128,6 +130,25 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return stale
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the renames are done, so that Ctrl-C cannot leave half
+    old, half new outputs (SIGKILL cannot be held; the renames take microseconds)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda n, _f: caught.append(n)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def temp_name(target: Path) -> Path:
     """A temporary name beside ``target``, unique across processes and calls."""
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
@@ -152,14 +173,17 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())  # on disk before the rename makes it the output
-        for tmp, target in temps:
-            os.replace(tmp, target)
-            renamed += 1
-    except OSError as e:
+        with _signals_deferred():
+            for tmp, target in temps:
+                os.replace(tmp, target)
+                renamed += 1
+    except BaseException as e:  # Ctrl-C included: no temporary file outlives the run
         for tmp, _ in temps[renamed:]:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        where = Path(e.filename).parent if getattr(e, "filename", None) else "the output folder"
+        if not isinstance(e, OSError):
+            raise
+        where = next(iter(files)).parent if files else "the output folder"
         done = (
             f"{renamed} of {len(temps)} files were replaced"
             if renamed
