@@ -166,9 +166,9 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
         for target, data in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = str(temp_name(target))
+            temps.append((tmp, target))  # before it exists: a Ctrl-C right after still cleans
             # Not mkstemp: its files are private (0600); outputs get the user's umask.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            temps.append((tmp, target))
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

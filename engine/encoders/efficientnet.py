@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -77,9 +78,7 @@ def _export_onnx(weights: Path, target: Path) -> None:
             return (x.mean((2, 3)), *outs)
 
     # A unique temporary name: two runs exporting at once each rename a complete file.
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         _export_to(Pooled().eval(), tmp)
         tmp.replace(target)
