@@ -7,10 +7,15 @@ fingerprint, the encoder and every grid setting; the annotations are not part of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import time
+import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,9 +28,12 @@ from tqdm.auto import tqdm
 
 from engine.encoders import DEFAULT_ENCODER, Encoder
 from engine.patches import GridSettings, PatchGrid
-from engine.slide import Slide
+from engine.slide import Slide, SlideInfo
 
-CACHE_VERSION = 1
+log = logging.getLogger("qupath_refine")
+
+#: 2: the key holds pixel size and QuPath frame; entries carry a checksum
+CACHE_VERSION = 2
 
 #: ``(description, total) -> context manager with .update(n)``, e.g. ``tqdm`` itself; lets a
 #: caller show progress its own way (the QuPath script wants plain lines, not bars).
@@ -63,10 +71,15 @@ def default_cache_dir() -> Path:
     return Path(base) / "qupath-refine"
 
 
-def cache_key(fingerprint: str, encoder_key: str, grid: GridSettings, feat: FeatureSettings) -> str:
+def cache_key(info: SlideInfo, encoder_key: str, grid: GridSettings, feat: FeatureSettings) -> str:
+    """What the cached grid and features depend on: the slide's content, the pixel size and
+    QuPath frame (offset and size) the grid was laid in, the encoder and every grid setting.
+    A corrected ``--mpp`` or a recalibrated QuPath image is a new key, not a stale grid."""
     payload = {
         "v": CACHE_VERSION,
-        "slide": fingerprint,
+        "slide": info.fingerprint,
+        "mpp": repr(float(info.mpp)),
+        "frame": [*map(int, info.offset), int(info.width), int(info.height)],
         "encoder": encoder_key,
         "grid": asdict(grid),
         "context": feat.context,
@@ -74,42 +87,123 @@ def cache_key(fingerprint: str, encoder_key: str, grid: GridSettings, feat: Feat
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
+#: Arrays of a cache entry, with the dtype kind each must have.
+_ENTRY = {"xy": "f", "ij": "iu", "size": "f", "stride": "f", "tissue": "f", "shape": "iu"}
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _entry_path(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / "features" / f"{key}.npz"
+
+
 def load_cached(cache_dir: Path, key: str) -> tuple[PatchGrid, npt.NDArray[np.float32]] | None:
-    path = Path(cache_dir) / "features" / f"{key}.npz"
-    if not path.is_file():
+    """The cached grid and features, or None. An entry that fails any check (unreadable,
+    truncated, wrong arrays, shapes or dtypes, checksum) is deleted with one warning and
+    recomputed: a damaged cache must cost time, never a wrong result or a failed run."""
+    path = _entry_path(cache_dir, key)
+    try:
+        st = path.stat()
+    except OSError:
         return None
     try:
-        with np.load(path) as z:
-            grid = PatchGrid(
-                xy=z["xy"],
-                ij=z["ij"],
-                size=float(z["size"]),
-                stride=float(z["stride"]),
-                tissue=z["tissue"],
-                shape=(int(z["shape"][0]), int(z["shape"][1])),
-            )
-            feats = z["features"].astype(np.float32)
-    except (OSError, KeyError, ValueError):
-        return None  # a damaged cache entry is recomputed, not trusted
-    return grid, feats
-
-
-def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray) -> Path:
-    folder = Path(cache_dir) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.npz"
-    tmp = folder / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(
-        tmp,
-        xy=grid.xy,
-        ij=grid.ij,
-        size=grid.size,
-        stride=grid.stride,
-        tissue=grid.tissue,
-        shape=np.array(grid.shape),
-        features=feats.astype(np.float16),
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in (*_ENTRY, "features")}
+            stored = str(z["checksum"])
+        _check_entry(arrays, stored)
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        log.warning(f"feature cache entry {path} is damaged ({_reason(e)}); recomputing it")
+        _remove_if_same(path, st)
+        return None
+    grid = PatchGrid(
+        xy=arrays["xy"],
+        ij=arrays["ij"],
+        size=float(arrays["size"]),
+        stride=float(arrays["stride"]),
+        tissue=arrays["tissue"],
+        shape=(int(arrays["shape"][0]), int(arrays["shape"][1])),
     )
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+    return grid, arrays["features"].astype(np.float32)
+
+
+def _check_entry(arrays: dict[str, np.ndarray], stored: str) -> None:
+    for name, kinds in _ENTRY.items():
+        if arrays[name].dtype.kind not in kinds:
+            raise ValueError(f"{name} has dtype {arrays[name].dtype}")
+    feats, n = arrays["features"], len(arrays["xy"])
+    if feats.dtype != np.float16 or feats.ndim != 2 or len(feats) != n:
+        raise ValueError(f"features {feats.dtype} {feats.shape} for {n} patches")
+    if arrays["xy"].shape != (n, 2) or arrays["ij"].shape != (n, 2):
+        raise ValueError("grid coordinates do not match the patch count")
+    if arrays["tissue"].shape != (n,) or arrays["shape"].shape != (2,):
+        raise ValueError("grid tissue or lattice shape is wrong")
+    if _checksum(arrays) != stored:
+        raise ValueError("checksum mismatch")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ValueError) and "pickle" in str(e):
+        return "not a NumPy archive"  # np.load's long advice about unpickling does not apply
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
+def _remove_if_same(path: Path, st: os.stat_result) -> None:
+    """Delete a bad entry unless another process has just replaced it with a new one."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(path.stat(), st):
+            path.unlink()
+
+
+def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray) -> Path | None:
+    """Store a slide's grid and features; None (with a warning) when the cache cannot be
+    written. The cache is optional: a full disk or a read-only folder must not cost the
+    result. A unique temporary file renamed into place keeps concurrent writers and crashes
+    from leaving a half-written entry under the key."""
+    path = _entry_path(cache_dir, key)
+    arrays = {
+        "xy": grid.xy,
+        "ij": grid.ij,
+        "size": np.float64(grid.size),
+        "stride": np.float64(grid.stride),
+        "tissue": grid.tissue,
+        "shape": np.array(grid.shape, dtype=np.int64),
+        "features": feats.astype(np.float16),
+    }
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Unique per process and call: concurrent writers never share a temporary file.
+        tmp = str(path.with_name(f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
+        with open(tmp, "xb") as f:
+            np.savez(f, checksum=np.array(_checksum(arrays)), **arrays)
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C included: no temporary file outlives the run
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not isinstance(e, OSError):
+            raise
+        log.warning(
+            f"could not write the feature cache in {path.parent} ({_reason(e)}); "
+            "the result is not affected, but the next run will embed this slide again"
+        )
+        return None
     return path
 
 

@@ -172,7 +172,7 @@ def slide_grid(
         if g.is_auto:
             tissue = slide_tissue(slide, g)
             g = resolve_grid(g, item, tissue, slide.mpp)
-        key = cache_key(info.fingerprint, encoder.key, g, settings.features)
+        key = cache_key(info, encoder.key, g, settings.features)
         hit = load_cached(cache_dir, key)
         if hit is not None:
             return SlideFeatures(item, info, key, hit[0], hit[1], cached=True, grid_settings=g)

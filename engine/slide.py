@@ -50,23 +50,47 @@ def _import_openslide():
     return openslide
 
 
-def fingerprint_file(path: Path, properties: dict[str, str] | None = None) -> str:
+#: Files up to this size are hashed whole; larger ones by evenly spaced blocks (see below).
+FULL_HASH_LIMIT = 64 << 20
+SAMPLE_BLOCKS = 1024
+SAMPLE_BLOCK_SIZE = 16 << 10
+
+
+def fingerprint_file(
+    path: Path, properties: dict[str, str] | None = None, with_mtime: bool = False
+) -> str:
     """A content key for caches: stable when the file moves, new when its pixels change.
 
-    OpenSlide's quickhash covers the pixel data of the lowest level and the properties; for
-    formats without one, hash the size and the first and last MiB of the file.
+    Files up to 64 MiB are hashed whole. A multi-GB slide cannot be read whole on every run,
+    so its size, the first and last MiB (headers, tile tables) and 1024 evenly spaced 16 KiB
+    blocks (16 MiB, well under a second) are hashed. A same-size edit that falls between
+    the sampled blocks would go unseen, so slides also hash ``mtime_ns`` (``with_mtime``):
+    moving a slide keeps it; a copy that resets it costs one re-embedding, never a wrong
+    result. Model files (plugins) leave it out so a copy keeps its key. OpenSlide's
+    quickhash (lowest level and properties) is mixed in when the file has one.
     """
-    if properties and properties.get("openslide.quickhash-1"):
-        return "qh1-" + properties["openslide.quickhash-1"][:32]
     h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
+    st = path.stat()
+    size = st.st_size
+    h.update(f"{size}".encode())
+    if with_mtime:
+        h.update(f"/{st.st_mtime_ns}".encode())
+    quick = (properties or {}).get("openslide.quickhash-1")
+    if quick:
+        h.update(quick.encode())
     with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(1 << 20))
+            step = (size - SAMPLE_BLOCK_SIZE) / (SAMPLE_BLOCKS - 1)
+            for k in range(SAMPLE_BLOCKS):
+                f.seek(round(k * step))
+                h.update(f.read(SAMPLE_BLOCK_SIZE))
             f.seek(-(1 << 20), 2)
             h.update(f.read(1 << 20))
-    return "sha-" + h.hexdigest()[:32]
+    return ("qh1-" if quick else "sha-") + h.hexdigest()[:32]
 
 
 class Slide:
@@ -146,7 +170,7 @@ class Slide:
             height=self.height,
             mpp=self.mpp,
             offset=self.offset,
-            fingerprint=fingerprint_file(self.path, self.properties),
+            fingerprint=fingerprint_file(self.path, self.properties, with_mtime=True),
         )
 
     def best_level(self, downsample: float) -> int:

@@ -7,20 +7,22 @@ leaves the output folder as it was.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import geojson
 import shapely
 
 from engine.errors import AnnotationError, RefineError
 from engine.evaluation import evaluate
 from engine.features import ProgressFactory
-from engine.overlay import render_overlay, save_png
+from engine.overlay import render_overlay
 from engine.pipeline import (
     RefineResult,
     RefineSettings,
@@ -40,6 +42,7 @@ from qupath_bridge.geojson_io import (
     select_geometry,
     write_features,
 )
+from qupath_bridge.outputs import check_out_dir, locked_out_dir, write_files
 
 log = logging.getLogger("qupath_refine")
 
@@ -75,8 +78,67 @@ def load_inputs(
     return items
 
 
+#: inner extensions that belong to the format, stripped along with the last one
+_FORMAT_INFIXES = (".ome",)
+
+
 def _stem(path: Path) -> str:
-    return path.name.split(".")[0] or path.name
+    """The name outputs are called by: the file name without its extension (``case.A1.svs``
+    -> ``case.A1``; double extensions such as ``.ome.tif`` -> ``slide``)."""
+    name = Path(path).name
+    stem = Path(name).stem or name
+    for infix in _FORMAT_INFIXES:
+        if stem.lower().endswith(infix) and len(stem) > len(infix):
+            stem = stem[: -len(infix)]
+    return stem
+
+
+def output_names(paths: list[Path]) -> tuple[list[str], list[dict]]:
+    """A unique output name per input slide, and the collisions that had to be resolved.
+
+    Slides whose stems collide (``x/slide.svs``, ``y/slide.tif``; compared case-blind, as
+    macOS and Windows do) get their folder's name appended (``slide.x``, ``slide.y``), else
+    a hash of their full path, else (the same file given twice) their position: the same
+    inputs get the same names in any order, and a slide that collides with nothing keeps
+    its plain stem.
+    """
+    stems = [_stem(p) for p in paths]
+    names = list(stems)
+
+    def clashes(ns: list[str]) -> list[list[int]]:
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(ns):
+            groups.setdefault(n.casefold(), []).append(i)
+        return [g for g in groups.values() if len(g) > 1]
+
+    def path_hash(i: int) -> str:
+        return hashlib.sha256(str(Path(paths[i]).resolve()).encode()).hexdigest()[:8]
+
+    ways = (
+        lambda i: f"{stems[i]}.{Path(paths[i]).resolve().parent.name or 'root'}",
+        lambda i: f"{stems[i]}.{path_hash(i)}",
+        lambda i: f"{stems[i]}.{path_hash(i)}.{i + 1}",
+    )
+    for way in ways:
+        groups = clashes(names)
+        if not groups:
+            break
+        for g in groups:
+            for i in g:
+                names[i] = way(i)
+    collisions = []
+    for g in clashes(stems):
+        collisions.append(
+            {
+                "stem": stems[g[0]],
+                "slides": [str(paths[i]) for i in g],
+                "names": [names[i] for i in g],
+            }
+        )
+    for c in collisions:
+        pairs = ", ".join(f"{s} -> {n}.*" for s, n in zip(c["slides"], c["names"], strict=True))
+        log.warning(f"slides share the output name {c['stem']!r}; writing {pairs}")
+    return names, collisions
 
 
 def slide_rows(result: RefineResult, items: list[SlideInput], seconds: float) -> list[dict]:
@@ -110,19 +172,22 @@ def result_fields(r: SlideResult, coarse: shapely.Geometry, regions: shapely.Geo
     }
 
 
-def write_outputs(
+def render_outputs(
     result: RefineResult,
     items: list[SlideInput],
     out_dir: Path,
     classes: ClassNames,
     tiles: bool = True,
     truths: list[shapely.Geometry | None] | None = None,
-) -> list[dict[str, Path]]:
-    """Refined GeoJSON and an overlay PNG per slide; returns the paths written."""
+    names: list[str] | None = None,
+) -> tuple[dict[Path, bytes], list[dict[str, Path]]]:
+    """Every slide's refined GeoJSON and overlay PNG, computed in memory (thumbnails read,
+    pictures encoded) so that nothing is written until all of it has worked."""
+    files: dict[Path, bytes] = {}
     written = []
     truths = truths or [None] * len(items)
-    for item, r, truth in zip(items, result.slides, truths, strict=True):
-        stem = _stem(Path(item.path))
+    names = names or output_names([Path(i.path) for i in items])[0]
+    for item, r, truth, stem in zip(items, result.slides, truths, names, strict=True):
         feats = refined_features(
             r.regions,
             r.grid.xy if tiles else None,
@@ -133,20 +198,42 @@ def write_outputs(
             REFINED_COLOR,
             mpp=r.info.mpp,
         )
-        gj = write_features(out_dir / f"{stem}.refined.geojson", feats)
+        gj = out_dir / f"{stem}.refined.geojson"
+        files[gj] = geojson.dumps(geojson.FeatureCollection(feats)).encode("utf-8")
         with open_slide(item) as s:
             thumb, ds = s.thumbnail(s.mpp * max(1.0, max(s.width, s.height) / OVERLAY_SIDE))
         img = render_overlay(thumb, ds, item.coarse, r.regions, truth, r.grid, r.proba)
-        png = save_png(img, out_dir / f"{stem}.overlay.png")
+        png = out_dir / f"{stem}.overlay.png"
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        files[png] = buf.getvalue()
         written.append({"geojson": gj, "overlay": png})
+    return files, written
+
+
+def write_outputs(
+    result: RefineResult,
+    items: list[SlideInput],
+    out_dir: Path,
+    classes: ClassNames,
+    tiles: bool = True,
+    truths: list[shapely.Geometry | None] | None = None,
+    names: list[str] | None = None,
+) -> list[dict[str, Path]]:
+    """Refined GeoJSON and an overlay PNG per slide, all written together (or none); returns
+    the paths written."""
+    files, written = render_outputs(result, items, out_dir, classes, tiles, truths, names)
+    write_files(files)
     return written
 
 
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8")
+
+
 def write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """One JSON file, written atomically (an :class:`OutputError` when it cannot be)."""
+    write_files({Path(path): json_bytes(data)})
     return path
 
 
@@ -168,14 +255,38 @@ def refine_slides(
     on_stage=None,
 ) -> dict:
     """The ``slide`` command: refine slides together, write GeoJSON, pictures, summary."""
+    check_out_dir(out_dir)  # before any work: a bad --out fails in seconds
     t0 = time.perf_counter()
     items = load_inputs(slides, coarse_files, classes, mpp)
-    result = refine(items, settings, progress=progress, on_stage=on_stage)
-    seconds = time.perf_counter() - t0
-    written = write_outputs(result, items, out_dir, classes, tiles)
-    summary = {
+    names, collisions = output_names([Path(i.path) for i in items])
+    # Locked from here: a second run on this --out is refused before it embeds anything.
+    with locked_out_dir(out_dir):
+        result = refine(items, settings, progress=progress, on_stage=on_stage)
+        seconds = time.perf_counter() - t0
+        (on_stage or log.info)(f"writing the results to {out_dir}")
+        files, written = render_outputs(result, items, out_dir, classes, tiles, names=names)
+        summary = slide_summary(result, items, seconds, written, collisions, settings, classes)
+        files[out_dir / "summary.json"] = json_bytes(summary)
+        write_files(files)  # all or none, the summary included
+    return summary
+
+
+def slide_summary(
+    result: RefineResult,
+    items: list[SlideInput],
+    seconds: float,
+    written: list[dict[str, Path]],
+    collisions: list[dict],
+    settings: RefineSettings,
+    classes: ClassNames,
+) -> dict:
+    return {
         "slides": slide_rows(result, items, seconds),
-        "outputs": [{k: str(v) for k, v in w.items()} for w in written],
+        "outputs": [
+            {"slide": str(item.path), **{k: str(v) for k, v in w.items()}}
+            for item, w in zip(items, written, strict=True)
+        ],
+        "name_collisions": collisions,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
         "pseudo_labels": None
         if result.pseudo is None
@@ -188,8 +299,6 @@ def refine_slides(
         "class": classes.coarse,
         "refined_class": classes.refined,
     }
-    write_json(out_dir / "summary.json", summary)
-    return summary
 
 
 def evaluate_files(

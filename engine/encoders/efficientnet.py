@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
+import secrets
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -22,11 +25,14 @@ import numpy.typing as npt
 from engine.encoders.base import Encoder, to_nchw
 from engine.errors import EncoderError
 
+log = logging.getLogger("qupath_refine")
+
 # Last block of each stage with a new resolution or width (40, 80, 112, 192 channels);
 # their pooled outputs describe texture at finer scales than the final 1280-d head.
 STAGE_ENDS = (4, 7, 10, 14)
 STAGE_WIDTHS = (40, 80, 112, 192)
 FINAL_DIM = 1280
+OUTPUT_NAMES = ("final", *(f"stage{i}" for i in STAGE_ENDS))
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF reference builder).
 MEAN = np.array([127.0, 127.0, 127.0])
 STD = np.array([128.0, 128.0, 128.0])
@@ -71,20 +77,30 @@ def _export_onnx(weights: Path, target: Path) -> None:
             x = n._swish(n._bn1(n._conv_head(x)))
             return (x.mean((2, 3)), *outs)
 
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    # A unique temporary name: two runs exporting at once each rename a complete file.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        _export_to(Pooled().eval(), tmp)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export_to(model, path: Path) -> None:
+    import torch
+
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape inference
         torch.onnx.export(
-            Pooled().eval(),
+            model,
             torch.zeros(2, 3, 224, 224),
-            str(tmp),
+            str(path),
             input_names=["image"],
-            output_names=["final", *(f"stage{i}" for i in STAGE_ENDS)],
+            output_names=list(OUTPUT_NAMES),
             dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
             opset_version=17,
             dynamo=False,
         )
-    tmp.replace(target)
 
 
 def _session(path: Path):
@@ -98,6 +114,41 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _cached_session(weights: Path, onnx_path: Path):
+    """A session on the cached export; a damaged export (empty, truncated, not a model) is
+    deleted and re-exported with a warning, and a cache that cannot be written costs a
+    warning and an export to a temporary folder, never the run."""
+    if onnx_path.is_file():
+        try:
+            return _checked_session(onnx_path)
+        except Exception as e:  # onnxruntime's load errors have no common base class
+            log.warning(
+                f"cached encoder {onnx_path} is damaged ({type(e).__name__}); exporting it again"
+            )
+            onnx_path.unlink(missing_ok=True)
+    try:
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        _export_onnx(weights, onnx_path)
+    except (OSError, RuntimeError) as e:  # a full disk may surface from torch's writer
+        log.warning(
+            f"could not write the encoder cache in {onnx_path.parent} ({e}); "
+            "exporting to a temporary folder for this run"
+        )
+        with tempfile.TemporaryDirectory(prefix="qupath-refine-") as tmp:
+            path = Path(tmp) / onnx_path.name
+            _export_onnx(weights, path)
+            return _checked_session(path)  # onnxruntime has read the file: it may go
+    return _checked_session(onnx_path)
+
+
+def _checked_session(path: Path):
+    sess = _session(path)
+    names = {o.name for o in sess.get_outputs()}
+    if not names.issuperset(OUTPUT_NAMES):
+        raise ValueError(f"outputs {sorted(names)} are not the exported model's")
+    return sess
+
+
 class EfficientNetLite0(Encoder):
     """ImageNet EfficientNet-Lite0; ``blocks=True`` adds the intermediate stages (1704-d)."""
 
@@ -109,15 +160,12 @@ class EfficientNetLite0(Encoder):
         self.blocks = blocks
         self.key = f"efficientnet-lite0{'-blocks' if blocks else ''}-{digest}"
         onnx_path = Path(cache_dir) / "encoders" / f"efficientnet-lite0-{digest}.onnx"
-        if not onnx_path.is_file():
-            onnx_path.parent.mkdir(parents=True, exist_ok=True)
-            _export_onnx(weights, onnx_path)
-        self._sess = _session(onnx_path)
+        self._sess = _cached_session(weights, onnx_path)
         self.dim = FINAL_DIM + (sum(STAGE_WIDTHS) if blocks else 0)
 
     def embed(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         x = to_nchw(images, MEAN, STD)
-        names = ["final", *(f"stage{i}" for i in STAGE_ENDS)] if self.blocks else ["final"]
+        names = list(OUTPUT_NAMES) if self.blocks else ["final"]
         outs = self._sess.run(names, {"image": x})
         return np.concatenate(outs, axis=1).astype(np.float32)
 
