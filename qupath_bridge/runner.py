@@ -33,6 +33,7 @@ from engine.slide import Slide
 from qupath_bridge.geojson_io import (
     DEFAULT_COLORS,
     annotation_features,
+    class_geometry,
     clip_to_frame,
     read_objects,
     refined_features,
@@ -71,19 +72,13 @@ def load_inputs(
     items = []
     for path, gj in zip(slides, coarse_files, strict=True):
         with Slide(path, mpp=mpp) as s:
-            objects = read_objects(gj)
+            # Only annotations are inputs: a cell export's detections are skipped unbuilt.
+            objects = read_objects(gj, ("annotation",))
             source = f"{gj.name} (for {path.name})"
             coarse = select_geometry(objects, classes.coarse, source)
             coarse = clip_to_frame(coarse, s.width, s.height, source)
-            negative = None
-            if classes.negative:
-                neg = [
-                    o.geometry
-                    for o in objects
-                    if o.object_type == "annotation" and o.classification == classes.negative
-                ]
-                if neg:
-                    negative = shapely.make_valid(shapely.unary_union(neg))
+            # the same class rule as projects: `Ignore*` also takes `Ignore*: folds`
+            negative = class_geometry(objects, classes.negative) if classes.negative else None
         items.append(SlideInput(path=path, coarse=coarse, negative=negative, mpp=mpp))
     return items
 
