@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,8 @@ import shapely
 from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
+
+from engine.errors import SlideError
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,8 @@ class GridSettings:
     setting); ``patch_um`` their side (128 µm = 256 px at 0.5 µm/px, the paper's CAMELYON16
     and PAIP2020 size); ``stride_um`` the step between patches (smaller than the patch for an
     overlapping grid and finer region boundaries); ``min_tissue`` the tissue share a patch needs
-    to be kept.
+    to be kept; ``max_patches`` the most grid positions (tissue or not) a slide may have, checked
+    before the grid is built (:func:`check_patch_budget`).
     """
 
     mpp: float = 0.5
@@ -28,6 +32,9 @@ class GridSettings:
     stride_um: float | None = None
     min_tissue: float = 0.25
     tissue_mpp: float = 8.0
+    # 2 M positions of 128 µm cover 33,000 mm² (a slide is ~1,000): far above any real slide,
+    # low enough that the lattice's arrays stay in the hundreds of MB.
+    max_patches: int = 2_000_000
 
     @property
     def patch_px(self) -> int:
@@ -45,6 +52,8 @@ class GridSettings:
             raise ValueError("stride must not exceed the patch size (patches would leave gaps)")
         if not 0 <= self.min_tissue <= 1:
             raise ValueError("min_tissue is a fraction between 0 and 1")
+        if self.max_patches < 1:
+            raise ValueError("the patch budget must be at least 1")
 
 
 @dataclass
@@ -69,6 +78,30 @@ class PatchGrid:
         """Each patch as a shapely box."""
         x, y = self.xy[:, 0], self.xy[:, 1]
         return shapely.box(x, y, x + self.size, y + self.size)
+
+
+def lattice_size(width_um: float, height_um: float, patch_um: float, step_um: float) -> int:
+    """Grid positions :func:`make_grid` lays over a frame of this size (tissue or not)."""
+
+    def n(side: float) -> int:
+        return max(1, math.ceil((side - patch_um) / step_um) + 1) if side > patch_um else 1
+
+    return n(width_um) * n(height_um)
+
+
+def check_patch_budget(width: int, height: int, slide_mpp: float, g: GridSettings, label: str):
+    """Refuse, before anything is read, a grid over ``g.max_patches`` positions: a wrong pixel
+    size or a tiny patch would otherwise build it until memory runs out."""
+    w_um, h_um = width * slide_mpp, height * slide_mpp
+    n = lattice_size(w_um, h_um, g.patch_um, g.step_um)
+    if n > g.max_patches:
+        raise SlideError(
+            f"{label}: {g.patch_um:g} µm patches every {g.step_um:g} µm over {w_um / 1000:g} x "
+            f"{h_um / 1000:g} mm ({width} x {height} px at {slide_mpp:g} µm/px) make {n:,} grid "
+            f"positions, over the budget of {g.max_patches:,}. Check the pixel size (--mpp "
+            "overrides the file's), or use larger patches (--patch-um, --stride-um) or a larger "
+            "--max-patches."
+        )
 
 
 def tissue_mask(

@@ -34,7 +34,14 @@ from engine.features import (
     load_cached,
     store_cached,
 )
-from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
+from engine.patches import (
+    GridSettings,
+    PatchGrid,
+    check_patch_budget,
+    make_grid,
+    overlap_fraction,
+    tissue_mask,
+)
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
 from engine.regions import (
@@ -179,6 +186,7 @@ def open_slide(item: SlideInput) -> Slide:
 
 def tissue_grid(slide: Slide, g: GridSettings, label: str) -> PatchGrid:
     """Tissue mask from a thumbnail, then the grid of patches with enough tissue."""
+    check_patch_budget(slide.width, slide.height, slide.mpp, g, label)
     thumb, ds = slide.thumbnail(g.tissue_mpp)
     mask = tissue_mask(thumb)
     size = g.patch_um / slide.mpp

@@ -180,3 +180,195 @@ def test_negative_class_takes_derived_classes_in_slide_mode(demo_slide, tmp_path
     # Project mode, same objects, same rule.
     inp = sort_objects(read_objects(gj), ClassNames())
     assert inp.negative is not None and inp.negative.equals(folds)
+
+
+# --- the command line: one `error:` line, exit 2, nothing written --------------------------
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from qupath_bridge.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_error(r, message: str) -> None:
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert "Traceback" not in r.output and "internal error" not in r.output
+
+
+@pytest.fixture(scope="module")
+def coarse_file(demo_slide, tmp_path_factory):
+    d = tmp_path_factory.mktemp("coarse")
+    return write_features(d / "coarse.geojson", annotation_features(demo_slide.coarse, "Tumor"))
+
+
+@pytest.mark.parametrize("case", list(BAD_GEOJSON))
+def test_bad_geojson_through_the_slide_command(case, demo_slide, tmp_path, cache_dir):
+    content, message = BAD_GEOJSON[case]
+    p = tmp_path / "bad.geojson"
+    p.write_bytes(content.encode("utf-8", "surrogateescape"))
+    out = tmp_path / "out"
+    r = _cli("slide", demo_slide.path, "--coarse", p, "--out", out, "--cache-dir", cache_dir, "-q")
+    _one_error(r, message)
+    assert not out.exists()
+
+
+#: options click must refuse itself (its usage line + one error line, exit 2)
+BAD_OPTIONS = [
+    (["--tau", "banana"], "'banana': give 'auto' or 'off' or 'none' or a number from -1 to 1"),
+    (["--tau", "2"], "--tau"),
+    (["--patch-um", "inf"], "'inf': give 'auto' or a number above 0"),
+    (["--patch-um", "0"], "--patch-um"),
+    (["--patch-um", "-5"], "--patch-um"),
+    (["--patch-um", "nan"], "--patch-um"),
+    (["--stride-um", "0"], "--stride-um"),
+    (["--mpp", "nan"], "--mpp"),
+    (["--mpp", "-0.5"], "--mpp"),
+    (["--target-mpp", "inf"], "--target-mpp"),
+    (["--min-tissue", "1.5"], "--min-tissue"),
+    (["--context", "0.5"], "--context"),
+    (["--seed", "-1"], "--seed"),
+    (["--max-patches", "0"], "--max-patches"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_are_usage_errors(args, message, demo_slide, coarse_file, tmp_path):
+    r = _cli("slide", demo_slide.path, "--coarse", coarse_file, "--out", tmp_path / "o", *args)
+    _one_error(r, message)
+    assert "Invalid value for" in r.stderr and "--help" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["--patch-um", "0"], ["--patch-um", "inf"], ["--eval-mpp", "nan"], ["--mpp", "0"]]
+)
+def test_bad_evaluate_options(args, demo_slide, coarse_file):
+    r = _cli("evaluate", "--slide", demo_slide.path, "--truth", coarse_file,
+             "--pred", coarse_file, *args)  # fmt: skip
+    _one_error(r, args[0])
+
+
+def test_number_type_passes_words_and_numbers_through():
+    from qupath_bridge.cli import Number
+
+    patch = Number(0, low_open=True, words=("auto",))
+    assert patch.convert("AUTO", None, None) == "auto"  # the engine decides what auto means
+    assert patch.convert("64", None, None) == 64.0 and patch.convert(128.0, None, None) == 128.0
+    tau = Number(-1, 1, words=("auto", "off", "none"))
+    assert tau.convert("0.6", None, None) == 0.6 and tau.convert("off", None, None) == "off"
+
+
+def test_evaluate_benign_slide_prints_null_for_undefined_ratios(demo_slide, coarse_file, tmp_path):
+    """Empty truth (a benign slide): nothing to find, so TPR is 0/0: null in JSON, exit 0."""
+    from PIL import Image
+
+    empty = write_features(tmp_path / "benign.geojson", [])
+    w, h = demo_slide.size
+    Image.new("L", (w // 8, h // 8), 0).save(tmp_path / "benign.png")
+    for truth in (empty, tmp_path / "benign.png"):
+        r = _cli("evaluate", "--slide", demo_slide.path, "--truth", truth, "--pred", coarse_file)
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+        assert res["pixel"]["tpr"] is None and res["patch"]["tpr"] is None
+        assert res["pixel"]["dice"] == 0.0 and res["pixel"]["tnr"] < 1
+        assert res["truth_area_mm2"] == 0
+    # Nothing predicted on a benign slide: a perfect score, PPV undefined.
+    r = _cli("evaluate", "--slide", demo_slide.path, "--truth", empty, "--pred", empty)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["pixel"]["dice"] == 1.0 and res["pixel"]["ppv"] is None
+
+
+# --- slides: damaged files, implausible pixel sizes, the patch budget ----------------------
+
+
+def test_truncated_svs_is_called_damaged_not_unsupported(cmu_svs, tmp_path, coarse_file):
+    from engine.errors import SlideError
+    from engine.slide import Slide
+
+    data = cmu_svs.read_bytes()
+    for keep in (500_000, len(data) - 100_000):  # early: no directory; late: chain cut
+        p = tmp_path / f"cut-{keep}.svs"
+        p.write_bytes(data[:keep])
+        with pytest.raises(SlideError, match="is damaged or truncated") as e:
+            Slide(p)
+        assert "Unsupported" not in str(e.value) and p.name in str(e.value)
+    r = _cli("slide", p, "--coarse", coarse_file, "--out", tmp_path / "o")
+    _one_error(r, f"Slide {p.name} is damaged or truncated")
+    # A file that is not a slide at all is still "unsupported".
+    (tmp_path / "notes.svs").write_text("not a slide")
+    with pytest.raises(SlideError, match="Unsupported slide format"):
+        Slide(tmp_path / "notes.svs")
+
+
+def test_unreadable_tiles_in_a_valid_slide_are_one_error(demo_slide, coarse_file, tmp_path):
+    """Level 0's tile data overwritten: the header and the thumbnail levels are fine, so the
+    failure comes while patches are read, in the embedding thread."""
+    import tifffile
+
+    p = tmp_path / "damaged.tif"
+    p.write_bytes(demo_slide.path.read_bytes())
+    with tifffile.TiffFile(p) as t:
+        tiles = list(zip(t.pages[0].dataoffsets, t.pages[0].databytecounts, strict=True))
+    with p.open("r+b") as f:
+        for offset, n in tiles:
+            f.seek(offset)
+            f.write(b"\xff" * n)
+    out = tmp_path / "out"
+    r = _cli("slide", p, "--coarse", coarse_file, "--out", out, "--patch-um", "64",
+             "--encoder", "stain-texture", "--cache-dir", tmp_path / "cache", "-q")  # fmt: skip
+    _one_error(r, "Slide damaged.tif is damaged: its pixels near")
+    assert not out.exists()
+
+
+def test_implausible_pixel_sizes_are_refused_up_front(demo_slide, coarse_file, tmp_path):
+    import numpy as np
+
+    from engine.errors import SlideError
+    from engine.slide import Slide
+    from engine.tiff import write_pyramidal_tiff
+
+    # What a TIFF saved at 72 dpi records: 2.54 cm / 72 = 352.8 µm per pixel.
+    p = write_pyramidal_tiff(tmp_path / "72dpi.tif", np.full((600, 800, 3), 200, np.uint8), 352.8)
+    with pytest.raises(SlideError, match=r"records a pixel size of 352\.8 µm/px.*pass --mpp"):
+        Slide(p)
+    assert Slide(p, mpp=0.5).mpp == 0.5  # the fix the message gives
+    for mpp in ("1e8", "30", "0.01"):
+        r = _cli("slide", demo_slide.path, "--coarse", coarse_file, "--out", tmp_path / "o",
+                 "--mpp", mpp)  # fmt: skip
+        _one_error(r, "is not a slide's pixel size")
+    r = _cli("slide", p, "--coarse", coarse_file, "--out", tmp_path / "o")
+    _one_error(r, "records a pixel size of 352.8")
+    assert not (tmp_path / "o").exists()
+
+
+def test_lattice_size_is_the_grid_make_grid_builds():
+    import numpy as np
+
+    from engine.patches import lattice_size, make_grid
+
+    for w, h, size, stride in [(1000, 700, 128, 128), (1000, 700, 128, 64), (100, 50, 128, 128),
+                               (1280, 1280, 128, 100), (129, 1, 128, 1)]:  # fmt: skip
+        g = make_grid(w, h, np.ones((8, 8), bool), max(w, h) / 8, size, stride, 0.0)
+        assert lattice_size(w, h, size, stride) == g.shape[0] * g.shape[1] == len(g)
+
+
+def test_patch_budget_refuses_huge_grids_before_reading(demo_slide, coarse_file, tmp_path):
+    # The demo slide is 3 x 2 mm: 0.5 µm patches make 25 M positions.
+    common = ["--encoder", "stain-texture", "--cache-dir", tmp_path / "cache"]
+    r = _cli("slide", demo_slide.path, "--coarse", coarse_file, "--out", tmp_path / "o",
+             "--patch-um", "0.5", *common)  # fmt: skip
+    _one_error(r, "make 25,165,824 grid positions, over the budget of 2,000,000")
+    assert "--patch-um" in r.stderr and "--max-patches" in r.stderr
+    r = _cli("slide", demo_slide.path, "--coarse", coarse_file, "--out", tmp_path / "o",
+             "--max-patches", "100", *common)  # fmt: skip
+    _one_error(r, "make 384 grid positions, over the budget of 100")
+    r = _cli("evaluate", "--slide", demo_slide.path, "--truth", coarse_file, "--pred",
+             coarse_file, "--patch-um", "0.5")  # fmt: skip
+    _one_error(r, "over the budget of 2,000,000")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
