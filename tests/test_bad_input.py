@@ -372,3 +372,37 @@ def test_patch_budget_refuses_huge_grids_before_reading(demo_slide, coarse_file,
              coarse_file, "--patch-um", "0.5")  # fmt: skip
     _one_error(r, "over the budget of 2,000,000")
     assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
+
+
+# --- checkpoints: tensors only, never code ------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this runs ``open(marker, "w")``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoints_are_loaded_as_tensors_only(tmp_path):
+    """The loader behind conch: and timm: (CONCH's own would unpickle on torch < 2.6)."""
+    import torch
+
+    from engine.encoders.plugins import _load_state_dict
+    from engine.errors import EncoderError
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "x": _RunsCode(str(marker))}, bad)
+    with pytest.raises(EncoderError, match="cannot read weights"):
+        _load_state_dict(bad, "conch:bad.pt")
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    torch.save({"state_dict": {"module.w": torch.ones(2)}}, good)
+    assert list(_load_state_dict(good, "conch:good.pt")) == ["module.w"]
+    torch.save([torch.ones(2)], tmp_path / "list.pt")
+    with pytest.raises(EncoderError, match="holds no state dict"):
+        _load_state_dict(tmp_path / "list.pt", "conch:list.pt")
