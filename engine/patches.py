@@ -12,7 +12,7 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-from engine.errors import SettingsError
+from engine.errors import SettingsError, SlideError
 
 #: patch sides (µm) ``patch_um="auto"`` chooses from: steps of about 1.5x, so that a re-run
 #: after small edits of the outline lands on the same grid (and the same cached features)
@@ -33,6 +33,8 @@ class GridSettings:
     inside the coarse outline (a fixed 128 µm grid leaves a gland-level outline a few dozen
     patches, too few for any edit to show), but never more than ``auto_max_patches`` on the
     slide's tissue (time grows with the patch count).
+    ``max_patches`` is the most grid positions (tissue or not) a slide may have, checked
+    before the grid is built (:func:`check_patch_budget`).
     """
 
     mpp: float = 0.5
@@ -42,6 +44,9 @@ class GridSettings:
     tissue_mpp: float = 8.0
     auto_inside: int = 1000
     auto_max_patches: int = 30_000
+    # 2 M positions of 128 µm cover 33,000 mm² (a slide is ~1,000): far above any real slide,
+    # low enough that the lattice's arrays stay in the hundreds of MB.
+    max_patches: int = 2_000_000
 
     @property
     def is_auto(self) -> bool:
@@ -90,6 +95,8 @@ class GridSettings:
             )
         if not 0 <= self.min_tissue <= 1:
             raise SettingsError("min_tissue is a fraction between 0 and 1")
+        if self.max_patches < 1:
+            raise SettingsError("max_patches, the patch budget, must be at least 1")
 
 
 def auto_patch_um(coarse_um2: float, tissue_um2: float, g: GridSettings) -> float:
@@ -130,6 +137,30 @@ class PatchGrid:
         """Each patch as a shapely box."""
         x, y = self.xy[:, 0], self.xy[:, 1]
         return shapely.box(x, y, x + self.size, y + self.size)
+
+
+def lattice_size(width_um: float, height_um: float, patch_um: float, step_um: float) -> int:
+    """Grid positions :func:`make_grid` lays over a frame of this size (tissue or not)."""
+
+    def n(side: float) -> int:
+        return max(1, math.ceil((side - patch_um) / step_um) + 1) if side > patch_um else 1
+
+    return n(width_um) * n(height_um)
+
+
+def check_patch_budget(width: int, height: int, slide_mpp: float, g: GridSettings, label: str):
+    """Refuse, before anything is read, a grid over ``g.max_patches`` positions: a wrong pixel
+    size or a tiny patch would otherwise build it until memory runs out."""
+    w_um, h_um = width * slide_mpp, height * slide_mpp
+    n = lattice_size(w_um, h_um, g.side_um, g.step_um)
+    if n > g.max_patches:
+        raise SlideError(
+            f"{label}: {g.side_um:g} µm patches every {g.step_um:g} µm over {w_um / 1000:g} x "
+            f"{h_um / 1000:g} mm ({width} x {height} px at {slide_mpp:g} µm/px) make {n:,} grid "
+            f"positions, over the budget of {g.max_patches:,}. Check the pixel size (--mpp "
+            "overrides the file's), or use larger patches (--patch-um, --stride-um) or a larger "
+            "--max-patches."
+        )
 
 
 def tissue_mask(

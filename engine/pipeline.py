@@ -34,7 +34,14 @@ from engine.features import (
     store_cached,
 )
 from engine.guard import redraw_self_test
-from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
+from engine.patches import (
+    GridSettings,
+    PatchGrid,
+    check_patch_budget,
+    make_grid,
+    overlap_fraction,
+    tissue_mask,
+)
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
 from engine.regions import (
@@ -216,6 +223,7 @@ def tissue_grid(
     slide: Slide, g: GridSettings, label: str, tissue: Tissue | None = None
 ) -> PatchGrid:
     """Tissue mask from a thumbnail (unless given), then the patches with enough tissue."""
+    check_patch_budget(slide.width, slide.height, slide.mpp, g, label)
     mask, ds = tissue if tissue is not None else slide_tissue(slide, g)
     size = g.side_um / slide.mpp
     stride = g.step_um / slide.mpp

@@ -25,6 +25,11 @@ SUPPORTED_FORMATS = (
     "Aperio .svs, Hamamatsu .ndpi/.vms, Leica .scn, MIRAX .mrxs, Philips .tiff, Sakura .svslide, "
     "Ventana .bif, DICOM, Zeiss .czi and generic tiled pyramidal TIFF"
 )
+#: Pixel sizes (µm/px) a slide scan can have: 0.05 is beyond any optical scanner, 20 is a
+#: 0.5x overview. Outside it the recorded size is wrong (a TIFF saved at 72 dpi records 352.8)
+#: and every size computed from it would be too: a 14.7 M-patch grid, or a thumbnail of GBs.
+MPP_RANGE = (0.05, 20.0)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,17 @@ class Slide:
             raise SlideError(f"Slide not found: {self.path}")
         if not self.path.is_file():
             raise SlideError(f"Slide path is not a file: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise SlideError(f"Slide {self.path} is empty (0 bytes): copy it again.")
         try:
             self._osr = openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError:
+            damage = _tiff_damage(self.path)
+            if damage:
+                raise SlideError(
+                    f"Slide {self.path.name} is damaged or truncated ({damage}); copy it again "
+                    "from the scanner or archive."
+                ) from None
             raise SlideError(
                 f"Unsupported slide format: {self.path.name}. OpenSlide reads {SUPPORTED_FORMATS}; "
                 "convert other images to a tiled pyramidal TIFF (e.g. with QuPath's "
@@ -143,9 +156,13 @@ class Slide:
         self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
 
     def _resolve_mpp(self, props: dict[str, str], override: float | None) -> float:
+        lo, hi = MPP_RANGE
         if override is not None:
-            if not (override > 0 and math.isfinite(override)):
-                raise SlideError(f"--mpp must be a positive number of µm per pixel, got {override}")
+            if not (lo <= override <= hi):
+                raise SlideError(
+                    f"--mpp {override:g} is not a slide's pixel size: give µm per pixel at full "
+                    f"resolution, from {lo:g} to {hi:g} (e.g. 0.25 for 40x or 0.5 for 20x scans)."
+                )
             return float(override)
         try:
             mx = float(props["openslide.mpp-x"])
@@ -155,12 +172,15 @@ class Slide:
                 f"Slide {self.path.name} records no pixel size; pass --mpp (µm per pixel at full "
                 "resolution, e.g. 0.25 for 40x or 0.5 for 20x scans)."
             ) from None
-        if mx <= 0:
-            raise SlideError(
-                f"Slide {self.path.name} records an invalid pixel size {mx}; pass --mpp."
-            )
         # QuPath stores one value per axis; square pixels are the norm and all we need.
-        return (mx + my) / 2
+        mpp = (mx + my) / 2
+        if not (lo <= mpp <= hi):  # also catches 0, negative, inf and NaN
+            raise SlideError(
+                f"Slide {self.path.name} records a pixel size of {mpp:g} µm/px, outside the "
+                f"{lo:g}-{hi:g} µm/px of slide scans (a TIFF saved at 72 dpi records 352.8): "
+                "pass --mpp with the scan's real pixel size (e.g. 0.25 for 40x, 0.5 for 20x)."
+            )
+        return mpp
 
     @property
     def info(self) -> SlideInfo:
@@ -195,9 +215,20 @@ class Slide:
         read_px = max(1, round(size / ds))
         for i, (x, y) in enumerate(xy):
             loc = (int(round(x)) + self.offset[0], int(round(y)) + self.offset[1])
-            region = self._osr.read_region(loc, level, (read_px, read_px))
+            region = self._read_region(loc, level, (read_px, read_px))
             out[i] = _to_rgb(region, out_px)
         return out
+
+    def _read_region(self, loc: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
+        """OpenSlide's read_region; a tile it cannot decode is a damaged file, said as such."""
+        try:
+            return self._osr.read_region(loc, level, size)
+        except _import_openslide().OpenSlideError as e:
+            raise SlideError(
+                f"Slide {self.path.name} is damaged: its pixels near x {loc[0]}, y {loc[1]} "
+                f"(level {level}) cannot be read ({e}). Copy it again from the scanner or "
+                "archive; if QuPath shows it fine, export it as OME-TIFF from QuPath."
+            ) from None
 
     def thumbnail(self, mpp: float) -> tuple[npt.NDArray[np.uint8], float]:
         """An RGB thumbnail of the QuPath frame at about ``mpp`` µm/px.
@@ -215,7 +246,7 @@ class Slide:
         strip = max(1, (1 << 24) // max(1, lw * 4))
         for y0 in range(0, lh, strip):
             h = min(strip, lh - y0)
-            region = self._osr.read_region(
+            region = self._read_region(
                 (self.offset[0], self.offset[1] + round(y0 * lds)), level, (lw, h)
             )
             rgb = Image.fromarray(_to_rgb_array(region))
@@ -232,6 +263,48 @@ class Slide:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tiff_damage(path: Path) -> str | None:
+    """Why a TIFF-based file (SVS, NDPI, SCN, BIF, TIFF) that OpenSlide refused looks damaged
+    rather than of an unsupported kind, or None: its image directories or data lie past the
+    end of the file, which is what an interrupted copy leaves."""
+    import logging
+
+    import tifffile
+
+    with path.open("rb") as f:
+        if f.read(4) not in _TIFF_MAGIC:
+            return None
+    size = path.stat().st_size
+    problems: list[str] = []
+
+    class _Collect(logging.Handler):  # tifffile reports broken offsets as log warnings
+        def emit(self, record: logging.LogRecord) -> None:
+            problems.append(record.getMessage())
+
+    tlog = logging.getLogger("tifffile")
+    handler, propagate = _Collect(), tlog.propagate
+    tlog.addHandler(handler)
+    tlog.propagate = False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            ends = [
+                o + n for p in pages for o, n in zip(p.dataoffsets, p.databytecounts, strict=True)
+            ]
+    except Exception as e:  # any parse failure of a file with a TIFF header is damage
+        return f"its TIFF structure cannot be read: {e}"
+    finally:
+        tlog.removeHandler(handler)
+        tlog.propagate = propagate
+    if not pages:
+        return f"no image directory can be read in its {size:,} bytes"
+    if ends and max(ends) > size:
+        return f"image data reaches byte {max(ends):,} of a {size:,}-byte file"
+    if any("offset" in m for m in problems):
+        return f"an image directory lies past the end of its {size:,} bytes"
+    return None
 
 
 def _to_rgb_array(region: Image.Image) -> npt.NDArray[np.uint8]:

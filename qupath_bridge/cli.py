@@ -158,6 +158,7 @@ def _run(
     target_mpp,
     patch_um,
     stride_um,
+    max_patches,
     min_tissue,
     context,
     method,
@@ -179,44 +180,75 @@ def _run(
     s = RefineSettings.for_method(
         method,
         grid=GridSettings(
-            mpp=target_mpp, patch_um=patch_um, stride_um=stride_um, min_tissue=min_tissue
+            mpp=target_mpp,
+            patch_um=patch_um,
+            stride_um=stride_um,
+            min_tissue=min_tissue,
+            max_patches=max_patches,
         ),
         features=FeatureSettings(encoder=encoder, context=context),
         cache_dir=Path(cache_dir) if cache_dir else None,
     ).with_seed(seed)
     if tau is not None:
-        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=_parse_tau(tau)))
+        # 'off' and 'none' turn relabelling off; 'auto' and a cosine pass through
+        tau = None if tau in ("off", "none") else tau
+        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=tau))
     if outline != "auto":
         s = replace(s, regions=replace(s.regions, outline=outline))
     classes = ClassNames(class_name, negative_class or None)
     return _Run(s, classes, mpp, _progress(quiet, progress_lines))
 
 
-class _PatchSize(click.ParamType):
-    """``auto`` or a positive, finite size in µm."""
+class Number(click.ParamType):
+    """A finite number in a range, so click itself rejects ``inf``, ``nan``, ``0`` or ``-1``
+    with its usage line and exit 2 (``click.FloatRange`` lets ``inf`` and ``nan`` through).
+    ``words`` are accepted as they are (``auto``, ``off``), lower-cased."""
 
-    name = "auto|µm"
+    name = "number"
+
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        words: tuple[str, ...] = (),
+        integer: bool = False,
+    ) -> None:
+        self.low, self.high, self.low_open, self.words = low, high, low_open, words
+        self.integer = integer
+
+    def _wanted(self) -> str:
+        kind = "a whole number" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            kind += f" from {self.low:g} to {self.high:g}"
+        elif self.low is not None:
+            kind += f" {'above' if self.low_open else 'of at least'} {self.low:g}"
+        return " or ".join([*(repr(w) for w in self.words), kind])
 
     def convert(self, value, param, ctx):
-        if isinstance(value, float) or str(value).strip().lower() == "auto":
-            return value if isinstance(value, float) else "auto"
-        try:
-            v = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
-        if not (math.isfinite(v) and v > 0):
-            self.fail(f"{value!r} is not a positive size in µm", param, ctx)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            v = value
+        else:
+            text = str(value).strip().lower()
+            if text in self.words:
+                return text
+            try:
+                v = int(text) if self.integer else float(text)
+            except ValueError:
+                self.fail(f"{value!r}: give {self._wanted()}.", param, ctx)
+        ok = math.isfinite(v)
+        if self.low is not None:
+            ok = ok and (v > self.low if self.low_open else v >= self.low)
+        if self.high is not None:
+            ok = ok and v <= self.high
+        if not ok:
+            self.fail(f"{value!r}: give {self._wanted()}.", param, ctx)
         return v
 
 
-def _parse_tau(text: str) -> float | str | None:
-    t = text.strip().lower()
-    if t in ("auto", "off", "none"):
-        return "auto" if t == "auto" else None
-    try:
-        return float(t)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give a cosine such as 0.6, 'auto' or 'off'") from None
+POSITIVE = Number(0, low_open=True)
+#: numpy and torch take seeds from 0 to 2**32 - 1
+SEED = Number(0, 2**32 - 1, integer=True)
 
 
 class _Group(click.Group):
@@ -228,6 +260,22 @@ class _Group(click.Group):
             if first.suffix == ".qpproj" or first.is_dir():
                 args = ["project", *args]
         return super().parse_args(ctx, args)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Usage errors (``--tau banana``, ``--patch-um inf``) as one ``error:`` line with exit
+        2, like every other bad input, instead of click's usage block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            _fail(" ".join(e.format_message().split()) + hint, e.exit_code)
+        except click.ClickException as e:
+            _fail(" ".join(e.format_message().split()), e.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # an int is click's Exit code (--help: 0)
 
 
 @click.group(
@@ -265,20 +313,20 @@ def common_options(fn):
         click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
         click.option(
             "--mpp",
-            type=float,
+            type=POSITIVE,
             default=None,
             help="Pixel size (µm) for slides that do not record one.",
         ),
         click.option(
             "--target-mpp",
-            type=float,
+            type=POSITIVE,
             default=0.5,
             show_default=True,
             help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
         ),
         click.option(
             "--patch-um",
-            type=_PatchSize(),
+            type=Number(0, low_open=True, words=("auto",)),
             default="auto",
             show_default=True,
             help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
@@ -286,20 +334,28 @@ def common_options(fn):
         ),
         click.option(
             "--stride-um",
-            type=float,
+            type=POSITIVE,
             default=None,
             help="Step between patches in µm; below --patch-um gives finer outlines.",
         ),
         click.option(
+            "--max-patches",
+            type=Number(1, integer=True),
+            default=2_000_000,
+            show_default=True,
+            help="Most grid positions a slide may have; more is refused before any work "
+            "(a wrong pixel size or a tiny --patch-um).",
+        ),
+        click.option(
             "--min-tissue",
-            type=float,
+            type=Number(0, 1),
             default=0.25,
             show_default=True,
             help="Tissue share a patch needs to be used.",
         ),
         click.option(
             "--context",
-            type=float,
+            type=Number(1),
             default=1.0,
             show_default=True,
             help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
@@ -324,11 +380,12 @@ def common_options(fn):
         ),
         click.option(
             "--tau",
+            type=Number(-1, 1, words=("auto", "off", "none")),
             default=None,
             help="With --method prototype: cosine threshold for outside patches to become "
             "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
         ),
-        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed."),
         click.option(
             "--cache-dir",
             type=click.Path(file_okay=False),
@@ -490,17 +547,17 @@ def project_cmd(
     help="Class of the truth annotations.",
 )
 @click.option("--pred-class", default=None, help="Only objects of this class in --pred.")
-@click.option("--mpp", type=float, default=None, help="Pixel size if the slide lacks one.")
+@click.option("--mpp", type=POSITIVE, default=None, help="Pixel size if the slide lacks one.")
 @click.option(
     "--eval-mpp",
-    type=float,
+    type=POSITIVE,
     default=2.0,
     show_default=True,
     help="Resolution of the pixel-level metrics (µm/px).",
 )
 @click.option(
     "--patch-um",
-    type=float,
+    type=POSITIVE,
     default=128.0,
     show_default=True,
     help="Patch size of the patch-level metrics.",
@@ -518,11 +575,19 @@ def evaluate_cmd(
     res = evaluate_files(
         slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
     )
-    click.echo(json.dumps(res, indent=2, allow_nan=False, default=_json_nan))
+    click.echo(json.dumps(_nan_to_null(res), indent=2, allow_nan=False))
 
 
-def _json_nan(v):
-    return None
+def _nan_to_null(v):
+    """Ratios with a zero denominator are NaN in the engine and ``null`` in the JSON (plain
+    JSON has no NaN), e.g. PPV on a benign slide where nothing is predicted."""
+    if isinstance(v, dict):
+        return {k: _nan_to_null(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_null(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 @main.command("demo")
@@ -534,7 +599,7 @@ def _json_nan(v):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the results.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False),

@@ -11,18 +11,23 @@ that always carries a colour (QuPath throws on one without) and a fresh UUID ``i
 
 from __future__ import annotations
 
-import json
+import codecs
 import logging
+import math
 import os
+import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import geojson
+import ijson
 import numpy as np
 import shapely
+import shapely.errors
 from shapely.geometry import mapping, shape
 
 from engine.errors import AnnotationError
@@ -67,101 +72,257 @@ def _classification(props: dict[str, Any]) -> tuple[str | None, tuple[int, int, 
         names = c.get("names")  # QuPath 0.4+ may also list derived class parts
         if name is None and isinstance(names, list):
             name = ": ".join(str(n) for n in names)
+        name = None if name is None else str(name)
         color = c.get("color")
-        if isinstance(color, list) and len(color) >= 3:
-            return name, (int(color[0]), int(color[1]), int(color[2]))
+        if isinstance(color, list) and len(color) >= 3 and all(_is_int(v) for v in color[:3]):
+            return name, (int(color[0]) & 255, int(color[1]) & 255, int(color[2]) & 255)
         rgb = c.get("colorRGB")
-        if isinstance(rgb, int):
+        if _is_int(rgb):
             rgb &= 0xFFFFFF
             return name, ((rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255)
         return name, None
     return str(c), None
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> float | None:
+    """A finite measurement value, else None (QuPath writes NaN measurements as null)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def _measurements(props: dict[str, Any]) -> dict[str, float]:
     m = props.get("measurements")
     if isinstance(m, dict):
-        return {str(k): float(v) for k, v in m.items() if isinstance(v, (int, float))}
-    if isinstance(m, list):
-        return {
-            str(e["name"]): float(e["value"])
-            for e in m
-            if isinstance(e, dict) and "name" in e and isinstance(e.get("value"), (int, float))
-        }
-    return {}
-
-
-def _features(doc: Any, path: Path) -> list[dict[str, Any]]:
-    if isinstance(doc, list):
-        feats = doc
-    elif isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
-        feats = doc.get("features") or []
-    elif isinstance(doc, dict) and doc.get("type") == "Feature":
-        feats = [doc]
-    elif isinstance(doc, dict) and doc.get("type") in AREAL:
-        feats = [{"type": "Feature", "geometry": doc, "properties": {}}]
+        pairs = m.items()
+    elif isinstance(m, list):
+        pairs = ((e.get("name"), e.get("value")) for e in m if isinstance(e, dict))
     else:
+        return {}
+    return {
+        str(k): v for k, v in ((k, _number(v)) for k, v in pairs) if k is not None and v is not None
+    }
+
+
+#: Deepest JSON nesting we parse. QuPath's GeoJSON needs under 20 levels; the streaming parser
+#: keeps a path string per level, so memory grows with the square of the depth (a 100,000-deep
+#: file would need tens of GB): anything deeper than this is refused before it is parsed.
+MAX_DEPTH = 256
+_BRACKETS_AND_QUOTES = bytes(c for c in range(256) if c not in b'"[]{}')
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+
+
+class _DepthGuard:
+    """A binary file for ijson that refuses nesting deeper than :data:`MAX_DEPTH`.
+
+    Each chunk is reduced (in C: ``re.sub``, ``bytes.translate``) to its quotes and brackets,
+    and numpy tracks whether each bracket lies inside a string and the depth it reaches; the
+    state carries from chunk to chunk. About 2 s per GB, a tenth of the parse itself.
+    """
+
+    def __init__(self, f: BinaryIO, source: str) -> None:
+        self.f, self.source = f, source
+        self.depth, self.in_string, self.tail = 0, False, b""
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self._scan(self.tail + b)
+        return b
+
+    def _scan(self, b: bytes) -> None:
+        self.tail = b""
+        if b"\\" in b:
+            b = _ESCAPE.sub(b"", b)  # escapes removed: an escaped quote does not end a string
+            if b.endswith(b"\\"):  # an escape split between two reads
+                b, self.tail = b[:-1], b"\\"
+        k = np.frombuffer(b.translate(None, _BRACKETS_AND_QUOTES), np.uint8)
+        if not len(k):
+            return
+        quote = k == ord('"')
+        # inside a string at each byte: parity of the quotes before it
+        inside = ((np.cumsum(quote) - quote) & 1).astype(bool) ^ self.in_string
+        self.in_string = bool(inside[-1] ^ quote[-1])
+        opens = (k == ord("[")) | (k == ord("{"))
+        step = np.where(inside | quote, 0, np.where(opens, 1, -1))
+        depth = self.depth + np.cumsum(step)
+        if depth.max() > MAX_DEPTH:
+            raise AnnotationError(
+                f"{self.source}: JSON nested more than {MAX_DEPTH} levels deep; this is not "
+                "QuPath GeoJSON (export with File > Export objects as GeoJSON)."
+            )
+        self.depth = int(depth[-1])
+
+
+@contextmanager
+def _json_file(path: Path) -> Iterator[_DepthGuard]:
+    """The file as bytes for ijson, past a UTF-8 byte order mark (Windows editors add one)."""
+    with path.open("rb") as f:
+        if f.read(3) != codecs.BOM_UTF8:
+            f.seek(0)
+        yield _DepthGuard(f, path.name)
+
+
+def _layout(path: Path) -> tuple[str, str | None]:
+    """The top level of a JSON file without reading all of it: ("list", None), or ("map",
+    its "type") with "features" checked to be a list. QuPath writes "type" first, so this
+    stops after a few bytes."""
+    with _json_file(path) as f:
+        events = ijson.parse(f, use_float=True)
+        _, event, _ = next(events)
+        if event == "start_array":
+            return "list", None
+        if event != "start_map":
+            return "scalar", None
+        top_type: str | None = None
+        features: str | None = None
+        for prefix, event, value in events:
+            if prefix == "type" and top_type is None:
+                top_type = value if event == "string" else "?"
+            elif prefix == "features" and features is None:
+                features = event
+            if top_type is not None and features is not None:
+                break
+    if top_type == "FeatureCollection" and features not in (None, "null", "start_array"):
         raise AnnotationError(
-            f"{path.name} is JSON but not QuPath GeoJSON (expected a FeatureCollection or a list "
-            "of Features); export annotations with File > Export objects as GeoJSON."
+            f'{path.name}: "features" must be a list of GeoJSON Features, got a JSON '
+            f"{_JSON_KINDS.get(features, features)}."
         )
-    if not all(isinstance(f, dict) and f.get("type") == "Feature" for f in feats):
-        raise AnnotationError(f"{path.name}: every entry must be a GeoJSON Feature.")
-    return feats
+    return "map", top_type
 
 
-def read_objects(path: str | Path) -> list[QuPathObject]:
-    """All objects with an areal geometry in a QuPath GeoJSON file."""
+_JSON_KINDS = {"start_map": "object", "string": "string", "number": "number", "boolean": "boolean"}
+
+
+def _features(path: Path) -> Iterator[Any]:
+    """The Features of a QuPath GeoJSON file, one at a time (a cell export holds millions:
+    only one is in memory at once)."""
+    kind, top_type = _layout(path)
+    with _json_file(path) as f:
+        if kind == "list":  # QuPath 0.2-0.3: a bare list of Features
+            yield from ijson.items(f, "item", use_float=True)
+        elif top_type == "FeatureCollection":
+            yield from ijson.items(f, "features.item", use_float=True)
+        elif top_type == "Feature":
+            yield from ijson.items(f, "", use_float=True)
+        elif top_type in (*AREAL, "GeometryCollection"):
+            for geom in ijson.items(f, "", use_float=True):
+                yield {"type": "Feature", "geometry": geom, "properties": {}}
+        else:
+            raise AnnotationError(
+                f"{path.name} is JSON but not QuPath GeoJSON (expected a FeatureCollection or a "
+                "list of Features); export annotations with File > Export objects as GeoJSON."
+            )
+
+
+def read_objects(
+    path: str | Path, object_types: Collection[str] | None = None
+) -> list[QuPathObject]:
+    """All objects with an areal geometry in a QuPath GeoJSON file.
+
+    ``object_types`` (e.g. ``("annotation",)``) keeps only those: the others are skipped
+    before their geometry is built, so a multi-GB cell export costs one streaming pass.
+    """
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"Annotation file not found: {path}")
-    try:
-        doc = geojson.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-        raise AnnotationError(f"{path.name} is not GeoJSON ({e}).") from None
-    out = []
+    if path.stat().st_size == 0:
+        raise AnnotationError(f"{path.name} is empty: export the annotations again.")
+    out: list[QuPathObject] = []
     skipped = 0
-    for i, f in enumerate(_features(doc, path)):
-        geom_doc = f.get("geometry")
-        if not geom_doc or geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
-            skipped += 1  # points and lines have no area to refine
-            continue
-        try:
-            geom = shape(geom_doc)
-        except (ValueError, TypeError, AttributeError, IndexError) as e:
-            raise AnnotationError(
-                f"{path.name}: feature {i} has a malformed geometry ({e})."
-            ) from None
-        geom = _areal(geom)
-        if geom.is_empty:
-            skipped += 1
-            continue
-        props = f.get("properties") or {}
-        name, color = _classification(props)
-        if not geom.is_valid:
-            log.warning(
-                "%s: feature %d (%s) is not a valid polygon (%s); repaired with make_valid",
-                path.name,
-                i,
-                name or "unclassified",
-                shapely.is_valid_reason(geom),
-            )
-            geom = _areal(shapely.make_valid(geom))
-        out.append(
-            QuPathObject(
-                geometry=geom,
-                object_type=str(props.get("objectType", "annotation")).lower(),
-                classification=name,
-                color=color,
-                name=props.get("name"),
-                locked=bool(props.get("isLocked", False)),
-                id=f.get("id") or props.get("id"),
-                measurements=_measurements(props),
-            )
-        )
+    try:
+        for i, f in enumerate(_features(path)):
+            obj = _object(f, i, path.name, object_types)
+            if obj is None:
+                skipped += 1
+            else:
+                out.append(obj)
+    except ijson.JSONError as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AnnotationError(f"{path.name} is not GeoJSON: invalid JSON ({detail}).") from None
+    except OSError as e:
+        raise AnnotationError(f"Cannot read {path}: {e.strerror or e}") from None
     if skipped:
-        log.info("%s: skipped %d objects without area (points, lines)", path.name, skipped)
+        what = "of other types, or " if object_types is not None else ""
+        log.info("%s: skipped %d objects %swithout area (points, lines)", path.name, skipped, what)
     return out
+
+
+def _object(
+    f: Any, i: int, source: str, object_types: Collection[str] | None
+) -> QuPathObject | None:
+    """One Feature as a :class:`QuPathObject`; None for one without area or not wanted."""
+    if not isinstance(f, dict) or f.get("type") != "Feature":
+        raise AnnotationError(
+            f"{source}: entry {i} is not a GeoJSON Feature; every entry must be a GeoJSON Feature."
+        )
+    props = f.get("properties")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise AnnotationError(f'{source}: feature {i} has "properties" that are not a JSON object.')
+    object_type = str(props.get("objectType", "annotation")).lower()
+    if object_types is not None and object_type not in object_types:
+        return None  # skipped before its geometry is built: the cost of a cell export
+    geom_doc = f.get("geometry")
+    if geom_doc is None:
+        return None
+    if not isinstance(geom_doc, dict):
+        raise AnnotationError(f'{source}: feature {i} has a "geometry" that is not a JSON object.')
+    if geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
+        return None  # points and lines have no area to refine
+    try:
+        geom = shape(geom_doc)
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        shapely.errors.GEOSException,
+    ) as e:
+        raise AnnotationError(
+            f"{source}: feature {i} has a malformed geometry ({_short(e)})."
+        ) from None
+    geom = _areal(geom)
+    if geom.is_empty:
+        return None
+    name, color = _classification(props)
+    if not geom.is_valid:
+        log.warning(
+            "%s: feature %d (%s) is not a valid polygon (%s); repaired with make_valid",
+            source,
+            i,
+            name or "unclassified",
+            shapely.is_valid_reason(geom),
+        )
+        geom = _areal(shapely.make_valid(geom))
+    fid = f.get("id") or props.get("id")
+    label = props.get("name")
+    return QuPathObject(
+        geometry=geom,
+        object_type=object_type,
+        classification=name,
+        color=color,
+        name=None if label is None else str(label),
+        locked=props.get("isLocked") is True,
+        id=None if fid is None else str(fid),
+        measurements=_measurements(props),
+    )
+
+
+def _short(e: Exception, limit: int = 120) -> str:
+    """An exception's message cut to fit one line (a malformed geometry can echo megabytes)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _areal(geom: shapely.Geometry) -> shapely.Geometry:
@@ -172,17 +333,26 @@ def _areal(geom: shapely.Geometry) -> shapely.Geometry:
     return shapely.unary_union(parts) if parts else shapely.Polygon()
 
 
-def select_geometry(
-    objects: Iterable[QuPathObject], class_name: str, source: str, object_types=("annotation",)
-) -> shapely.Geometry:
-    """Union of the annotations of ``class_name``; an error listing the classes present."""
-    objects = list(objects)
+def class_geometry(
+    objects: Iterable[QuPathObject], class_name: str, object_types=("annotation",)
+) -> shapely.Geometry | None:
+    """Union of the objects of ``class_name`` (derived classes included, see
+    :func:`class_matches`), or None if there are none: the one rule for every class option."""
     chosen = [
         o.geometry
         for o in objects
         if o.object_type in object_types and class_matches(o.classification, class_name)
     ]
-    if not chosen:
+    return shapely.make_valid(shapely.unary_union(chosen)) if chosen else None
+
+
+def select_geometry(
+    objects: Iterable[QuPathObject], class_name: str, source: str, object_types=("annotation",)
+) -> shapely.Geometry:
+    """Union of the annotations of ``class_name``; an error listing the classes present."""
+    objects = list(objects)
+    geom = class_geometry(objects, class_name, object_types)
+    if geom is None:
         present = sorted(
             {o.classification or "(unclassified)" for o in objects if o.object_type in object_types}
         )
@@ -191,7 +361,7 @@ def select_geometry(
             f"{source}: no annotation of class {class_name!r}. Classes present: {listing}. "
             "Pass --class with one of them."
         )
-    return shapely.make_valid(shapely.unary_union(chosen))
+    return geom
 
 
 def clip_to_frame(geom: shapely.Geometry, width: int, height: int, source: str) -> shapely.Geometry:

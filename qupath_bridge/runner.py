@@ -36,6 +36,7 @@ from qupath_bridge.classes import REFINED_COLOR, ClassNames
 from qupath_bridge.geojson_io import (
     DEFAULT_COLORS,
     annotation_features,
+    class_geometry,
     clip_to_frame,
     read_objects,
     refined_features,
@@ -61,19 +62,13 @@ def load_inputs(
     items = []
     for path, gj in zip(slides, coarse_files, strict=True):
         with Slide(path, mpp=mpp) as s:
-            objects = read_objects(gj)
+            # Only annotations are inputs: a cell export's detections are skipped unbuilt.
+            objects = read_objects(gj, ("annotation",))
             source = f"{gj.name} (for {path.name})"
             coarse = select_geometry(objects, classes.coarse, source)
             coarse = clip_to_frame(coarse, s.width, s.height, source)
-            negative = None
-            if classes.negative:
-                neg = [
-                    o.geometry
-                    for o in objects
-                    if o.object_type == "annotation" and o.classification == classes.negative
-                ]
-                if neg:
-                    negative = shapely.make_valid(shapely.unary_union(neg))
+            # the same class rule as projects: `Ignore*` also takes `Ignore*: folds`
+            negative = class_geometry(objects, classes.negative) if classes.negative else None
         items.append(SlideInput(path=path, coarse=coarse, negative=negative, mpp=mpp))
     return items
 
@@ -313,7 +308,7 @@ def evaluate_files(
 ) -> dict:
     """The ``evaluate`` command: truth from GeoJSON or a mask image, prediction from GeoJSON."""
     from engine.evaluation import mask_to_geometry
-    from engine.patches import GridSettings
+    from engine.patches import GridSettings, check_patch_budget
 
     with Slide(slide_path, mpp=mpp) as s:
         if truth_path.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".bmp"):
@@ -323,18 +318,25 @@ def evaluate_files(
         else:
             truth = _objects_geometry(truth_path, truth_class, "annotation")
         pred = _objects_geometry(pred_path, pred_class, None)
-        return evaluate(s, truth, pred, eval_mpp, GridSettings(patch_um=patch_um))
+        grid = GridSettings(patch_um=patch_um)
+        check_patch_budget(s.width, s.height, s.mpp, grid, slide_path.name)
+        return evaluate(s, truth, pred, eval_mpp, grid)
 
 
 def _objects_geometry(path: Path, class_name: str | None, object_type: str | None):
-    """Union of a file's areal objects (tiles excluded), filtered by class if given."""
+    """Union of a file's areal objects (tiles excluded), filtered by class if given.
+
+    A file without any such object is an empty outline, not an error: the truth of a benign
+    slide, or a prediction that found nothing. A class that matches none of the objects
+    present is an error (most likely a typo)."""
     objects = [o for o in read_objects(path) if o.object_type != "tile"]
+    if not objects:
+        log.info("%s holds no objects with an area: scored as an empty outline", path.name)
+        return shapely.Polygon()
     if object_type:
         objects = [o for o in objects if o.object_type == object_type] or objects
     if class_name:
         return select_geometry(objects, class_name, path.name, ("annotation", "detection"))
-    if not objects:
-        raise AnnotationError(f"{path.name} holds no objects with an area.")
     return shapely.make_valid(shapely.unary_union([o.geometry for o in objects]))
 
 

@@ -8,6 +8,7 @@ package or file is an :class:`~engine.errors.EncoderError` saying what to instal
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,8 @@ class TorchEncoder(Encoder):
 
 
 def _load_state_dict(path: Path, spec: str) -> dict:
+    """Tensors from a weights file. ``weights_only=True``: a pickle that would build other
+    objects (and so could run code) is refused, whatever the torch version."""
     import torch
 
     try:
@@ -114,6 +117,8 @@ def _load_state_dict(path: Path, spec: str) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise EncoderError(f"{spec}: {path} holds no state dict (a {type(state).__name__})")
     return state
 
 
@@ -148,13 +153,26 @@ class ConchEncoder(TorchEncoder):
 
     def __init__(self, checkpoint: str, spec: str) -> None:
         p = _require_path(checkpoint, "checkpoint", spec)
-        mod = _require_module(
-            "conch.open_clip_custom", "conch (git+https://github.com/mahmoodlab/CONCH)", spec
+        factory = _require_module(
+            "conch.open_clip_custom.factory",
+            "conch (git+https://github.com/mahmoodlab/CONCH)",
+            spec,
         )
+        # CONCH's own loader calls torch.load without weights_only, which on torch < 2.6
+        # unpickles (runs) whatever the checkpoint holds: read the tensors ourselves, safely,
+        # and build the model from CONCH's config and classes.
+        state = _load_state_dict(p, spec)
         try:
-            model, _ = mod.create_model_from_pretrained("conch_ViT-B-16", checkpoint_path=str(p))
+            cfg = json.loads((factory.CFG_DIR / "conch_ViT-B-16.json").read_text())
+            cfg.pop("custom_text", None)
+            model = factory.CoCa(**cfg)
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            factory.resize_pos_embed(state, model)
+            missing, _ = model.load_state_dict(state, strict=False)
         except Exception as e:
             raise EncoderError(f"{spec}: cannot load CONCH checkpoint {p} ({e})") from None
+        if len(missing) > 0.5 * len(model.state_dict()):
+            raise EncoderError(f"{spec}: {p} is not a CONCH checkpoint ({len(missing)} missing)")
         model.eval()
         self._forward = lambda x: model.encode_image(x, proj_contrast=False, normalize=False)
         self.key = f"conch-{fingerprint_file(p)}"
