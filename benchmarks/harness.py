@@ -47,6 +47,8 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -977,6 +979,58 @@ def evaluate(case: Case, geoms: Sequence[Geometry]) -> dict[str, Any]:
         confs.append(cm)
         per_slide.append(scores(*cm))
     return {"cohort": summarise(per_slide, confs), "slides": per_slide}
+
+
+# --------------------------------------------------------------------------- the CLI cell
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_cell(case: Case, j: int, out: Path, timeout: float = 600.0) -> dict[str, Any]:
+    """Slide ``j`` of ``case`` through ``python -m qupath_bridge.cli slide`` in a subprocess, as
+    a user runs it: the case's coarse outline as QuPath GeoJSON, ``--seed`` the case's seed,
+    the CLI's defaults otherwise (``--patch-um`` only on the benchmark grid; ``--cache-dir``
+    the harness's cache, which changes where features are kept, not what they are). Returns
+    the Dice of the refined GeoJSON the CLI wrote and of the harness's engine result for the
+    same slide, grid and seed, with both verdicts: equal Dice shows the harness measures what
+    the CLI does."""
+    from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
+
+    slide, settings = case.cohort.slides[j], case.engine_settings
+    out = Path(out)
+    coarse_path = write_features(
+        out / f"{slide.name}.coarse.geojson", annotation_features(case.coarse[j], "Tumor")
+    )
+    cmd = [sys.executable, "-m", "qupath_bridge.cli", "slide", str(slide.path)]
+    cmd += ["--coarse", str(coarse_path), "--out", str(out / "cli"), "--seed", str(case.seed)]
+    cmd += ["--cache-dir", str(settings.cache_dir), "--quiet", "--no-tiles"]
+    if case.grid == "benchmark":
+        cmd += ["--patch-um", f"{case.cohort.spec.patch_um:g}"]
+    enc = case.cohort.encoder
+    if enc.features != FeatureSettings():
+        cmd += ["--encoder", enc.encoder, "--context", f"{enc.context:g}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    stem = slide.path.name.split(".")[0]
+    refined = [o.geometry for o in read_objects(out / "cli" / f"{stem}.refined.geojson")]
+    summary = json.loads((out / "cli" / "summary.json").read_text())
+    cli_geom = shapely.union_all(refined) if refined else shapely.MultiPolygon()
+    ours = run_engine(case)[j]
+    scored = evaluate(case, [cli_geom if k == j else ours.regions for k in range(len(case.coarse))])
+    harness = evaluate(case, [e.regions for e in run_engine(case)])
+    return {
+        "slide": slide.name,
+        "grid": case.grid,
+        "seed": case.seed,
+        "command": cmd,
+        "cli_dice": scored["slides"][j]["dice"],
+        "harness_dice": harness["slides"][j]["dice"],
+        "cli_outline": summary["slides"][0]["outline"],
+        "harness_outline": ours.outline,
+        "cli_patches": summary["slides"][0]["patches"],
+        "harness_patches": len(case.grids[j]),
+    }
 
 
 def _release_free_memory() -> None:
