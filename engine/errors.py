@@ -31,3 +31,7 @@ class TrainingDataError(RefineError):
 
 class TissueError(RefineError):
     """No tissue was found on a slide."""
+
+
+class SettingsError(RefineError, ValueError):
+    """A setting is out of range or of the wrong kind (messages name the setting)."""

@@ -49,12 +49,12 @@ def evaluate(
 ) -> dict:
     """The eight metrics pixel-level inside tissue at ``eval_mpp`` (lowered if the raster
     would exceed :data:`MAX_RASTER_SIDE`) and patch-level on the grid of ``grid``."""
-    grid = grid or GridSettings()
+    grid = grid or GridSettings(patch_um=128.0)
     mpp = max(eval_mpp, slide.mpp * max(slide.width, slide.height) / MAX_RASTER_SIDE)
     thumb, ds = slide.thumbnail(mpp)
     tissue: npt.NDArray[np.bool_] = tissue_mask(thumb)
     pixel = pixel_metrics(pred, truth, tissue, ds)
-    size = grid.patch_um / slide.mpp
+    size = grid.side_um / slide.mpp
     g = make_grid(
         slide.width, slide.height, tissue, ds, size, grid.step_um / slide.mpp, grid.min_tissue
     )
@@ -64,7 +64,7 @@ def evaluate(
         "patch": patch,
         "pixel_um": ds * slide.mpp,
         "tissue_pixels": int(tissue.sum()),
-        "patch_um": grid.patch_um,
+        "patch_um": grid.side_um,
         "patches": len(g),
         "truth_area_mm2": shapely.area(truth) * slide.mpp**2 / 1e6,
         "pred_area_mm2": shapely.area(pred) * slide.mpp**2 / 1e6,

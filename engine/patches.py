@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -11,40 +12,100 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
+from engine.errors import SettingsError
+
+#: patch sides (µm) ``patch_um="auto"`` chooses from: steps of about 1.5x, so that a re-run
+#: after small edits of the outline lands on the same grid (and the same cached features)
+AUTO_SIDES_UM = (16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0)
+
 
 @dataclass(frozen=True)
 class GridSettings:
     """Where patches are cut.
 
     ``mpp`` is the resolution patches are embedded at (0.5 µm/px is about 20x, the paper's
-    setting); ``patch_um`` their side (128 µm = 256 px at 0.5 µm/px, the paper's CAMELYON16
-    and PAIP2020 size); ``stride_um`` the step between patches (smaller than the patch for an
-    overlapping grid and finer region boundaries); ``min_tissue`` the tissue share a patch needs
-    to be kept.
+    setting); ``patch_um`` their side in µm, or ``"auto"``: chosen per slide from the coarse
+    outline's area and the slide's tissue (:func:`auto_patch_um`); ``stride_um`` the step
+    between patches (smaller than the patch for an overlapping grid and finer region
+    boundaries); ``min_tissue`` the tissue share a patch needs to be kept.
+
+    ``auto_inside`` and ``auto_max_patches`` drive ``"auto"``: about ``auto_inside`` patches
+    inside the coarse outline (a fixed 128 µm grid leaves a gland-level outline a few dozen
+    patches, too few for any edit to show), but never more than ``auto_max_patches`` on the
+    slide's tissue (time grows with the patch count).
     """
 
     mpp: float = 0.5
-    patch_um: float = 128.0
+    patch_um: float | str = "auto"
     stride_um: float | None = None
     min_tissue: float = 0.25
     tissue_mpp: float = 8.0
+    auto_inside: int = 1000
+    auto_max_patches: int = 30_000
+
+    @property
+    def is_auto(self) -> bool:
+        return self.patch_um == "auto"
+
+    @property
+    def side_um(self) -> float:
+        """The patch side in µm; only for a resolved grid (see :meth:`resolved`)."""
+        if isinstance(self.patch_um, str):
+            raise ValueError("patch_um is 'auto': resolve it per slide first (resolved())")
+        return float(self.patch_um)
 
     @property
     def patch_px(self) -> int:
         """Patch side in pixels at ``mpp``, what the encoder is fed (before its own resize)."""
-        return max(8, round(self.patch_um / self.mpp))
+        return max(8, round(self.side_um / self.mpp))
 
     @property
     def step_um(self) -> float:
-        return self.stride_um if self.stride_um else self.patch_um
+        return self.stride_um if self.stride_um else self.side_um
+
+    def resolved(self, coarse_um2: float, tissue_um2: float) -> GridSettings:
+        """These settings with ``patch_um`` a number: itself, or the auto rule's choice."""
+        if not self.is_auto:
+            return self
+        return replace(self, patch_um=auto_patch_um(coarse_um2, tissue_um2, self))
 
     def validate(self) -> None:
-        if not (self.mpp > 0 and self.patch_um > 0 and self.step_um > 0):
-            raise ValueError("mpp, patch size and stride must be positive")
-        if self.step_um > self.patch_um:
-            raise ValueError("stride must not exceed the patch size (patches would leave gaps)")
+        if isinstance(self.patch_um, str):
+            if self.patch_um != "auto":
+                raise SettingsError(f"patch_um is a size in µm or 'auto', not {self.patch_um!r}")
+            if self.stride_um is not None:
+                raise SettingsError("stride_um needs a numeric patch_um (not 'auto')")
+            if self.auto_inside < 1 or self.auto_max_patches < 1:
+                raise SettingsError("auto_inside and auto_max_patches must be positive")
+        elif not math.isfinite(self.patch_um) or self.patch_um <= 0:
+            raise SettingsError(f"patch_um must be a positive size in µm, not {self.patch_um!r}")
+        if not (math.isfinite(self.mpp) and self.mpp > 0):
+            raise SettingsError("mpp must be a positive number of µm per pixel")
+        if self.stride_um is not None and not (
+            math.isfinite(self.stride_um) and 0 < self.stride_um <= self.side_um
+        ):
+            raise SettingsError(
+                "stride_um must be positive and not exceed the patch size (patches would leave "
+                "gaps)"
+            )
         if not 0 <= self.min_tissue <= 1:
-            raise ValueError("min_tissue is a fraction between 0 and 1")
+            raise SettingsError("min_tissue is a fraction between 0 and 1")
+
+
+def auto_patch_um(coarse_um2: float, tissue_um2: float, g: GridSettings) -> float:
+    """The ``patch_um="auto"`` rule: the side that puts about ``g.auto_inside`` patches inside
+    the coarse outline (``sqrt(area / auto_inside)``), raised until the tissue holds at most
+    ``g.auto_max_patches``, snapped (in log scale) to :data:`AUTO_SIDES_UM`. Snapping keeps
+    a re-run after small edits on the same grid; the range keeps patches between a few cells
+    (16 µm) and the paper's 128 µm."""
+    want = math.sqrt(max(coarse_um2, 0.0) / g.auto_inside)
+    budget = math.sqrt(max(tissue_um2, 0.0) / g.auto_max_patches)
+    side = max(want, budget, AUTO_SIDES_UM[0])
+    logs = np.log(np.asarray(AUTO_SIDES_UM))
+    snapped = AUTO_SIDES_UM[int(np.argmin(np.abs(logs - math.log(side))))]
+    # Snapping down must not break the patch budget.
+    bigger = [s for s in AUTO_SIDES_UM if s >= budget]
+    return max(snapped, bigger[0]) if bigger else AUTO_SIDES_UM[-1]
 
 
 @dataclass

@@ -12,7 +12,6 @@ patch scored by a model trained on the other cross-fitting folds, see :mod:`engi
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +33,7 @@ from engine.features import (
     load_cached,
     store_cached,
 )
+from engine.guard import redraw_self_test
 from engine.patches import GridSettings, PatchGrid, make_grid, overlap_fraction, tissue_mask
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
 from engine.pseudolabels import PseudoLabels, PseudoLabelSettings, pseudo_labels
@@ -43,6 +43,7 @@ from engine.regions import (
     refine_outline,
     refined_labels,
     regions_from_probabilities,
+    valid_polygons,
 )
 from engine.slide import Slide, SlideInfo
 
@@ -97,9 +98,7 @@ class RefineSettings:
         return replace(
             s,
             classifier=replace(s.classifier, model="mlp"),
-            regions=replace(
-                s.regions, sigma=0.0, add_above=0.8, remove_below=0.05, redraw_below=None
-            ),
+            regions=replace(s.regions, sigma=0.0, add_above=0.8, remove_below=0.05, outline="edit"),
         )
 
     def with_seed(self, seed: int) -> RefineSettings:
@@ -124,8 +123,11 @@ class SlideResult:
     cached: bool
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
-    #: (the guard judged the outline loose) or "from scores" (region mode "replace")
+    #: (the guard judged the outline loose), "re-drawn" (as asked), "kept (weak evidence:
+    #: why)" (the coarse outline unchanged) or "from scores" (region mode "replace")
     outline: str = "edited"
+    #: the grid this slide was cut into (``patch_um`` resolved)
+    grid_settings: GridSettings = field(default_factory=GridSettings)
 
     @property
     def relabelled_share(self) -> float:
@@ -153,6 +155,8 @@ class SlideFeatures:
     features: npt.NDArray[np.float32] | None
     cached: bool
     seconds: float = 0.0
+    #: the slide's grid settings, ``patch_um`` resolved (see :meth:`GridSettings.resolved`)
+    grid_settings: GridSettings = field(default_factory=GridSettings)
 
 
 def slide_grid(
@@ -163,31 +167,63 @@ def slide_grid(
     t0 = time.perf_counter()
     with open_slide(item) as slide:
         info = slide.info
-        key = cache_key(info.fingerprint, encoder.key, settings.grid, settings.features)
+        tissue = None
+        g = settings.grid
+        if g.is_auto:
+            tissue = slide_tissue(slide, g)
+            g = resolve_grid(g, item, tissue, slide.mpp)
+        key = cache_key(info.fingerprint, encoder.key, g, settings.features)
         hit = load_cached(cache_dir, key)
         if hit is not None:
-            return SlideFeatures(item, info, key, hit[0], hit[1], cached=True)
-        grid = tissue_grid(slide, settings.grid, item.label)
+            return SlideFeatures(item, info, key, hit[0], hit[1], cached=True, grid_settings=g)
+        grid = tissue_grid(slide, g, item.label, tissue)
     dt = time.perf_counter() - t0
     timings["read"] += dt
-    return SlideFeatures(item, info, key, grid, None, cached=False, seconds=dt)
+    return SlideFeatures(item, info, key, grid, None, cached=False, seconds=dt, grid_settings=g)
 
 
 def open_slide(item: SlideInput) -> Slide:
     return Slide(item.path, mpp=item.mpp, qupath_size=item.qupath_size)
 
 
-def tissue_grid(slide: Slide, g: GridSettings, label: str) -> PatchGrid:
-    """Tissue mask from a thumbnail, then the grid of patches with enough tissue."""
+Tissue = tuple[npt.NDArray[np.bool_], float]  # a thumbnail's tissue mask, level-0 px per pixel
+
+
+def slide_tissue(slide: Slide, g: GridSettings) -> Tissue:
     thumb, ds = slide.thumbnail(g.tissue_mpp)
-    mask = tissue_mask(thumb)
-    size = g.patch_um / slide.mpp
+    return tissue_mask(thumb), ds
+
+
+def resolve_grid(g: GridSettings, item: SlideInput, tissue: Tissue, mpp: float) -> GridSettings:
+    """``g`` with ``patch_um`` resolved for this slide (``"auto"``: from the coarse outline's
+    area and the tissue's, see :func:`engine.patches.auto_patch_um`)."""
+    mask, ds = tissue
+    um2 = mpp * mpp
+    coarse_um2 = 0.0 if item.coarse is None else float(shapely.area(item.coarse)) * um2
+    tissue_um2 = float(mask.sum()) * ds * ds * um2
+    return g.resolved(coarse_um2, tissue_um2)
+
+
+def slide_grid_settings(item: SlideInput, settings: RefineSettings) -> GridSettings:
+    """The grid settings a run would use for ``item`` (``patch_um`` resolved)."""
+    if not settings.grid.is_auto:
+        return settings.grid
+    with open_slide(item) as slide:
+        return resolve_grid(settings.grid, item, slide_tissue(slide, settings.grid), slide.mpp)
+
+
+def tissue_grid(
+    slide: Slide, g: GridSettings, label: str, tissue: Tissue | None = None
+) -> PatchGrid:
+    """Tissue mask from a thumbnail (unless given), then the patches with enough tissue."""
+    mask, ds = tissue if tissue is not None else slide_tissue(slide, g)
+    size = g.side_um / slide.mpp
     stride = g.step_um / slide.mpp
     grid = make_grid(slide.width, slide.height, mask, ds, size, stride, g.min_tissue)
     if len(grid) == 0:
         raise TissueError(
-            f"No tissue found on {label}: no {g.patch_um:g} µm patch holds "
-            f"{g.min_tissue:.0%} tissue. Check the slide, or lower --min-tissue."
+            f"No tissue found on {label}: no {g.side_um:g} µm patch holds "
+            f"{g.min_tissue:.0%} tissue. Check the slide, or lower the minimum tissue share."
         )
     return grid
 
@@ -210,6 +246,7 @@ class SlidePlan:
     inside: int
     negative: int
     mpp: float
+    patch_um: float = 0.0
 
 
 def plan(
@@ -220,10 +257,13 @@ def plan(
     out = []
     for item in items:
         with open_slide(item) as slide:
-            grid = tissue_grid(slide, settings.grid, item.label)
+            tissue = slide_tissue(slide, settings.grid)
+            g = resolve_grid(settings.grid, item, tissue, slide.mpp)
+            grid = tissue_grid(slide, g, item.label, tissue)
             mpp = slide.mpp
         coarse, neg = label_patches(item, grid, settings.min_coarse_overlap)
-        out.append(SlidePlan(item.label, len(grid), int(coarse.sum()), int(neg.sum()), mpp))
+        n_in, n_neg = int(coarse.sum()), int(neg.sum())
+        out.append(SlidePlan(item.label, len(grid), n_in, n_neg, mpp, g.side_um))
     return out
 
 
@@ -241,7 +281,7 @@ def embed_slide(
             slide,
             d.grid,
             encoder,
-            settings.grid.patch_px,
+            d.grid_settings.patch_px,
             context=settings.features.context,
             progress=progress,
             desc=f"embed {d.item.label}",
@@ -290,6 +330,10 @@ def refine(
     cache_dir = settings.cache_dir or default_cache_dir()
 
     encoder = build_encoder(settings.features.encoder, cache_dir)
+    if settings.grid.is_auto and settings.classifier.model == "mlp":
+        # The paper's route shares prototypes and one classifier between slides: one grid.
+        sides = sorted(slide_grid_settings(item, settings).side_um for item in items)
+        settings = replace(settings, grid=replace(settings.grid, patch_um=sides[len(sides) // 2]))
     data = [slide_grid(item, settings, encoder, timings) for item in items]
 
     coarse, hard_neg = [], []
@@ -346,13 +390,15 @@ def refine(
     t0 = time.perf_counter()
     results = []
     start = 0
-    for item, d, c, hn in zip(items, data, coarse, hard_neg, strict=True):
+    for k, (item, d, c, hn) in enumerate(zip(items, data, coarse, hard_neg, strict=True)):
         n = len(d.grid)
         p = proba[start : start + n]
-        outline = slide_outline(item, d, c, p, settings.regions)
+        few = too_few_to_learn(labels[start : start + n], d, settings)
+        confirm = self_test_for(d, settings, k)
+        outline = slide_outline(item, d, c, p, settings.regions, kept=few, confirm=confirm)
         regions = outline.regions
         if item.negative is not None and not item.negative.is_empty:
-            regions = regions.difference(item.negative)
+            regions = valid_polygons(regions.difference(item.negative))
         results.append(
             SlideResult(
                 name=item.label,
@@ -367,6 +413,7 @@ def refine(
                 cached=d.cached,
                 seconds=d.seconds,
                 outline=outline_verdict(outline, settings.regions),
+                grid_settings=d.grid_settings,
             )
         )
         start += n
@@ -376,12 +423,7 @@ def refine(
 
 def outline_verdict(outline: Outline, settings: RegionSettings) -> str:
     """How the result was drawn, for the summary tables."""
-    if settings.mode != "edit":
-        return "from scores"
-    if not outline.redrawn:
-        return "edited"
-    # redraw_below = inf is the user's "re-draw every outline", not the guard's verdict
-    return "re-drawn (loose)" if math.isfinite(settings.redraw_below or 0) else "re-drawn"
+    return "from scores" if settings.mode != "edit" else outline.verdict(settings)
 
 
 def slide_mil_proba(
@@ -417,15 +459,70 @@ def spatial_groups(grid: PatchGrid, slide: int, block: int) -> npt.NDArray[np.in
     return (slide * 1_000_000 + bi[:, 1] * 1000 + bi[:, 0]).astype(np.int64)
 
 
+def too_few_to_learn(
+    labels: npt.NDArray[np.int8], d: SlideFeatures, settings: RefineSettings
+) -> str | None:
+    """Why a slide's own patches cannot train its model (MIL learns per slide), or None.
+    Such a slide is scored by the model pooled over all slides, but its outline is kept."""
+    if settings.classifier.model != "mil":
+        return None
+    n_in, n_out = int((labels == 1).sum()), int((labels == 0).sum())
+    need = settings.classifier.min_per_class
+    if min(n_in, n_out) >= need:
+        return None
+    side = f"{d.grid_settings.side_um:g} µm"
+    if n_in < need:
+        return (
+            f"only {n_in} patches of {side} inside the outline; outline more of the tumour "
+            "or choose smaller patches"
+        )
+    return f"only {n_out} patches of {side} outside the outline; leave more tissue outside it"
+
+
+def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
+    """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
+    only if the guard is about to re-draw."""
+    r, c = settings.regions, settings.classifier
+    if c.model != "mil" or not r.self_test or d.features is None:
+        return None
+
+    def confirm() -> bool:
+        test = redraw_self_test(
+            d.item.coarse,
+            d.grid,
+            standardise(d.features),
+            d.info.mpp,
+            c,
+            r,
+            (d.info.width, d.info.height),
+            seed=c.random_state * 100 + 50 + k,
+        )
+        log.info(
+            "%s: the outline looks loose; self-test took back %s of a %d-patch test band",
+            d.item.label,
+            "n/a" if test.recovered is None else f"{test.recovered:.0%}",
+            test.band_patches,
+        )
+        return test.passed(r.self_test_recovered)
+
+    return confirm
+
+
 def slide_outline(
     item: SlideInput,
     d: SlideFeatures,
     coarse: npt.NDArray[np.int8],
     proba: npt.NDArray[np.float32],
     settings: RegionSettings,
+    kept: str | None = None,
+    confirm: Callable[[], bool] | None = None,
 ) -> Outline:
     frame = (d.info.width, d.info.height)
     if settings.mode == "edit":
-        return refine_outline(item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame)
+        if kept:
+            return Outline(valid_polygons(item.coarse, frame), coarse, False, None, kept=kept)
+        return refine_outline(
+            item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame, confirm
+        )
     regions = regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)
     return Outline(regions, refined_labels(d.grid, coarse, proba, settings), False, None)

@@ -10,6 +10,7 @@ closing and opening.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,7 +20,11 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from shapely.geometry import MultiPolygon, Polygon
 from skimage.measure import find_contours
 
+from engine.errors import SettingsError
 from engine.patches import PatchGrid
+
+#: what ``RegionSettings.outline`` may say
+OUTLINES = ("auto", "edit", "redraw")
 
 F32 = npt.NDArray[np.float32]
 
@@ -44,18 +49,31 @@ class RegionSettings:
     at mild noise, adding at 0.6 cost 0.02 on gland-level slides, where benign glands look
     like malignant ones to ImageNet features).
 
-    The guard (``edit`` mode): a loose outline is one drawn well outside the tumour, so the
+    ``outline`` (``edit`` mode) says what happens to the coarse outline: ``"auto"`` lets the
+    guard below choose per slide; ``"edit"`` always edits; ``"redraw"`` always re-draws.
+
+    The guard (``outline="auto"``): a loose outline is one drawn well outside the tumour, so the
     band of tissue just inside it scores like the tissue outside rather than like the deep
     inside (:class:`RimScores`). Where the rim's level is below ``redraw_below`` the slide's
     outline is **re-drawn inside itself** from the smoothed scores instead (their iso-line
     at the midpoint of the outside and deep-inside levels, at least 0.5), and tissue outside
-    it whose smoothed score exceeds ``redraw_add_above`` is added. None: always edit. On the
-    benchmark this took region-level severe noise from 0.82 to 0.89 Dice (LCMIL's re-draw)
-    while mild-noise outlines, whose rims score like their insides, stayed edited.
+    it whose smoothed score exceeds ``redraw_add_above`` is added.
 
-    ``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes
-    (None: half a patch's area, so one lone positive patch, traced as a diamond, survives);
-    ``smooth`` is the closing/opening radius in lattice cells.
+    Before the guard re-draws, the slide's scores must pass a self-test (``self_test``,
+    :mod:`engine.guard`): the outline loosened by ``self_test_dilate`` patches, a model
+    trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
+    band back out; otherwise the outline is edited.
+
+    Weak evidence: where the deep inside of the outline does not score at least
+    ``min_separation`` above the tissue outside it, the scores separate nothing the
+    pathologist drew, and the outline is **kept** unchanged (``Outline.kept``), whatever
+    ``outline`` says.
+
+    ``min_area_um2`` drops smaller regions and ``min_hole_um2`` fills smaller holes (None:
+    half a patch's area); ``smooth`` is the closing/opening radius in lattice cells. The
+    opening also sets the smallest edit: a cut or an addition narrower than about two
+    lattice cells disappears (a lone patch's score is weak evidence on its own), and the
+    patch labels are read back from the drawn outline so that they say what it shows.
     """
 
     mode: str = "edit"
@@ -66,21 +84,29 @@ class RegionSettings:
     min_area_um2: float | None = None
     min_hole_um2: float | None = None
     smooth: float = 0.5
-    redraw_below: float | None = 0.6
+    outline: str = "auto"
+    redraw_below: float = 0.6
     redraw_add_above: float = 0.6
+    min_separation: float = 0.1
+    self_test: bool = True
+    self_test_dilate: float = 2.0
+    self_test_recovered: float = 0.5
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
-            raise ValueError(f"region mode is 'edit' or 'replace', not {self.mode!r}")
-        probs = (self.remove_below, self.add_above, self.redraw_add_above)
+            raise SettingsError(f"region mode is 'edit' or 'replace', not {self.mode!r}")
+        if self.outline not in OUTLINES:
+            raise SettingsError(f"outline is one of {', '.join(OUTLINES)}, not {self.outline!r}")
+        probs = (self.remove_below, self.add_above, self.redraw_add_above, self.threshold)
         if not all(0 <= v <= 1 for v in probs):
-            raise ValueError(
-                "add_above, remove_below and redraw_add_above are probabilities between 0 and 1"
+            raise SettingsError(
+                "add_above, remove_below, redraw_add_above and threshold are probabilities "
+                "between 0 and 1"
             )
-        if self.redraw_below is not None and self.redraw_below < 0:
-            raise ValueError("redraw_below is a rim level, 0 or more (or None: never re-draw)")
-        if self.sigma < 0:
-            raise ValueError("sigma is a number of lattice cells, 0 or more")
+        if not self.redraw_below >= 0:
+            raise SettingsError("redraw_below is a rim level, 0 or more")
+        if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
+            raise SettingsError("sigma, smooth and min_separation must be 0 or more")
 
 
 def smooth_on_grid(grid: PatchGrid, values: npt.NDArray[np.floating], sigma: float) -> F32:
@@ -141,17 +167,40 @@ def rim_scores(
     coarse_labels: npt.NDArray[np.integer],
     depth: npt.NDArray[np.floating],
 ) -> RimScores | None:
-    """The slide's :class:`RimScores`; None where a band has too few patches to judge, or
-    the deep inside does not score above the outside (the scores separate nothing)."""
+    """The slide's :class:`RimScores`; None where a band has too few patches to judge."""
     p = np.asarray(proba, dtype=np.float64)
     inside = np.asarray(coarse_labels).astype(bool)
     bands = (~inside & (depth >= OUTSIDE), inside & (depth < RIM), inside & (depth >= DEEP))
     if min(int(b.sum()) for b in bands) < MIN_PATCHES:
         return None
     outside, rim, deep = (float(p[b].mean()) for b in bands)
-    if deep - outside < 0.1:
-        return None
     return RimScores(outside, rim, deep)
+
+
+def weak_evidence(
+    proba: npt.NDArray[np.floating],
+    coarse_labels: npt.NDArray[np.integer],
+    rim: RimScores | None,
+    min_separation: float,
+) -> str | None:
+    """Why the slide's scores cannot be trusted to change its outline, or None.
+
+    Without depth bands (too few patches deep inside or outside) the separation is taken
+    between all inside and all outside patches."""
+    if rim is not None:
+        inside, outside = rim.deep, rim.outside
+    else:
+        c = np.asarray(coarse_labels).astype(bool)
+        if c.all() or not c.any():
+            return "no tissue patches on one side of the outline"
+        p = np.asarray(proba, dtype=np.float64)
+        inside, outside = float(p[c].mean()), float(p[~c].mean())
+    if inside - outside < min_separation:
+        return (
+            f"scores do not separate inside from outside ({inside:.2f} inside vs "
+            f"{outside:.2f} outside)"
+        )
+    return None
 
 
 def edit_masks(
@@ -243,6 +292,27 @@ def _polygons(geom: shapely.Geometry) -> list[Polygon]:
     return []
 
 
+def valid_polygons(
+    geom: shapely.Geometry | None, frame: tuple[int, int] | None = None
+) -> MultiPolygon:
+    """``geom`` as valid, non-overlapping polygons (inside ``frame`` = width, height).
+
+    ``make_valid`` alone can return polygons with lines and points, and polygons collected
+    from it may touch along an edge; their union is one valid geometry. Parts without area
+    (slivers of a few vertices) are dropped: QuPath and shapely reject them."""
+    if geom is None or geom.is_empty:
+        return MultiPolygon()
+    if frame is not None:
+        geom = shapely.make_valid(geom).intersection(shapely.box(0, 0, frame[0], frame[1]))
+    parts = _polygons(shapely.make_valid(geom))
+    merged = shapely.union_all(parts) if len(parts) > 1 else (parts[0] if parts else Polygon())
+    out = [p for p in _polygons(shapely.make_valid(merged)) if p.area > 1e-6]
+    result = MultiPolygon(out)
+    if not result.is_valid:  # touching parts that union_all left apart
+        result = MultiPolygon(_polygons(result.buffer(0)))
+    return result
+
+
 def clean(geom: shapely.Geometry, min_area: float, min_hole: float) -> MultiPolygon:
     """Drop polygons under ``min_area`` and holes under ``min_hole`` (level-0 px²)."""
     out = []
@@ -284,10 +354,8 @@ def regions_from_probabilities(
     )
     geom = clean(geom, min_area, min_hole)
     geom = smooth(geom, settings.smooth * grid.stride)
-    if frame is not None:
-        geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
     # Cleaning again after smoothing: the opening can split thin necks into small pieces.
-    return clean(shapely.make_valid(geom), min_area, min_hole)
+    return valid_polygons(clean(valid_polygons(geom, frame), min_area, min_hole))
 
 
 def refined_labels(
@@ -315,9 +383,32 @@ class Outline:
     """The refined outline of one slide and how it was reached."""
 
     regions: MultiPolygon
-    labels: npt.NDArray[np.int8]  # the final label of each patch
-    redrawn: bool  # the guard judged the coarse outline loose
+    labels: npt.NDArray[np.int8]  # the final label of each patch, read from ``regions``
+    redrawn: bool  # the coarse outline was re-drawn (by the guard, or as asked)
     rim: RimScores | None
+    #: why the coarse outline was kept unchanged (weak evidence), else None
+    kept: str | None = None
+    #: the edit left the outline as it was (no confident edit survived the tracer)
+    unchanged: bool = False
+
+    def verdict(self, settings: RegionSettings) -> str:
+        """What was done, in the words of the summary tables: ``edited``, ``re-drawn
+        (loose)`` (the guard's call), ``re-drawn`` (as asked) or ``kept (weak evidence:
+        why)``."""
+        if self.kept:
+            return f"kept (weak evidence: {self.kept})"
+        if self.unchanged:
+            return "unchanged (no confident edit)"
+        if not self.redrawn:
+            return "edited"
+        return "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
+
+
+def patch_labels(grid: PatchGrid, geom: shapely.Geometry) -> npt.NDArray[np.int8]:
+    """1 for patches the drawn regions cover by half or more, so labels and outline agree."""
+    from engine.patches import coarse_labels
+
+    return coarse_labels(grid, geom, 0.5)
 
 
 def refine_outline(
@@ -328,18 +419,33 @@ def refine_outline(
     mpp: float,
     settings: RegionSettings = RegionSettings(),
     frame: tuple[int, int] | None = None,
+    confirm: Callable[[], bool] | None = None,
 ) -> Outline:
-    """``edit`` mode with its guard: the coarse outline edited (:func:`edit_outline`), or,
-    where its rim scores like normal tissue, re-drawn inside itself (:func:`redraw_outline`)."""
-    rim = None
-    if settings.redraw_below is not None and coarse is not None and not coarse.is_empty:
-        rim = rim_scores(proba, coarse_labels, outline_depth(grid, coarse))
-    if rim is not None and rim.level < settings.redraw_below:
-        geom, labels = redraw_outline(coarse, grid, proba, coarse_labels, mpp, rim, settings, frame)
+    """``edit`` mode with its guard: the coarse outline kept where the scores separate
+    nothing, edited (:func:`edit_outline`), or, where its rim scores like normal tissue
+    (``outline="auto"``, and ``confirm()`` agrees: the guard's self-test) or as asked
+    (``"redraw"``), re-drawn inside itself (:func:`redraw_outline`)."""
+    c = np.asarray(coarse_labels).astype(np.int8)
+    if coarse is None or coarse.is_empty:
+        return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None)
+    rim = rim_scores(proba, c, outline_depth(grid, coarse))
+    weak = weak_evidence(proba, c, rim, settings.min_separation)
+    if weak:
+        return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
+    loose = settings.outline == "redraw" or (
+        settings.outline == "auto"
+        and rim is not None
+        and rim.level < settings.redraw_below
+        and (confirm is None or confirm())
+    )
+    if loose and rim is not None:
+        geom, labels = redraw_outline(coarse, grid, proba, c, mpp, rim, settings, frame)
         return Outline(geom, labels, True, rim)
-    remove, add = edit_masks(grid, proba, coarse_labels, settings)
-    geom = _trace_edit(coarse, grid, remove, add, mpp, settings, frame)
-    return Outline(geom, _edited_labels(coarse_labels, remove, add), False, rim)
+    geom = edit_outline(coarse, grid, proba, c, mpp, settings, frame)
+    # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
+    moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
+    unchanged = bool(moved < 0.01 * grid.size * grid.size)
+    return Outline(geom, patch_labels(grid, geom), False, rim, unchanged=unchanged)
 
 
 def redraw_outline(
@@ -362,10 +468,8 @@ def redraw_outline(
     added = regions_from_probabilities(
         grid, smoothed, mpp, replace(trace, threshold=settings.redraw_add_above)
     )
-    geom = coarse.intersection(keep).union(added.difference(coarse))
-    c = np.asarray(coarse_labels).astype(bool)
-    labels = np.where(c, smoothed >= rim.cut_at, smoothed >= settings.redraw_add_above)
-    return _in_frame(geom, frame), labels.astype(np.int8)
+    geom = _in_frame(coarse.intersection(keep).union(added.difference(coarse)), frame)
+    return geom, patch_labels(grid, geom)
 
 
 def edit_outline(
@@ -393,7 +497,8 @@ def _trace_edit(
     frame: tuple[int, int] | None,
 ) -> MultiPolygon:
     """The coarse outline with the ``remove`` patches cut out and the ``add`` ones added."""
-    # The masks are traced as they are (no second smoothing): a lone patch stays one patch.
+    # The masks are not smoothed over the lattice again (the scores already were); the
+    # tracer's opening drops edits narrower than about two cells (RegionSettings).
     mask_settings = replace(settings, threshold=0.5, sigma=0.0)
     geom = coarse if coarse is not None else Polygon()
     if remove.any():
@@ -409,6 +514,4 @@ def _trace_edit(
 
 def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:
     """``geom`` clipped to the image (``frame`` = width, height) as valid polygons."""
-    if frame is not None:
-        geom = geom.intersection(shapely.box(0, 0, frame[0], frame[1]))
-    return MultiPolygon(_polygons(shapely.make_valid(geom)))
+    return valid_polygons(geom, frame)

@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
-from engine.errors import RefineError
+from engine.errors import RefineError, SettingsError
 
 if TYPE_CHECKING:
     from engine.pipeline import RefineSettings
@@ -71,6 +72,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+#: engine setting names and the options that set them
+_FLAGS = {
+    "patch_um": "--patch-um",
+    "stride_um": "--stride-um",
+    "min_tissue": "--min-tissue",
+    "mpp": "--target-mpp",
+}
+
+
+def _as_flags(message: str) -> str:
+    for name, flag in _FLAGS.items():
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return message
+
+
 def _friendly(fn):
     """Bad input becomes one line on stderr and a non-zero exit, never a traceback."""
 
@@ -78,6 +94,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except SettingsError as e:  # engine messages name settings; the user typed flags
+            _fail(_as_flags(str(e)), e.exit_code)
         except RefineError as e:
             _fail(str(e), e.exit_code)
         except ValueError as e:  # settings rejected by a stage's validate()
@@ -104,8 +122,8 @@ def _fmt(v: float) -> str:
 
 #: columns of the per-slide / per-image summary tables
 _AREAS = ("patches", "coarse_mm2", "refined_mm2")
-SLIDE_COLUMNS = ["slide", *_AREAS, "regions", "relabelled", "outline", "cached"]
-IMAGE_COLUMNS = ["image", *_AREAS, "relabelled", "outline", "seconds", "written"]
+SLIDE_COLUMNS = ["slide", "patch_um", *_AREAS, "regions", "relabelled", "outline", "cached"]
+IMAGE_COLUMNS = ["image", "patch_um", *_AREAS, "relabelled", "outline", "seconds", "written"]
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -169,11 +187,26 @@ def _run(
     if tau is not None:
         s = replace(s, pseudolabels=replace(s.pseudolabels, tau=_parse_tau(tau)))
     if outline != "auto":
-        # edit: never re-draw; redraw: every slide's outline re-drawn inside itself
-        redraw = None if outline == "edit" else float("inf")
-        s = replace(s, regions=replace(s.regions, redraw_below=redraw))
+        s = replace(s, regions=replace(s.regions, outline=outline))
     classes = ClassNames(class_name, negative_class or None)
     return _Run(s, classes, mpp, _progress(quiet, progress_lines))
+
+
+class _PatchSize(click.ParamType):
+    """``auto`` or a positive, finite size in µm."""
+
+    name = "auto|µm"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or str(value).strip().lower() == "auto":
+            return value if isinstance(value, float) else "auto"
+        try:
+            v = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not (math.isfinite(v) and v > 0):
+            self.fail(f"{value!r} is not a positive size in µm", param, ctx)
+        return v
 
 
 def _parse_tau(text: str) -> float | str | None:
@@ -245,10 +278,11 @@ def common_options(fn):
         ),
         click.option(
             "--patch-um",
-            type=float,
-            default=128.0,
+            type=_PatchSize(),
+            default="auto",
             show_default=True,
-            help="Patch side in µm (128 µm = 256 px at 0.5 µm/px).",
+            help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
+            "1,000 patches inside the coarse outline (16-128 µm).",
         ),
         click.option(
             "--stride-um",
@@ -418,7 +452,7 @@ def project_cmd(
         click.echo(
             _table(
                 report["images"],
-                ["image", "patches", "inside", "hard_negative", "coarse_mm2", "mpp"],
+                ["image", "patch_um", "patches", "inside", "hard_negative", "coarse_mm2", "mpp"],
             )
         )
         return

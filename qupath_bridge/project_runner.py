@@ -210,6 +210,7 @@ def refine_project(
             {
                 "image": p.name,
                 "patches": p.patches,
+                "patch_um": p.patch_um,
                 "inside": p.inside,
                 "hard_negative": p.negative,
                 "coarse_mm2": round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),

@@ -115,6 +115,7 @@ def result_fields(r: SlideResult, coarse: shapely.Geometry, regions: shapely.Geo
     um2 = r.info.mpp**2
     return {
         "patches": len(r.grid),
+        "patch_um": r.grid_settings.side_um,
         "coarse_mm2": round(shapely.area(coarse) * um2 / 1e6, 4),
         "refined_mm2": round(shapely.area(regions) * um2 / 1e6, 4),
         "relabelled": round(r.relabelled_share, 4),

@@ -260,9 +260,18 @@ def test_mismatched_counts_and_bad_settings(demo_inputs, tmp_path):
             str(tmp_path / "o"),
             "--stride-um",
             "500",
+            "--patch-um",
+            "128",
         ],
     )
-    assert r.exit_code == 2 and "stride must not exceed" in r.stderr
+    assert r.exit_code == 2 and "must not exceed the patch size" in r.stderr
+    assert "--stride-um" in r.stderr  # the engine names settings, the CLI names flags
+    r = CliRunner().invoke(
+        main,
+        ["slide", str(slide.path), "--coarse", str(coarse), "--out", str(tmp_path / "o")]
+        + ["--stride-um", "32"],
+    )
+    assert r.exit_code == 2 and "--stride-um needs a numeric --patch-um" in r.stderr
 
 
 def test_console_script_prints_one_line_not_a_traceback(tmp_path):

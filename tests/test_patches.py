@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import shapely
 
-from engine.patches import GridSettings, coarse_labels, make_grid, overlap_fraction, tissue_mask
+from engine.errors import SettingsError
+from engine.patches import (
+    AUTO_SIDES_UM,
+    GridSettings,
+    coarse_labels,
+    make_grid,
+    overlap_fraction,
+    tissue_mask,
+)
 from engine.slide import Slide
 
 
@@ -60,7 +68,33 @@ def test_overlap_respects_holes():
 
 
 def test_grid_settings():
-    g = GridSettings()
+    g = GridSettings(patch_um=128.0)
     assert g.patch_px == 256 and g.step_um == 128
     with pytest.raises(ValueError):
-        GridSettings(stride_um=200).validate()
+        GridSettings(patch_um=128.0, stride_um=200).validate()
+    for bad in ("huge", float("inf"), 0.0, -5.0):
+        with pytest.raises(SettingsError):
+            GridSettings(patch_um=bad).validate()
+    with pytest.raises(SettingsError, match="numeric"):
+        GridSettings(stride_um=32).validate()  # a stride needs a known patch size
+
+
+def test_auto_patch_size_follows_the_outline_and_the_budget():
+    g = GridSettings()
+    assert g.is_auto
+    with pytest.raises(ValueError, match="resolve"):
+        _ = g.patch_px
+    # About 1,000 patches inside: a gland-level outline of 1.2 mm² gets ~35 µm -> 32 µm,
+    # a 0.2 mm² one the smallest side, a 50 mm² tumour the paper's 128 µm.
+    assert g.resolved(1.2e6, 3e6).patch_um == 32.0
+    assert g.resolved(0.2e6, 0.3e6).patch_um == 16.0
+    assert g.resolved(50e6, 150e6).patch_um == 128.0
+    # A small outline on a large slide: the patch budget (30,000 on the tissue) wins.
+    side = g.resolved(1.0e6, 200e6).patch_um
+    assert side == 96.0 and 200e6 / side**2 <= g.auto_max_patches
+    # Every answer is one of the fixed sides (a small edit keeps the same grid and cache).
+    for area in np.geomspace(1e4, 1e9, 40):
+        assert g.resolved(area, 5 * area).patch_um in AUTO_SIDES_UM
+    assert g.resolved(1.2e6 * 1.05, 3e6).patch_um == 32.0
+    # A number is kept as it is.
+    assert GridSettings(patch_um=40.0).resolved(1e9, 1e9).patch_um == 40.0

@@ -17,11 +17,14 @@ from engine.regions import (
     edit_outline,
     mask_to_polygons,
     outline_depth,
+    patch_labels,
     refine_outline,
     refined_labels,
     regions_from_probabilities,
     rim_scores,
     smooth_on_grid,
+    valid_polygons,
+    weak_evidence,
 )
 
 
@@ -169,10 +172,16 @@ def test_rim_level_tells_a_loose_outline_from_a_tight_one():
         levels[r] = rim.level
     # Tight: the rim is tumour. Loose by 2.5 patches: the rim is the normal tissue around it.
     assert levels[700] > 0.9 and levels[950] < 0.1
-    # Scores that separate nothing, or an outline with no deep inside: no verdict.
+    # Scores that separate nothing: weak evidence, the outline is kept as it was.
     grid, _, _, coarse, c = _disc_case(950)
     flat = np.full(len(grid), 0.5, np.float32)
-    assert rim_scores(flat, c, outline_depth(grid, coarse)) is None
+    rim = rim_scores(flat, c, outline_depth(grid, coarse))
+    assert "do not separate" in weak_evidence(flat, c, rim, 0.1)
+    kept = refine_outline(coarse, grid, flat, c, 1.0, RegionSettings())
+    assert kept.kept and kept.verdict(RegionSettings()).startswith("kept (weak evidence: ")
+    assert kept.regions.symmetric_difference(coarse).area < 1e-6 * coarse.area
+    np.testing.assert_array_equal(kept.labels, c)
+    # An outline with no deep inside: no rim verdict.
     small = shapely.Point(1500, 1500).buffer(120)
     cs = shapely.contains_xy(small, grid.xy[:, 0] + 50, grid.xy[:, 1] + 50).astype(np.int8)
     assert rim_scores(np.where(cs == 1, 0.9, 0.1), cs, outline_depth(grid, small)) is None
@@ -192,12 +201,52 @@ def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
     assert iou(coarse) < 0.6 and iou(out.regions) > 0.9
     assert out.labels.sum() < c.sum()
     # The same scores, the guard off: the whole-patch edit keeps a rim of normal tissue.
-    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_below=None))
-    assert not edited.redrawn and edited.rim is None
+    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit"))
+    assert not edited.redrawn and edited.verdict(s) == "edited"
     assert iou(edited.regions) < iou(out.regions) - 0.05
     # Tight: edited, and little changes.
     grid, truth, p, coarse, c = _disc_case(700)
     out = refine_outline(coarse, grid, p, c, 1.0, s)
     assert not out.redrawn and out.rim is not None
     assert out.regions.symmetric_difference(coarse).area < 0.05 * coarse.area
-    np.testing.assert_array_equal(out.labels, refined_labels(grid, c, p, s))
+    # The labels say what the outline shows.
+    np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+
+
+def test_lone_patch_edits_are_dropped_and_wider_ones_drawn():
+    """The documented rule: an edit narrower than about two lattice cells does not survive
+    the tracer's opening; a 2x2 block does; either way labels and outline agree, and an
+    outline that did not move is reported as unchanged, not as edited."""
+    grid = _grid(n=12)
+    centres = grid.xy + grid.size / 2
+    coarse = shapely.box(150, 150, 1050, 1050)  # 9x9 patches, half-patch margin
+    c = shapely.contains_xy(coarse, centres[:, 0], centres[:, 1]).astype(np.int8)
+    s = RegionSettings(sigma=0.0, outline="edit")
+    lone = np.where(c == 1, 0.9, 0.1).astype(np.float32)
+    lone[(grid.ij == [6, 6]).all(1)] = 0.05  # one normal patch deep inside
+    out = refine_outline(coarse, grid, lone, c, 1.0, s)
+    assert out.unchanged and out.verdict(s) == "unchanged (no confident edit)"
+    np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+    block = lone.copy()
+    for ij in ([4, 4], [4, 5], [5, 4], [5, 5]):
+        block[(grid.ij == ij).all(1)] = 0.05
+    out = refine_outline(coarse, grid, block, c, 1.0, s)
+    assert out.verdict(s) == "edited" and out.regions.is_valid
+    hole = shapely.box(400, 400, 600, 600)
+    assert out.regions.intersection(hole).area < 0.5 * hole.area
+    np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+
+
+def test_valid_polygons_repairs_and_clips():
+    bowtie = shapely.Polygon([(0, 0), (100, 100), (100, 0), (0, 100)])
+    touching = shapely.MultiPolygon([shapely.box(0, 0, 10, 10), shapely.box(10, 0, 20, 10)])
+    overlapping = shapely.GeometryCollection(
+        [shapely.box(0, 0, 10, 10), shapely.box(5, 5, 15, 15), shapely.LineString([(0, 0), (1, 1)])]
+    )
+    sliver = shapely.Polygon([(0, 0), (50, 0), (50, 1e-9)])
+    for g in (bowtie, touching, overlapping, sliver, shapely.box(-50, -50, 50, 50)):
+        out = valid_polygons(g, frame=(30, 30))
+        assert out.is_valid and out.geom_type == "MultiPolygon"
+        assert out.difference(shapely.box(0, 0, 30, 30)).area == 0
+    assert valid_polygons(touching).area == pytest.approx(200)
+    assert valid_polygons(sliver).is_empty

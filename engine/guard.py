@@ -1,0 +1,72 @@
+"""The guard's self-test: can this slide's scores undo a looseness we add ourselves?
+
+The rim level (:class:`engine.regions.RimScores`) says an outline *looks* loose; re-drawing
+it trusts the slide's scores to find the tumour's edge inside it. Where the scores follow
+something else (dense stroma, say), a re-draw drops tumour. So before re-drawing, the guard
+measures what the scores can do on this slide: it loosens the pathologist's outline by a
+known amount (dilated by ``dilate`` patches), trains the slide's model again on the loosened
+outline, re-draws that, and counts how much of the added band the re-draw takes back out.
+Scores that found the tumour take the band out (it is tissue the pathologist left outside);
+scores that follow something else keep it. Only a slide whose scores pass re-draws; the rest
+are edited, which changes far less.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from engine.classifier import ClassifierSettings, mil_proba
+from engine.patches import PatchGrid, coarse_labels
+from engine.regions import (
+    MIN_PATCHES,
+    RegionSettings,
+    outline_depth,
+    redraw_outline,
+    rim_scores,
+)
+
+
+@dataclass(frozen=True)
+class SelfTest:
+    """The result: ``recovered`` is the share of the added band's patches the re-draw took
+    back out (None: too few patches in the band, or no rim to judge)."""
+
+    band_patches: int
+    recovered: float | None
+
+    def passed(self, at_least: float) -> bool:
+        return self.recovered is not None and self.recovered >= at_least
+
+
+def redraw_self_test(
+    coarse: shapely.Geometry,
+    grid: PatchGrid,
+    x: npt.NDArray[np.float32],
+    mpp: float,
+    classifier: ClassifierSettings,
+    regions: RegionSettings,
+    frame: tuple[int, int] | None,
+    seed: int,
+) -> SelfTest:
+    """Loosen ``coarse`` by ``regions.self_test_dilate`` patches, score the slide's patches
+    (``x``, standardised) with a model trained on the loosened outline, re-draw it, and
+    measure the share of the added band taken back out."""
+    loose = coarse.buffer(regions.self_test_dilate * grid.size, quad_segs=4)
+    if frame is not None:
+        loose = loose.intersection(shapely.box(0, 0, frame[0], frame[1]))
+    c = coarse_labels(grid, coarse, 0.5).astype(bool)
+    c_loose = coarse_labels(grid, loose, 0.5)
+    band = (c_loose == 1) & ~c
+    n_band = int(band.sum())
+    if n_band < MIN_PATCHES or int((c_loose == 0).sum()) < classifier.min_per_class:
+        return SelfTest(n_band, None)
+    p = mil_proba(x, c_loose, classifier, seed=seed)
+    rim = rim_scores(p, c_loose, outline_depth(grid, loose))
+    if rim is None:
+        return SelfTest(n_band, None)
+    _, labels = redraw_outline(loose, grid, p, c_loose, mpp, rim, regions, frame)
+    return SelfTest(n_band, float(np.mean(labels[band] == 0)))
