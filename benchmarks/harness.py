@@ -99,6 +99,7 @@ from engine.pipeline import (
     label_patches,
     refine,
     slide_grid,
+    slide_grid_settings,
     spatial_groups,
 )
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
@@ -570,11 +571,11 @@ def engine_one_slide(
     try:
         r = refine([SlideInput(slide.path, coarse, name=slide.name)], settings, progress=False)
     except TrainingDataError as e:
-        return EngineSlide(coarse, "error (coarse kept)", settings.grid), str(e)
+        grid = slide_grid_settings(SlideInput(slide.path, coarse, name=slide.name), settings)
+        return EngineSlide(coarse, "error (coarse kept)", grid), str(e)
     s = r.slides[0]
-    # the grid the engine resolved for this slide (``"auto"`` made concrete), once it says
-    grid = getattr(s, "grid_settings", None) or settings.grid
-    return EngineSlide(s.regions, s.outline, grid), None
+    # the grid the engine resolved for this slide (``"auto"`` made concrete)
+    return EngineSlide(s.regions, s.outline, s.grid_settings), None
 
 
 def run_engine(case: Case) -> list[EngineSlide]:

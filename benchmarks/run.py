@@ -1,15 +1,25 @@
-"""The real-tissue benchmark, one command (issue 4):
+"""The real-tissue benchmark, one command (issues 4 and 9):
 
-    python -m benchmarks.run --out benchmarks/results              # the full table (~30 min)
-    python -m benchmarks.run --out benchmarks/results --quick      # CI's quick mode (~1 min)
+    python -m benchmarks.run --out benchmarks/results --part report --encoders lite0 --seeds 3
+    python -m benchmarks.run --out benchmarks/results --part tune --encoders lite0 --seeds 3
+    python -m benchmarks.run --out benchmarks/results --quick      # CI's quick mode (tune part)
+    python -m benchmarks.run --out benchmarks/results --part all   # issue 4's table (~30 min)
 
-Options: ``--seeds N`` (coarse-annotation seeds, default 5), ``--encoders lite0 ...``
-(default: all of ``benchmarks.harness.ENCODERS``), ``--encoder-seeds N`` (seeds for the
+``--part``: ``report`` (the default; the headline), ``tune`` (where every threshold and default
+is chosen; the default with ``--quick``) or ``all`` (issue 4's slides from every crop, on which
+the defaults were tuned). A part's run measures coarse, CA, LCMIL-style and the engine on two
+grids (``--grids benchmark default``): the benchmark's patch side and the CLI's default, and
+reports per slide case the worst refined - coarse Dice and the count below -0.02.
+
+Options: ``--seeds N`` (coarse-annotation seeds, default 5; 3 on a part), ``--slides N``
+(slides per benchmark in a part, default 3), ``--encoders lite0 ...`` (default: all of
+``benchmarks.harness.ENCODERS``; lite0 on a part), ``--encoder-seeds N`` (seeds for the
 non-default encoders; default 3), ``--benchmarks``, ``--levels``, ``--methods`` (also the
 ``v-*`` variants of ``benchmarks.harness.VARIANTS``), ``--data`` (a folder laid out like
 ``../shared/data``), ``--work`` (built slides and the feature cache; reused by later runs).
 Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.md`` (the tables that
-BENCHMARKS.md quotes); ``name`` is ``full`` or ``quick`` unless ``--name`` says otherwise.
+BENCHMARKS.md quotes); ``name`` is ``<part>-full`` or ``<part>-quick`` (``full`` or ``quick``
+with ``--part all``) unless ``--name`` says otherwise.
 """
 
 from __future__ import annotations
@@ -541,11 +551,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         src = Path(args.render)
         results = json.loads(src.read_text())
+        nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
         for b in results["benchmarks"].values():
             for e in b["encoders"].values():
-                for level, lv in e["levels"].items():
-                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
-                        lv["targets"] = H.targets(lv["methods"], level)
+                grids = [
+                    e["levels"],
+                    *([e["default_grid"]["levels"]] if "default_grid" in e else []),
+                ]
+                for levels in grids:
+                    for level, lv in levels.items():
+                        if "engine" in lv["methods"] and "coarse" in lv["methods"]:
+                            lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
         H.write_json(results, src)
         src.with_suffix(".md").write_text(render(results, results.get("command", "")))
         return 0

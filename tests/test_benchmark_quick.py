@@ -8,19 +8,21 @@ coarse outline, the CA classifier and the engine's defaults, one slide per call 
 ``qupath-refine slide`` runs it, on each benchmark's own grid.
 
 The rule checked on every slide case (issue 9): no slide worse than its coarse outline by more
-than 0.03 Dice (measured at code 0e436a4, the worst of the 12 slide cases: -0.016, WSSS4LUAD
-mild). Margins sit below what was measured (in brackets: Dice at 0e436a4, default settings)
-so that a regression fails:
+than 0.03 Dice (the worst of the 12 slide cases: -0.010, gland level mild, at 12db4e6, main's
+``--patch-um auto`` and guard self-test merged). Margins sit below what was measured (in
+brackets: Dice at 12db4e6, default settings) so that a regression fails:
 
 * severe noise, engine >= coarse + margin and >= CA + margin: gland level (coarse 0.625, CA
-  0.634, engine 0.703), region (0.748, 0.757, 0.789), WSSS4LUAD (0.573, 0.573, 0.609);
+  0.634, engine 0.682; 0.703 before the guard self-test, at 0e436a4), region (0.748, 0.757,
+  0.789), WSSS4LUAD (0.573, 0.573, 0.609);
 * mild noise, engine >= coarse - 0.01 (issue 4's "never worse"): gland level (0.844 -> 0.839),
-  region (0.961 -> 0.961), WSSS4LUAD (0.679 -> 0.675).
+  region (0.961 -> 0.961), WSSS4LUAD (0.679 -> 0.681).
 
 Slides and features are kept between runs in ``benchmarks/results/tmp`` (git-ignored; the
 folder ``python -m benchmarks.run --quick`` uses) or ``$QUPATH_REFINE_BENCH_WORK``: with them
-warm the suite takes about 55 s of CPU on 2 cores (and the CLI cell about 15 s more); cold,
-slides are built and embedded first (about two minutes of CPU more).
+warm the suite took 55 s of CPU before the guard's self-test and 130 s after it (the self-test
+retrains each slide's model), the CLI cell about 15 s more; cold, slides are built and
+embedded first (about two minutes of CPU more).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tests.conftest import GLAS, REPO, SHARED_DATA, need
 WORK = Path(os.environ.get("QUPATH_REFINE_BENCH_WORK", REPO / "benchmarks" / "results" / "tmp"))
 BENCHES = ("glas-gland", "region", "wsss4luad")
 # benchmark, Dice margin of the engine over coarse, over the CA classifier (severe noise)
-SEVERE = [("glas-gland", 0.06, 0.05), ("region", 0.03, 0.025), ("wsss4luad", 0.025, 0.025)]
+SEVERE = [("glas-gland", 0.05, 0.04), ("region", 0.03, 0.025), ("wsss4luad", 0.025, 0.025)]
 
 
 def quick_specs():
