@@ -20,9 +20,8 @@ brackets: Dice at 12db4e6, default settings) so that a regression fails:
 
 Slides and features are kept between runs in ``benchmarks/results/tmp`` (git-ignored; the
 folder ``python -m benchmarks.run --quick`` uses) or ``$QUPATH_REFINE_BENCH_WORK``: with them
-warm the suite took 55 s of CPU before the guard's self-test and 130 s after it (the self-test
-retrains each slide's model), the CLI cell about 15 s more; cold, slides are built and
-embedded first (about two minutes of CPU more).
+warm the module took 79 s on 2 cores at 12db4e6 (load about 1: the suite 56 s, the CLI
+cell's subprocess 23 s); cold, slides are built and embedded first (about two minutes more).
 """
 
 from __future__ import annotations
