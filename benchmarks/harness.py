@@ -47,6 +47,8 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -85,7 +87,7 @@ from engine.classifier import (
     mil_proba,
     standardise,
 )
-from engine.encoders import build_encoder
+from engine.encoders import Encoder, build_encoder
 from engine.errors import TrainingDataError
 from engine.features import FeatureSettings, embed_grid
 from engine.metrics import METRICS, confusion, rasterize, scores, summarise
@@ -97,6 +99,7 @@ from engine.pipeline import (
     label_patches,
     refine,
     slide_grid,
+    slide_grid_settings,
     spatial_groups,
 )
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
@@ -127,6 +130,9 @@ class BenchmarkSpec:
     n_slides: int = 3
     #: builder settings overrides (smaller slides for the quick mode)
     small: bool = False
+    #: a part of the shared data (:data:`PARTS`), or None: the issue-4 cohort (every crop,
+    #: one patient fold per slide), on which the defaults were tuned
+    part: str | None = None
 
 
 BENCHMARKS: dict[str, BenchmarkSpec] = {
@@ -181,8 +187,98 @@ def glas_folds(data_dir: Path, n: int) -> list[list[str]]:
     return [sorted(f) for f in folds]
 
 
+@dataclass(frozen=True)
+class Part:
+    """One of two disjoint parts of the shared data (issue 9): every threshold and default is
+    chosen on ``tune``; the headline numbers come from ``report``.
+
+    ``half`` picks the part's crops: half 0 or 1 of GlaS's patients (:func:`glas_folds` with
+    two folds: whole patients, grades balanced) and every other WSSS4LUAD image. Slide ``j``
+    of a part is built with seed ``slide_seed + j`` (the region slides' tissue and blobs, the
+    mosaics' draw and layout) and a run's coarse-annotation seed ``s`` becomes
+    ``coarse_seed + s``: the report part's streams (1000 on) never meet the tuning part's
+    (0 on, where the issue-4 cohort's seeds 0-4 also lie). The methods' own random steps keep
+    the run's seed, as ``qupath-refine slide --seed`` does.
+    """
+
+    name: str
+    half: int
+    slide_seed: int
+    coarse_seed: int
+
+
+PARTS: dict[str, Part] = {
+    "tune": Part("tune", 0, 0, 0),
+    "report": Part("report", 1, 1000, 1000),
+}
+#: slides per benchmark in a part (each the size of an issue-4 slide)
+PART_SLIDES = 3
+#: WSSS4LUAD crops per slide (the issue-4 slides had 10 or 11)
+WSSS_CROPS, WSSS_CROPS_SMALL = 10, 4
+
+
+def part_crops(data_root: Path, kind: str, part: Part) -> list[str]:
+    """The crops a part may use: its half of GlaS's patients, or of WSSS4LUAD's images."""
+    if kind in ("glas-gland", "region"):
+        return glas_folds(Path(data_root) / "glas-train", 2)[part.half]
+    return wsss_names(Path(data_root) / "wsss4luad-val")[part.half :: 2]
+
+
+def part_summary(data_root: Path, part: Part) -> dict[str, Any]:
+    """What a part holds: GlaS patients and crops (by grade), WSSS4LUAD images."""
+    glas = Path(data_root) / "glas-train"
+    crops = part_crops(data_root, "glas-gland", part)
+    grades, patients = read_glas_grades(glas), glas_patients(glas)
+    return {
+        "glas_patients": sorted({patients[c] for c in crops}, key=lambda p: (len(p), p)),
+        "glas_crops": len(crops),
+        "glas_malignant": sum(grades[c] for c in crops),
+        "wsss4luad_images": part_crops(data_root, "wsss4luad", part),
+    }
+
+
+def part_spec(spec: BenchmarkSpec, part: str, n_slides: int = PART_SLIDES) -> BenchmarkSpec:
+    return replace(spec, part=part, n_slides=n_slides)
+
+
+def build_part_cohort(data_root: Path, work: Path, spec: BenchmarkSpec) -> list[BenchSlide]:
+    """``spec.n_slides`` slides from the crops of ``spec.part`` only. Slides of one part may
+    share crops (a part has half the data; the slides keep the issue-4 size), never with the
+    other part."""
+    part = PARTS[spec.part or ""]
+    data_root, out = Path(data_root), Path(work) / "slides"
+    names = tuple(part_crops(data_root, spec.kind, part))
+    tag = "small" if spec.small else "full"
+    slides = []
+    for j in range(spec.n_slides):
+        seed = part.slide_seed + j
+        name = f"{spec.kind}-{part.name}-{tag}-{j}"
+        if spec.kind == "glas-gland":
+            data = data_root / "glas-train"
+            grades = read_glas_grades(data)
+            mal = sum(grades[c] for c in names)
+            half = min(mal, len(names) - mal, 6 if spec.small else 10)
+            s = GlasMosaicSettings(n_crops=2 * half, malignant_share=0.5, names=names)
+            slides.append(glas_mosaic(data, out, seed, s, name=name))
+        elif spec.kind == "region":
+            size = (2400.0, 1600.0) if spec.small else RegionSlideSettings().size_um
+            n_blobs = 5 if spec.small else RegionSlideSettings().n_blobs
+            r = RegionSlideSettings(size_um=size, n_blobs=n_blobs, names=names)
+            slides.append(region_slide(data_root / "glas-train", out, seed, r, name=name))
+        elif spec.kind == "wsss4luad":
+            n = min(len(names), WSSS_CROPS_SMALL if spec.small else WSSS_CROPS)
+            w = WsssMosaicSettings(n_crops=n, names=names)
+            slides.append(wsss4luad_mosaic(data_root / "wsss4luad-val", out, seed, w, name=name))
+        else:
+            raise ValueError(f"unknown benchmark kind {spec.kind!r}")
+    return slides
+
+
 def build_cohort(data_root: Path, work: Path, spec: BenchmarkSpec) -> list[BenchSlide]:
-    """The ``spec.n_slides`` slides of a benchmark, each from its own fold of crops."""
+    """The ``spec.n_slides`` slides of a benchmark: from a part of the data
+    (:func:`build_part_cohort`) or, without a part, each from its own fold of all crops."""
+    if spec.part is not None:
+        return build_part_cohort(data_root, work, spec)
     data_root, out = Path(data_root), Path(work) / "slides"
     slides = []
     if spec.kind in ("glas-gland", "region"):
@@ -261,6 +357,7 @@ class Cohort:
     eval: list[SlideTruth]
     settings: RefineSettings
     embed_seconds: float = 0.0  # spent embedding in this run (0 when all came from the cache)
+    encoder_model: Encoder | None = None  # the encoder itself (its key names cache entries)
 
     @property
     def n_patches(self) -> int:
@@ -268,14 +365,40 @@ class Cohort:
 
 
 def refine_settings(spec: BenchmarkSpec, enc: EncoderSpec, cache_dir: Path) -> RefineSettings:
+    """``qupath-refine slide --patch-um <the benchmark's> --encoder <enc>``."""
     return RefineSettings(
         grid=GridSettings(patch_um=spec.patch_um), features=enc.features, cache_dir=cache_dir
     )
 
 
+def cli_default_settings(enc: EncoderSpec, cache_dir: Path) -> RefineSettings:
+    """``qupath-refine slide`` at its defaults (``--encoder`` aside): the CLI default grid,
+    whatever ``GridSettings`` says it is (``"auto"`` once the engine resolves it per slide)."""
+    return RefineSettings(features=enc.features, cache_dir=cache_dir)
+
+
 def slide_truth(slide: BenchSlide) -> SlideTruth:
     tissue, ds = thumbnail_tissue(slide.path)
     return SlideTruth(tissue, ds, rasterize(slide.truth, tissue.shape, ds))
+
+
+def slide_features(
+    slide: BenchSlide, settings: RefineSettings, encoder: Encoder
+) -> tuple[PatchGrid, F32, float]:
+    """A slide's grid and features on ``settings.grid`` through the engine's own cache
+    (embedding what it lacks), and the seconds spent embedding."""
+    timings = {"read": 0.0, "embed": 0.0}
+    d = slide_grid(SlideInput(slide.path, None, name=slide.name), settings, encoder, timings)
+    spent = 0.0
+    if d.features is None:
+        t1 = time.perf_counter()
+        embed_slide(d, settings, encoder, timings, progress=False)
+        spent = time.perf_counter() - t1
+    return d.grid, np.asarray(d.features, dtype=np.float32), spent
+
+
+def truth_labels_of(slide: BenchSlide, grid: PatchGrid) -> npt.NDArray[np.int8]:
+    return (overlap_fraction(grid, slide.truth) >= 0.5).astype(np.int8)
 
 
 def load_cohort(
@@ -288,20 +411,18 @@ def load_cohort(
     """Grids and features of every slide, embedding (and caching) what the cache lacks."""
     settings = refine_settings(spec, enc, cache_dir)
     encoder = build_encoder(enc.encoder, cache_dir)
-    timings = {"read": 0.0, "embed": 0.0}
     grids, feats, truth_labels = [], [], []
     spent = 0.0
     for s in slides:
-        d = slide_grid(SlideInput(s.path, None, name=s.name), settings, encoder, timings)
-        if d.features is None:
-            t1 = time.perf_counter()
-            embed_slide(d, settings, encoder, timings, progress=False)
-            spent += time.perf_counter() - t1
-        grids.append(d.grid)
-        feats.append(np.asarray(d.features, dtype=np.float32))
-        truth_labels.append((overlap_fraction(d.grid, s.truth) >= 0.5).astype(np.int8))
+        g, f, dt = slide_features(s, settings, encoder)
+        grids.append(g)
+        feats.append(f)
+        truth_labels.append(truth_labels_of(s, g))
+        spent += dt
     truths = truths if truths is not None else [slide_truth(s) for s in slides]
-    return Cohort(spec, enc, list(slides), grids, feats, truth_labels, truths, settings, spent)
+    return Cohort(
+        spec, enc, list(slides), grids, feats, truth_labels, truths, settings, spent, encoder
+    )
 
 
 def encoder_throughput(
@@ -340,20 +461,49 @@ def encoder_throughput(
 # --------------------------------------------------------------------------- cases
 
 
+#: the two grids every benchmark is measured on (issue 9): the benchmark's own patch side and
+#: the CLI's default, as ``qupath-refine slide`` resolves it for each slide
+GRIDS = ("benchmark", "default")
+#: the methods measured at the CLI default grid
+DEFAULT_GRID_METHODS = ("coarse", "ca", "lcmil", "engine")
+
+
+@dataclass
+class EngineSlide:
+    """The engine's result on one slide, refined alone as ``qupath-refine slide`` does."""
+
+    regions: Geometry
+    outline: str  # the verdict the summary shows ("edited", "re-drawn (loose)", ...)
+    grid: GridSettings  # the concrete grid the engine used for this slide
+
+
 @dataclass
 class Case:
-    """One seeded draw of coarse annotations over a cohort at one noise level."""
+    """One seeded draw of coarse annotations over a cohort at one noise level, on one grid.
+
+    On the benchmark grid the patches are the cohort's; on the CLI default grid they are
+    whatever grid the engine chose for each slide (the engine runs first, see
+    :func:`make_case`), so every method there sees the patches the engine saw.
+    """
 
     cohort: Cohort
     level: str
     seed: int
     coarse: list[Geometry]
-    coarse_labels: list[npt.NDArray[np.int8]]
+    coarse_labels: list[npt.NDArray[np.int8]] = field(default_factory=list)
+    grids: list[PatchGrid] = field(default_factory=list)
+    features: list[F32] = field(default_factory=list)
+    truth_labels: list[npt.NDArray[np.int8]] = field(default_factory=list)
+    grid: str = "benchmark"
+    coarse_seed: int = 0
     notes: list[str] = field(default_factory=list)
+    engine_slides: list[EngineSlide] | None = None
+    engine_seconds: float = 0.0
+    engine_mib: float = 0.0
 
     @property
     def offsets(self) -> list[int]:
-        return [0, *np.cumsum([len(g) for g in self.cohort.grids]).tolist()]
+        return [0, *np.cumsum([len(g) for g in self.grids]).tolist()]
 
     def split(self, arr: np.ndarray) -> list[np.ndarray]:
         o = self.offsets
@@ -361,21 +511,88 @@ class Case:
 
     @property
     def x(self) -> F32:
-        return np.concatenate(self.cohort.features)
+        return np.concatenate(self.features)
 
     @property
     def y(self) -> npt.NDArray[np.int8]:
         return np.concatenate(self.coarse_labels)
 
+    @property
+    def engine_settings(self) -> RefineSettings:
+        """What ``qupath-refine slide --seed <seed>`` runs with on this case's grid."""
+        c = self.cohort
+        cache = c.settings.cache_dir or Path()
+        base = c.settings if self.grid == "benchmark" else cli_default_settings(c.encoder, cache)
+        return base.with_seed(self.seed)
 
-def make_case(cohort: Cohort, level: str, seed: int) -> Case:
-    coarse, labels = [], []
-    for s, g in zip(cohort.slides, cohort.grids, strict=True):
-        geom = simulate_coarse(s.truth, s.tissue, level, seed, s.mpp, frame=s.size)
-        coarse.append(geom)
-        c, _ = label_patches(SlideInput(s.path, geom), g, cohort.settings.min_coarse_overlap)
-        labels.append(c)
-    return Case(cohort, level, seed, coarse, labels)
+
+def coarse_seed(spec: BenchmarkSpec, seed: int) -> int:
+    """The coarse-annotation seed of a run's ``seed`` in the benchmark's part."""
+    return seed + (PARTS[spec.part].coarse_seed if spec.part else 0)
+
+
+def make_case(cohort: Cohort, level: str, seed: int, grid: str = "benchmark") -> Case:
+    """Coarse outlines for every slide; on the CLI default grid the engine runs here, first,
+    and the case takes each slide's patches from the grid it used."""
+    cs = coarse_seed(cohort.spec, seed)
+    coarse = [
+        simulate_coarse(s.truth, s.tissue, level, cs, s.mpp, frame=s.size) for s in cohort.slides
+    ]
+    case = Case(cohort, level, seed, coarse, grid=grid, coarse_seed=cs)
+    if grid == "benchmark":
+        case.grids, case.features = list(cohort.grids), list(cohort.features)
+        case.truth_labels = list(cohort.truth_labels)
+    elif grid == "default":
+        settings = case.engine_settings
+        encoder = cohort.encoder_model or build_encoder(cohort.encoder.encoder, settings.cache_dir)
+        for s, e in zip(cohort.slides, run_engine(case), strict=True):
+            g, f, dt = slide_features(s, replace(settings, grid=e.grid), encoder)
+            cohort.embed_seconds += dt
+            case.grids.append(g)
+            case.features.append(f)
+            case.truth_labels.append(truth_labels_of(s, g))
+    else:
+        raise ValueError(f"grid is one of {GRIDS}, not {grid!r}")
+    overlap = cohort.settings.min_coarse_overlap
+    case.coarse_labels = [
+        label_patches(SlideInput(s.path, geom), g, overlap)[0]
+        for s, geom, g in zip(cohort.slides, coarse, case.grids, strict=True)
+    ]
+    return case
+
+
+def engine_one_slide(
+    slide: BenchSlide, coarse: Geometry, settings: RefineSettings
+) -> tuple[EngineSlide, str | None]:
+    """``qupath-refine slide SLIDE --coarse ... --seed S`` in process: one slide per call, as a
+    user refines a slide. Where the CLI would stop with an error (too few patches inside or
+    outside the outline), the user keeps the coarse outline: so does the result, with the
+    error as its verdict and as the second value."""
+    try:
+        r = refine([SlideInput(slide.path, coarse, name=slide.name)], settings, progress=False)
+    except TrainingDataError as e:
+        grid = slide_grid_settings(SlideInput(slide.path, coarse, name=slide.name), settings)
+        return EngineSlide(coarse, "error (coarse kept)", grid), str(e)
+    s = r.slides[0]
+    # the grid the engine resolved for this slide (``"auto"`` made concrete)
+    return EngineSlide(s.regions, s.outline, s.grid_settings), None
+
+
+def run_engine(case: Case) -> list[EngineSlide]:
+    """The engine on every slide of the case, once (timed and memory-measured as a method)."""
+    if case.engine_slides is None:
+        settings = case.engine_settings
+        out = []
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            for s, geom in zip(case.cohort.slides, case.coarse, strict=True):
+                res, err = engine_one_slide(s, geom, settings)
+                if err:
+                    case.notes.append(f"engine on {s.name}: {err} -> coarse outline kept")
+                out.append(res)
+            case.engine_seconds = time.perf_counter() - t0
+        case.engine_slides, case.engine_mib = out, mem.mib
+    return case.engine_slides
 
 
 # --------------------------------------------------------------------------- method helpers
@@ -386,7 +603,7 @@ def replace_regions(
 ) -> list[Geometry]:
     """Regions re-drawn from per-patch probabilities (the paper's step 8) on every slide."""
     out = []
-    for s, g, p in zip(case.cohort.slides, case.cohort.grids, case.split(proba), strict=True):
+    for s, g, p in zip(case.cohort.slides, case.grids, case.split(proba), strict=True):
         area = None if min_cells is None else min_cells * (g.size * s.mpp) ** 2
         # sigma 0: the scores as the method gives them (LCMIL smooths its own beforehand)
         rs = RegionSettings(mode="replace", threshold=threshold, min_area_um2=area, sigma=0.0)
@@ -508,7 +725,7 @@ def lcmil(case: Case, s: LcmilSettings = LcmilSettings()) -> list[Geometry]:
     def run() -> list[Geometry]:
         probas = [
             smooth_on_grid(g, p, s.sigma_cells)
-            for g, p in zip(case.cohort.grids, _mil_scores(case, s.mil), strict=True)
+            for g, p in zip(case.grids, _mil_scores(case, s.mil), strict=True)
         ]
         return replace_regions(case, np.concatenate(probas), s.threshold, s.min_cells)
 
@@ -527,12 +744,12 @@ def paper_pseudo_labels(case: Case, local: bool, tau: float | str | None = PAPER
     """Prototype pseudo-labels (eqs. 3-4) from the global prototypes, or per slide from
     that slide's local prototypes (the ablation's LP step)."""
     protos = LocalGlobalPrototypes.from_settings(PrototypeSettings(random_state=case.seed))
-    protos.fit(case.cohort.features)
+    protos.fit(case.features)
     settings = PseudoLabelSettings(tau=tau)
     if not local:
         return pseudo_labels(protos.similarity(case.x), case.y, settings).labels
     out = []
-    for j, (x, c) in enumerate(zip(case.cohort.features, case.coarse_labels, strict=True)):
+    for j, (x, c) in enumerate(zip(case.features, case.coarse_labels, strict=True)):
         sim = protos.transform(x) @ protos.local_prototypes_[j].T
         out.append(pseudo_labels(sim, c, settings).labels)
     return np.concatenate(out)
@@ -556,21 +773,22 @@ def paper_step(case: Case, step: str) -> list[Geometry]:
 # ---- the engine as shipped
 
 
-def engine_defaults(case: Case, model: str = "mil") -> list[Geometry]:
-    """``engine.pipeline.refine`` with its defaults (features from the cache); ``model="mlp"``
-    is ``--method prototype``: the paper's route through the same pipeline and guard."""
+def engine_defaults(case: Case) -> list[Geometry]:
+    """The engine as shipped, one slide per call as ``qupath-refine slide`` runs it (each
+    slide's MIL model is seeded as the CLI seeds a lone slide)."""
+    return [e.regions for e in run_engine(case)]
+
+
+def engine_prototype(case: Case) -> list[Geometry]:
+    """``--method prototype``: the paper's route, the cohort's slides refined together (they
+    share the global prototypes and one classifier)."""
     c = case.cohort
     items = [SlideInput(s.path, g, name=s.name) for s, g in zip(c.slides, case.coarse, strict=True)]
-    settings = c.settings.with_seed(case.seed)
-    if model == "mlp":
-        p = RefineSettings.for_method("prototype")
-        settings = replace(settings, classifier=p.classifier, regions=p.regions).with_seed(
-            case.seed
-        )
+    p = RefineSettings.for_method("prototype")
+    settings = replace(c.settings, classifier=p.classifier, regions=p.regions).with_seed(case.seed)
 
     def run() -> list[Geometry]:
-        result = refine(items, settings, progress=False)
-        return [r.regions for r in result.slides]
+        return [r.regions for r in refine(items, settings, progress=False).slides]
 
     return _guarded(case, "engine", run)
 
@@ -579,21 +797,20 @@ def engine_defaults(case: Case, model: str = "mil") -> list[Geometry]:
 
 
 def oracle(case: Case) -> list[Geometry]:
-    return replace_regions(case, np.concatenate(case.cohort.truth_labels).astype(np.float32))
+    return replace_regions(case, np.concatenate(case.truth_labels).astype(np.float32))
 
 
 def ceiling(case: Case) -> list[Geometry]:
     """Leave one slide out: train on the true labels of the others, score the held-out one."""
-    c = case.cohort
-    if len(c.slides) < 2:
+    if len(case.grids) < 2:
         case.notes.append("ceiling needs two slides or more")
-        return [shapely.MultiPolygon() for _ in c.slides]
+        return [shapely.MultiPolygon() for _ in case.grids]
     probas = []
-    for j in range(len(c.slides)):
-        xs = np.concatenate([f for i, f in enumerate(c.features) if i != j])
-        ys = np.concatenate([t for i, t in enumerate(c.truth_labels) if i != j])
+    for j in range(len(case.grids)):
+        xs = np.concatenate([f for i, f in enumerate(case.features) if i != j])
+        ys = np.concatenate([t for i, t in enumerate(case.truth_labels) if i != j])
         model = PatchClassifier(classifier_settings(case.seed)).fit(xs, ys)
-        probas.append(model.predict_proba(c.features[j]))
+        probas.append(model.predict_proba(case.features[j]))
     return replace_regions(case, np.concatenate(probas))
 
 
@@ -601,12 +818,11 @@ def ceiling_insample(case: Case) -> list[Geometry]:
     """The in-sample ceiling: true labels of the cohort itself, cross-fitted by spatial
     blocks as the engine does (each patch scored by a model that did not train on it):
     what the features separate within the slides being refined (the paper's setting)."""
-    c = case.cohort
     s = classifier_settings(case.seed)
     groups = np.concatenate(
-        [spatial_groups(g, k, s.cross_fit_block) for k, g in enumerate(c.grids)]
+        [spatial_groups(g, k, s.cross_fit_block) for k, g in enumerate(case.grids)]
     )
-    y = np.concatenate(c.truth_labels)
+    y = np.concatenate(case.truth_labels)
     return replace_regions(case, cross_fit_proba(case.x, y, groups, s))
 
 
@@ -616,7 +832,7 @@ METHODS: dict[str, Callable[[Case], list[Geometry]]] = {
     "knn": knn,
     "lcmil": lcmil,
     **{step: (lambda case, _s=step: paper_step(case, _s)) for step in PAPER_STEPS},
-    "engine-prototype": lambda case: engine_defaults(case, model="mlp"),
+    "engine-prototype": engine_prototype,
     "engine": engine_defaults,
     "oracle": oracle,
     "ceiling": ceiling,
@@ -653,11 +869,11 @@ def _pseudo_bags(case: Case) -> list[Geometry]:
         labels = paper_pseudo_labels(case, local=False, tau=None)
         probas = [
             mil_proba(standardise(x), y, classifier_settings(case.seed), case.seed * 100 + k)
-            for k, (x, y) in enumerate(zip(case.cohort.features, case.split(labels), strict=True))
+            for k, (x, y) in enumerate(zip(case.features, case.split(labels), strict=True))
         ]
         out = []
         for s, g, p, c, geom in zip(
-            case.cohort.slides, case.cohort.grids, probas, case.coarse_labels, case.coarse,
+            case.cohort.slides, case.grids, probas, case.coarse_labels, case.coarse,
             strict=True,
         ):  # fmt: skip
             out.append(refine_outline(geom, g, p, c, s.mpp, RegionSettings(), s.size).regions)
@@ -671,7 +887,7 @@ def _mil_scores(case: Case, mil: MilSettings | None = None) -> list[np.ndarray]:
     s = classifier_settings(case.seed, mil=mil or MilSettings())
     return [
         mil_proba(standardise(x), y, s, case.seed * 100 + k)
-        for k, (x, y) in enumerate(zip(case.cohort.features, case.coarse_labels, strict=True))
+        for k, (x, y) in enumerate(zip(case.features, case.coarse_labels, strict=True))
     ]
 
 
@@ -684,7 +900,7 @@ def _mil_refinetuned(case: Case) -> list[Geometry]:
         out = []
         for k, (sl, g, x, p, c, geom) in enumerate(
             zip(
-                case.cohort.slides, case.cohort.grids, case.cohort.features,
+                case.cohort.slides, case.grids, case.features,
                 _mil_scores(case), case.coarse_labels, case.coarse, strict=True,
             )
         ):  # fmt: skip
@@ -705,7 +921,7 @@ def _iso_cut(case: Case) -> list[Geometry]:
         trace = RegionSettings(mode="replace", threshold=0.5, sigma=0.0)
         out = []
         for sl, g, p, c, geom in zip(
-            case.cohort.slides, case.cohort.grids, _mil_scores(case), case.coarse_labels,
+            case.cohort.slides, case.grids, _mil_scores(case), case.coarse_labels,
             case.coarse, strict=True,
         ):  # fmt: skip
             keep = regions_from_probabilities(g, smooth_on_grid(g, p, rs.sigma), sl.mpp, trace)
@@ -766,6 +982,58 @@ def evaluate(case: Case, geoms: Sequence[Geometry]) -> dict[str, Any]:
     return {"cohort": summarise(per_slide, confs), "slides": per_slide}
 
 
+# --------------------------------------------------------------------------- the CLI cell
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_cell(case: Case, j: int, out: Path, timeout: float = 600.0) -> dict[str, Any]:
+    """Slide ``j`` of ``case`` through ``python -m qupath_bridge.cli slide`` in a subprocess, as
+    a user runs it: the case's coarse outline as QuPath GeoJSON, ``--seed`` the case's seed,
+    the CLI's defaults otherwise (``--patch-um`` only on the benchmark grid; ``--cache-dir``
+    the harness's cache, which changes where features are kept, not what they are). Returns
+    the Dice of the refined GeoJSON the CLI wrote and of the harness's engine result for the
+    same slide, grid and seed, with both verdicts: equal Dice shows the harness measures what
+    the CLI does."""
+    from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
+
+    slide, settings = case.cohort.slides[j], case.engine_settings
+    out = Path(out)
+    coarse_path = write_features(
+        out / f"{slide.name}.coarse.geojson", annotation_features(case.coarse[j], "Tumor")
+    )
+    cmd = [sys.executable, "-m", "qupath_bridge.cli", "slide", str(slide.path)]
+    cmd += ["--coarse", str(coarse_path), "--out", str(out / "cli"), "--seed", str(case.seed)]
+    cmd += ["--cache-dir", str(settings.cache_dir), "--quiet", "--no-tiles"]
+    if case.grid == "benchmark":
+        cmd += ["--patch-um", f"{case.cohort.spec.patch_um:g}"]
+    enc = case.cohort.encoder
+    if enc.features != FeatureSettings():
+        cmd += ["--encoder", enc.encoder, "--context", f"{enc.context:g}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    stem = slide.path.name.split(".")[0]
+    refined = [o.geometry for o in read_objects(out / "cli" / f"{stem}.refined.geojson")]
+    summary = json.loads((out / "cli" / "summary.json").read_text())
+    cli_geom = shapely.union_all(refined) if refined else shapely.MultiPolygon()
+    ours = run_engine(case)[j]
+    scored = evaluate(case, [cli_geom if k == j else ours.regions for k in range(len(case.coarse))])
+    harness = evaluate(case, [e.regions for e in run_engine(case)])
+    return {
+        "slide": slide.name,
+        "grid": case.grid,
+        "seed": case.seed,
+        "command": cmd,
+        "cli_dice": scored["slides"][j]["dice"],
+        "harness_dice": harness["slides"][j]["dice"],
+        "cli_outline": summary["slides"][0]["outline"],
+        "harness_outline": ours.outline,
+        "cli_patches": summary["slides"][0]["patches"],
+        "harness_patches": len(case.grids[j]),
+    }
+
+
 def _release_free_memory() -> None:
     """Hand memory freed by earlier methods back to the system (glibc ``malloc_trim``), so that
     the next method's peak is measured from a low start, not inside the earlier heap."""
@@ -818,6 +1086,13 @@ class MethodRun:
     per_slide: list[dict[str, float]]
     seconds: float
     peak_mib: float
+    #: the slide cases: slide names, the run's seed, each slide's patch side (µm), the
+    #: engine's verdict per slide, and the coarse outline's Dice per slide (for refined - coarse)
+    slides: list[str] = field(default_factory=list)
+    seed: int = 0
+    patch_um: list[float] = field(default_factory=list)
+    outline: list[str] | None = None
+    coarse_dice: list[float] = field(default_factory=list)
 
 
 def run_method(case: Case, name: str) -> MethodRun:
@@ -826,8 +1101,26 @@ def run_method(case: Case, name: str) -> MethodRun:
         t0 = time.perf_counter()
         geoms = fn(case)
         dt = time.perf_counter() - t0
+    seconds, mib = dt, mem.mib
+    outline = None
+    if name == "engine":
+        # the engine may have run before the method (the default grid needs its grids first)
+        seconds, mib = case.engine_seconds, case.engine_mib
+        outline = [e.outline for e in run_engine(case)]
     ev = evaluate(case, geoms)
-    return MethodRun(name, ev["cohort"], ev["slides"], dt, mem.mib)
+    return MethodRun(
+        name,
+        ev["cohort"],
+        ev["slides"],
+        seconds,
+        mib,
+        slides=[s.name for s in case.cohort.slides],
+        seed=case.seed,
+        patch_um=[
+            float(g.size * s.mpp) for g, s in zip(case.grids, case.cohort.slides, strict=True)
+        ],
+        outline=outline,
+    )
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -840,12 +1133,45 @@ def mean_std(values: Sequence[float]) -> dict[str, float | None]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
+#: a slide case "worse than coarse" in the per-slide counts: refined - coarse Dice below this
+WORSE_BY = 0.02
+
+
+def slide_cases(runs: Sequence[MethodRun]) -> list[dict[str, Any]]:
+    """Every (slide, seed) of a cell: Dice, refined - coarse Dice, patch side, verdict."""
+    out = []
+    for r in runs:
+        for j, name in enumerate(r.slides):
+            d = r.per_slide[j]["dice"]
+            c = r.coarse_dice[j] if r.coarse_dice else float("nan")
+            row = {"slide": name, "seed": r.seed, "dice": d, "delta": d - c}
+            row["patch_um"] = r.patch_um[j] if r.patch_um else None
+            if r.outline is not None:
+                row["outline"] = r.outline[j]
+            out.append(row)
+    return out
+
+
 def aggregate(runs: Sequence[MethodRun]) -> dict[str, Any]:
-    """Mean ± std over seeds of every metric, time and memory; per-seed Dice kept."""
+    """Mean ± std over seeds of every metric, time and memory; per-seed Dice kept; per slide
+    case (slide x seed) the Dice and refined - coarse Dice, the worst slide case and how many
+    are worse than coarse by more than :data:`WORSE_BY`."""
     out: dict[str, Any] = {m: mean_std([r.metrics[m] for r in runs]) for m in METRICS}
     out["seconds"] = mean_std([r.seconds for r in runs])
     out["peak_mib"] = mean_std([r.peak_mib for r in runs])
     out["dice_per_seed"] = [round(r.metrics["dice"], 4) for r in runs]
+    cases = slide_cases(runs)
+    if cases and all(r.coarse_dice for r in runs):
+        worst = min(cases, key=lambda c: c["delta"])
+        out["worst"] = {k: worst[k] for k in ("slide", "seed", "delta", "dice")}
+        out["n_worse"] = sum(c["delta"] < -WORSE_BY for c in cases)
+        out["n_cases"] = len(cases)
+    if any(r.outline is not None for r in runs):
+        verdicts: dict[str, int] = {}
+        for c in cases:
+            verdicts[c.get("outline", "?")] = verdicts.get(c.get("outline", "?"), 0) + 1
+        out["verdicts"] = verdicts
+    out["slide_cases"] = cases
     return out
 
 
@@ -855,19 +1181,30 @@ def aggregate(runs: Sequence[MethodRun]) -> dict[str, Any]:
 TARGET_GAIN = {"mild": -0.01, "moderate": 0.03, "severe": 0.06}
 NEVER_WORSE = -0.01
 BASELINES = ("ca", "knn", "lcmil")
+#: issue 9's, on the parts of the data: the mean at most 0.005 below coarse, and no slide case
+#: worse than coarse by more than 0.03
+PART_NEVER_WORSE = -0.005
+WORST_SLIDE = -0.03
 
 
-def targets(cell: dict[str, Any], level: str, method: str = "engine") -> dict[str, Any]:
-    """PASS/MISS of ``method`` in one benchmark × noise cell of aggregated results."""
+def targets(
+    cell: dict[str, Any], level: str, method: str = "engine", never_worse: float = NEVER_WORSE
+) -> dict[str, Any]:
+    """PASS/MISS of ``method`` in one benchmark × noise cell of aggregated results; with
+    per-slide results also issue 9's worst-slide rule."""
     dice = {m: cell[m]["dice"]["mean"] for m in cell if cell[m]["dice"]["mean"] is not None}
     ours, base = dice[method], dice["coarse"]
     out: dict[str, Any] = {
         "never_worse": {
-            "need": base + NEVER_WORSE,
+            "need": base + never_worse,
             "got": ours,
-            "pass": ours >= base + NEVER_WORSE,
+            "pass": ours >= base + never_worse,
         }
     }
+    worst = cell[method].get("worst")
+    if worst is not None:
+        d = worst["delta"]
+        out["worst_slide"] = {"need": WORST_SLIDE, "got": d, "pass": d >= WORST_SLIDE}
     if level in ("moderate", "severe"):
         need = base + TARGET_GAIN[level]
         out["better"] = {"need": need, "got": ours, "pass": ours >= need}
@@ -895,6 +1232,10 @@ class SuiteConfig:
     cache: Path | None = None  # feature cache (None: ``work/cache``)
     throughput: bool = True  # measure each encoder's patches/s
     throughput_rounds: int = 3
+    #: the grids to measure (:data:`GRIDS`); the CLI default grid runs
+    #: :data:`DEFAULT_GRID_METHODS` only
+    grids: tuple[str, ...] = ("benchmark",)
+    part: str | None = None  # the part of the data the benchmarks' slides come from
 
     @property
     def cache_dir(self) -> Path:
@@ -919,13 +1260,43 @@ def machine() -> dict[str, Any]:
     }
 
 
+def run_level(
+    cohort: Cohort, level: str, seeds: Sequence[int], methods: Sequence[str], grid: str,
+    free: dict[tuple[str, int], MethodRun],
+) -> tuple[dict[str, list[MethodRun]], list[str]]:  # fmt: skip
+    """Every method on every seed of one noise level and grid; each run knows its slides'
+    coarse Dice. ``free`` keeps the coarse-free methods' runs (one per seed and grid)."""
+    runs: dict[str, list[MethodRun]] = {m: [] for m in methods}
+    notes: list[str] = []
+    for seed in seeds:
+        case = make_case(cohort, level, seed, grid)
+        done: dict[str, MethodRun] = {}
+        for m in methods:
+            if m in COARSE_FREE and grid == "benchmark":
+                if (m, seed) not in free:
+                    free[m, seed] = run_method(case, m)
+                done[m] = free[m, seed]
+            else:
+                done[m] = run_method(case, m)
+        coarse_run = done.get("coarse") or run_method(case, "coarse")
+        for m, r in done.items():
+            r = replace(r, coarse_dice=[s["dice"] for s in coarse_run.per_slide])
+            runs[m].append(r)
+        notes.extend(f"seed {seed}: {n}" for n in case.notes)
+    return runs, notes
+
+
 def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
-    """Every benchmark × encoder × noise level × seed × method; returns the results dict
-    that ``benchmarks.run`` writes as JSON."""
+    """Every benchmark × encoder × grid × noise level × seed × method; returns the results
+    dict that ``benchmarks.run`` writes as JSON. The benchmark grid's cells are under
+    ``encoders.<enc>.levels``, the CLI default grid's under ``encoders.<enc>.default_grid``."""
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "machine": machine(),
         "config": {
+            "part": cfg.part,
+            "grids": list(cfg.grids),
+            "cli_default_patch_um": GridSettings().patch_um,
             "levels": list(cfg.levels),
             "seeds": list(cfg.seeds),
             "encoder_seeds": list(cfg.encoder_seeds or cfg.seeds),
@@ -940,21 +1311,16 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
         },
         "benchmarks": {},
     }
+    if cfg.part:
+        results["config"]["part_definition"] = asdict(PARTS[cfg.part])
+        results["config"]["part_data"] = part_summary(cfg.data_root, PARTS[cfg.part])
     for bname, spec in cfg.benchmarks.items():
         cfg.log(f"== {bname}: building {spec.n_slides} slides")
         slides = build_cohort(cfg.data_root, cfg.work, spec)
         truths = [slide_truth(s) for s in slides]
         bres: dict[str, Any] = {
             "spec": vars(spec),
-            "slides": [
-                {
-                    "name": s.name,
-                    "size_px": list(s.size),
-                    "mpp": s.mpp,
-                    "tumour_share_of_tissue": round(s.truth.area / max(s.tissue.area, 1), 4),
-                }
-                for s in slides
-            ],
+            "slides": [slide_record(s, spec) for s in slides],
             "encoders": {},
         }
         for ename in cfg.encoders:
@@ -970,34 +1336,34 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
             seeds = cfg.seeds if default else (cfg.encoder_seeds or cfg.seeds)
             eres: dict[str, Any] = {
                 "patches": [len(g) for g in cohort.grids],
-                "embed_seconds_this_run": round(cohort.embed_seconds, 1),
+                "embed_seconds_this_run": 0.0,
                 "levels": {},
             }
-            # the oracle and the ceilings ignore the coarse outline: run once per seed
-            free: dict[tuple[str, int], MethodRun] = {}
-            for level in cfg.levels:
-                runs: dict[str, list[MethodRun]] = {m: [] for m in methods}
-                notes: list[str] = []
-                for seed in seeds:
-                    case = make_case(cohort, level, seed)
-                    for m in methods:
-                        if m in COARSE_FREE:
-                            if (m, seed) not in free:
-                                free[m, seed] = run_method(case, m)
-                            runs[m].append(free[m, seed])
-                        else:
-                            runs[m].append(run_method(case, m))
-                    notes.extend(f"seed {seed}: {n}" for n in case.notes)
-                cell = {m: aggregate(r) for m, r in runs.items()}
-                line = "  ".join(f"{m} {cell[m]['dice']['mean']:.3f}" for m in methods)
-                cfg.log(f"   {level}: {line}")
-                eres["levels"][level] = {
-                    "methods": cell,
-                    "targets": targets(cell, level)
-                    if "engine" in cell and "coarse" in cell
-                    else None,
-                    "notes": notes,
-                }
+            for gname in cfg.grids:
+                ms = methods if gname == "benchmark" else [
+                    m for m in methods if m in DEFAULT_GRID_METHODS
+                ]  # fmt: skip
+                # the oracle and the ceilings ignore the coarse outline: run once per seed
+                free: dict[tuple[str, int], MethodRun] = {}
+                levels: dict[str, Any] = {}
+                for level in cfg.levels:
+                    runs, notes = run_level(cohort, level, seeds, ms, gname, free)
+                    cell = {m: aggregate(r) for m, r in runs.items()}
+                    line = "  ".join(f"{m} {cell[m]['dice']['mean']:.3f}" for m in ms)
+                    cfg.log(f"   {gname} grid, {level}: {line}")
+                    nw = PART_NEVER_WORSE if cfg.part else NEVER_WORSE
+                    levels[level] = {
+                        "methods": cell,
+                        "targets": targets(cell, level, never_worse=nw)
+                        if "engine" in cell and "coarse" in cell
+                        else None,
+                        "notes": notes,
+                    }
+                if gname == "benchmark":
+                    eres["levels"] = levels
+                else:
+                    eres["default_grid"] = {"patch_um": GridSettings().patch_um, "levels": levels}
+            eres["embed_seconds_this_run"] = round(cohort.embed_seconds, 1)
             bres["encoders"][ename] = eres
         if cfg.throughput:
             best = best_throughput(slides[0], grid0, spec, cfg.encoders, cfg)
@@ -1010,6 +1376,25 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
         results["benchmarks"][bname] = bres
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     return results
+
+
+def slide_record(s: BenchSlide, spec: BenchmarkSpec) -> dict[str, Any]:
+    """What a results file says of a slide: size, tumour share, and what it was built from."""
+    rec: dict[str, Any] = {
+        "name": s.name,
+        "size_px": list(s.size),
+        "mpp": s.mpp,
+        "tumour_share_of_tissue": round(s.truth.area / max(s.tissue.area, 1), 4),
+    }
+    if spec.part is not None:
+        rec["builder_seed"] = s.meta.get("seed")
+        crops = s.meta.get("crops")
+        if crops:
+            rec["crops"] = sorted({c["crop"] for c in crops})
+        tiles = s.meta.get("tiles")
+        if tiles:
+            rec["texture_crops"] = sorted(set(tiles["benign"]) | set(tiles["malignant"]))
+    return rec
 
 
 def _rounded(obj: Any, digits: int = 5) -> Any:

@@ -1,15 +1,25 @@
-"""The real-tissue benchmark, one command (issue 4):
+"""The real-tissue benchmark, one command (issues 4 and 9):
 
-    python -m benchmarks.run --out benchmarks/results              # the full table (~30 min)
-    python -m benchmarks.run --out benchmarks/results --quick      # CI's quick mode (~1 min)
+    python -m benchmarks.run --out benchmarks/results --part report --encoders lite0 --seeds 3
+    python -m benchmarks.run --out benchmarks/results --part tune --encoders lite0 --seeds 3
+    python -m benchmarks.run --out benchmarks/results --quick      # CI's quick mode (tune part)
+    python -m benchmarks.run --out benchmarks/results --part all   # issue 4's table (~30 min)
 
-Options: ``--seeds N`` (coarse-annotation seeds, default 5), ``--encoders lite0 ...``
-(default: all of ``benchmarks.harness.ENCODERS``), ``--encoder-seeds N`` (seeds for the
+``--part``: ``report`` (the default; the headline), ``tune`` (where every threshold and default
+is chosen; the default with ``--quick``) or ``all`` (issue 4's slides from every crop, on which
+the defaults were tuned). A part's run measures coarse, CA, LCMIL-style and the engine on two
+grids (``--grids benchmark default``): the benchmark's patch side and the CLI's default, and
+reports per slide case the worst refined - coarse Dice and the count below -0.02.
+
+Options: ``--seeds N`` (coarse-annotation seeds, default 5; 3 on a part), ``--slides N``
+(slides per benchmark in a part, default 3), ``--encoders lite0 ...`` (default: all of
+``benchmarks.harness.ENCODERS``; lite0 on a part), ``--encoder-seeds N`` (seeds for the
 non-default encoders; default 3), ``--benchmarks``, ``--levels``, ``--methods`` (also the
 ``v-*`` variants of ``benchmarks.harness.VARIANTS``), ``--data`` (a folder laid out like
 ``../shared/data``), ``--work`` (built slides and the feature cache; reused by later runs).
 Writes ``<out>/<name>.json`` (every number) and ``<out>/<name>.md`` (the tables that
-BENCHMARKS.md quotes); ``name`` is ``full`` or ``quick`` unless ``--name`` says otherwise.
+BENCHMARKS.md quotes); ``name`` is ``<part>-full`` or ``<part>-quick`` (``full`` or ``quick``
+with ``--part all``) unless ``--name`` says otherwise.
 """
 
 from __future__ import annotations
@@ -62,8 +72,21 @@ LABELS = {
 }
 
 
+#: what a run on a part measures unless told: the CLI's rivals, on both grids
+PART_METHODS = ("coarse", "ca", "lcmil", "engine")
+
+
 def config(args: argparse.Namespace) -> H.SuiteConfig:
-    pool = H.QUICK_BENCHMARKS if args.quick else H.BENCHMARKS
+    chosen = args.part or ("tune" if args.quick else "report")
+    part = None if chosen == "all" else chosen
+    if part is None:
+        pool = H.QUICK_BENCHMARKS if args.quick else H.BENCHMARKS
+    else:
+        # every benchmark, the quick mode's slides small; two slides a part in quick mode
+        n = args.slides or (2 if args.quick else H.PART_SLIDES)
+        pool = {
+            b: H.part_spec(replace(s, small=args.quick), part, n) for b, s in H.BENCHMARKS.items()
+        }
     names = args.benchmarks or list(pool)
     unknown = [b for b in names if b not in pool]
     if unknown:
@@ -75,15 +98,19 @@ def config(args: argparse.Namespace) -> H.SuiteConfig:
         methods = tuple(args.methods or ("coarse", "ca", "engine"))
     else:
         levels = tuple(args.levels or H.NOISE_LEVELS)
-        seeds = tuple(range(args.seeds or 5))
-        encoders = tuple(args.encoders or H.ENCODERS)
-        methods = tuple(args.methods or H.MAIN_METHODS)
+        seeds = tuple(range(args.seeds or (3 if part else 5)))
+        encoders = tuple(args.encoders or ((H.DEFAULT_ENCODER,) if part else H.ENCODERS))
+        methods = tuple(args.methods or (PART_METHODS if part else H.MAIN_METHODS))
     for e in encoders:
         if e not in H.ENCODERS:
             raise SystemExit(f"error: unknown encoder {e!r}; choose from {list(H.ENCODERS)}")
     for m in methods:
         if m not in H.METHODS:
             raise SystemExit(f"error: unknown method {m!r}; choose from {list(H.METHODS)}")
+    grids = tuple(args.grids or (H.GRIDS if part else ("benchmark",)))
+    for g in grids:
+        if g not in H.GRIDS:
+            raise SystemExit(f"error: unknown grid {g!r}; choose from {list(H.GRIDS)}")
     # the non-default encoders run on 3 seeds unless told: keeps the full run near 30 min
     n_enc = args.encoder_seeds or (len(seeds) if args.quick else min(3, len(seeds)))
     enc_seeds = tuple(range(n_enc))
@@ -102,6 +129,8 @@ def config(args: argparse.Namespace) -> H.SuiteConfig:
         # methods named on the command line run with every encoder named
         per_encoder=tuple(args.methods) if args.methods else H.PER_ENCODER,
         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True)),
+        grids=grids,
+        part=part,
     )
 
 
@@ -284,11 +313,221 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- parts (issue 9)
+
+#: the methods of a part's tables, in order, and the per-slide columns each gets
+PART_COLUMNS = ("ca", "lcmil", "engine")
+
+
+def grid_cells(
+    results: dict[str, Any], enc: str = H.DEFAULT_ENCODER
+) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+    """(benchmark, grid label, noise level, {method: aggregated results}) on both grids."""
+    for bname, b in results["benchmarks"].items():
+        e = b["encoders"].get(enc)
+        if e is None:
+            continue
+        grids = [(f"{b['spec']['patch_um']:g} µm", e["levels"])]
+        if "default_grid" in e:
+            grids.append((default_grid_label(e["default_grid"]), e["default_grid"]["levels"]))
+        for label, levels in grids:
+            for level, lv in levels.items():
+                yield bname, label, level, lv["methods"]
+
+
+def default_grid_label(dg: dict[str, Any]) -> str:
+    """ "CLI default (128 µm)", or the range of patch sides the engine chose per slide."""
+    sides = {
+        c["patch_um"]
+        for lv in dg["levels"].values()
+        for m in lv["methods"].values()
+        for c in m.get("slide_cases", [])
+        if c.get("patch_um")
+    }
+    if len(sides) > 1:
+        return f"CLI default ({dg['patch_um']}: {min(sides):.0f}-{max(sides):.0f} µm)"
+    side = next(iter(sides)) if sides else dg["patch_um"]
+    return f"CLI default ({side:.0f} µm)" if isinstance(side, float | int) else "CLI default"
+
+
+def slide_tag(name: str) -> str:
+    """A part slide's index (``glas-gland-report-full-2`` -> ``2``)."""
+    return name.rsplit("-", 1)[-1]
+
+
+def worst(cell: dict[str, Any] | None) -> str:
+    if not cell or "worst" not in cell:
+        return "n/a"
+    w = cell["worst"]
+    return f"{w['delta']:+.3f} (#{slide_tag(w['slide'])}, s{w['seed']})"
+
+
+def n_worse(cell: dict[str, Any] | None) -> str:
+    if not cell or "n_worse" not in cell:
+        return "n/a"
+    return f"{cell['n_worse']}/{cell['n_cases']}"
+
+
+def verdicts(cell: dict[str, Any] | None) -> str:
+    if not cell or "verdicts" not in cell:
+        return ""
+    return ", ".join(f"{v} {n}" for v, n in sorted(cell["verdicts"].items()))
+
+
+def part_table(results: dict[str, Any]) -> list[str]:
+    """Per benchmark × grid × noise: coarse, and per method the mean, the worst slide case
+    (refined - coarse Dice) and how many slide cases lost more than 0.02; engine verdicts."""
+    present = {m for *_, methods in grid_cells(results) for m in methods}
+    cols = [m for m in PART_COLUMNS if m in present]
+    heads = ["coarse"]
+    for m in cols:
+        heads += [LABELS[m].strip("*"), "worst Δ (slide, seed)", f"Δ < −{H.WORSE_BY}"]
+    heads.append("engine outlines")
+    out = [
+        "| benchmark | grid | noise | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(heads),
+    ]
+    for bname, grid, level, methods in grid_cells(results):
+        row = [fmt(methods.get("coarse"))]
+        for m in cols:
+            row += [fmt(methods.get(m)), worst(methods.get(m)), n_worse(methods.get(m))]
+        row.append(verdicts(methods.get("engine")))
+        out.append(f"| {bname} | {grid} | {level} | " + " | ".join(row) + " |")
+    return out
+
+
+def part_targets(results: dict[str, Any]) -> list[str]:
+    kinds = ("never_worse", "worst_slide", "better", "above_ca", "above_lcmil")
+    names = {
+        "never_worse": f"mean ≥ coarse {H.PART_NEVER_WORSE:+g}",
+        "worst_slide": f"no slide case below coarse {H.WORST_SLIDE:+g}",
+        "better": "≥ coarse + 0.03 / + 0.06",
+        "above_ca": "above CA",
+        "above_lcmil": "above LCMIL-style",
+    }
+    heads = [names[k] for k in kinds]
+    out = [
+        "| benchmark | grid | noise | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(heads),
+    ]
+    for bname, grid, level, cell in grid_cells(results):
+        if "engine" not in cell or "coarse" not in cell:
+            continue
+        t = H.targets(cell, level, never_worse=H.PART_NEVER_WORSE)
+        row = []
+        for k in kinds:
+            if k not in t:
+                row.append("–")
+                continue
+            verdict = "PASS" if t[k]["pass"] else "**MISS**"
+            row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
+        out.append(f"| {bname} | {grid} | {level} | " + " | ".join(row) + " |")
+    return out
+
+
+def slide_case_table(results: dict[str, Any]) -> list[str]:
+    """Every slide case: coarse Dice, refined - coarse per method, the engine's verdict."""
+    present = {m for *_, methods in grid_cells(results) for m in methods}
+    cols = [m for m in PART_COLUMNS if m in present]
+    heads = ["slide", "seed", "patch µm", "coarse", *(f"Δ {LABELS[m].strip('*')}" for m in cols)]
+    heads.append("engine outline")
+    out = [
+        "| benchmark | grid | noise | " + " | ".join(heads) + " |",
+        "|---|---|---|" + "---|" * len(heads),
+    ]
+    for bname, grid, level, methods in grid_cells(results):
+        if "coarse" not in methods:
+            continue
+        per = {m: methods[m].get("slide_cases", []) for m in ("coarse", *cols) if m in methods}
+        for k, c in enumerate(per["coarse"]):
+            row = [slide_tag(c["slide"]), str(c["seed"])]
+            eng = per.get("engine", [])
+            side = (eng[k] if eng else c).get("patch_um")
+            row += [f"{side:.0f}" if side else "", f"{c['dice']:.3f}"]
+            row += [f"{per[m][k]['delta']:+.3f}" if m in per else "" for m in cols]
+            row.append(eng[k].get("outline", "") if eng else "")
+            out.append(f"| {bname} | {grid} | {level} | " + " | ".join(row) + " |")
+    return out
+
+
+def part_composition(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    pdef, pdata = cfg["part_definition"], cfg["part_data"]
+    out = [
+        f"Part **{pdef['name']}**: GlaS patients {', '.join(pdata['glas_patients'])} "
+        f"({pdata['glas_crops']} crops, {pdata['glas_malignant']} malignant); WSSS4LUAD images "
+        f"{', '.join(pdata['wsss4luad_images'])}; slide builder seeds from {pdef['slide_seed']}, "
+        f"coarse-annotation seeds {pdef['coarse_seed']} + run seed.",
+        "",
+        "| benchmark | slide | builder seed | size px | tumour share | crops | patches |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bname, b in results["benchmarks"].items():
+        e = next(iter(b["encoders"].values()))
+        for s, n in zip(b["slides"], e["patches"], strict=True):
+            crops = len(s.get("crops") or s.get("texture_crops") or [])
+            out.append(
+                f"| {bname} | {s['name']} | {s.get('builder_seed', '')} | "
+                f"{s['size_px'][0]}x{s['size_px'][1]} | {s['tumour_share_of_tissue']:.3f} | "
+                f"{crops} | {n} |"
+            )
+    return out
+
+
+def part_markdown(results: dict[str, Any], command: str) -> str:
+    mach, cfg = results["machine"], results["config"]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, Python {mach['python']}, torch "
+        f"{mach['torch']}; total {results['seconds'] / 60:.1f} min.  ",
+        f"Seeds {cfg['seeds']} (coarse annotations drawn with the part's seed + these; every "
+        "random step of the methods with these). Pixel Dice inside tissue, mean ± std over "
+        "seeds; a slide case is one slide at one seed; Δ = refined − coarse Dice of the slide "
+        "case. The engine refines one slide per call, as `qupath-refine slide`; CA is trained "
+        "on the cohort's slides together, LCMIL-style per slide.",
+        "",
+        *part_composition(results),
+        "",
+        "### Dice, worst slide case and slide cases worse than coarse",
+        "",
+        *part_table(results),
+        "",
+        "### Targets (engine, issue 9)",
+        "",
+        *part_targets(results),
+        "",
+        "### Every slide case",
+        "",
+        *slide_case_table(results),
+        "",
+        "### Every metric, time and memory (default encoder, benchmark grid)",
+        *full_tables(results),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render(results: dict[str, Any], command: str) -> str:
+    """The markdown of a results file: a part's tables, or issue 4's."""
+    if results["config"].get("part"):
+        return part_markdown(results, command)
+    return markdown(results, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--work", default=None, help="built slides and feature cache")
     p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument(
+        "--part",
+        choices=("report", "tune", "all"),
+        default=None,
+        help="the part of the data: report (the headline; the default), tune (where defaults "
+        "are chosen; the default with --quick, as CI's test) or all (the issue-4 slides, "
+        "every crop; the defaults were tuned on them)",
+    )
+    p.add_argument("--slides", type=int, default=None, help="slides per benchmark in a part")
+    p.add_argument("--grids", nargs="+", default=None, help="benchmark and/or default")
     p.add_argument("--quick", action="store_true", help="CI's quick mode")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--encoder-seeds", type=int, default=None)
@@ -312,13 +551,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         src = Path(args.render)
         results = json.loads(src.read_text())
+        nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
         for b in results["benchmarks"].values():
             for e in b["encoders"].values():
-                for level, lv in e["levels"].items():
-                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
-                        lv["targets"] = H.targets(lv["methods"], level)
+                grids = [
+                    e["levels"],
+                    *([e["default_grid"]["levels"]] if "default_grid" in e else []),
+                ]
+                for levels in grids:
+                    for level, lv in levels.items():
+                        if "engine" in lv["methods"] and "coarse" in lv["methods"]:
+                            lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
         H.write_json(results, src)
-        src.with_suffix(".md").write_text(markdown(results, results.get("command", "")))
+        src.with_suffix(".md").write_text(render(results, results.get("command", "")))
         return 0
     if args.remeasure_throughput:
         src = Path(args.remeasure_throughput)
@@ -326,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work = args.work or str(Path(args.out) / "tmp")
         H.remeasure_throughput(results, config(args))
         H.write_json(results, src)
-        src.with_suffix(".md").write_text(markdown(results, results.get("command", "")))
+        src.with_suffix(".md").write_text(render(results, results.get("command", "")))
         return 0
     if not Path(args.data).is_dir():
         print(f"error: data folder {args.data} not found (see ../shared/data/README.md)")
@@ -337,10 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = H.run_suite(cfg)
     name = args.name or ("quick" if args.quick else "full")
+    if cfg.part and not args.name:
+        name = f"{cfg.part}-{name}"
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     results["command"] = command
     H.write_json(results, out / f"{name}.json")
-    (out / f"{name}.md").write_text(markdown(results, command))
+    (out / f"{name}.md").write_text(render(results, command))
     print(f"wrote {out / name}.json and .md in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
