@@ -42,12 +42,8 @@ class RegionSettings:
     outside it whose smoothed **and** unsmoothed scores are both above ``add_above`` is
     added (smoothing alone would leak the inside's scores across the outline). ``mode=
     "replace"``: the paper's step 8, regions from the smoothed scores alone, thresholded at
-    ``threshold``. Decided on the real-tissue benchmark (BENCHMARKS.md): re-drawing
-    everything lost up to 0.11 Dice where the coarse outline was already good (mild noise),
-    editing never lost more than 0.01 and gained up to 0.09 where the outline was loose;
-    cutting at 0.5 and adding at 0.7 was the best pair of a grid (cutting at 0.6 cost 0.02
-    at mild noise, adding at 0.6 cost 0.02 on gland-level slides, where benign glands look
-    like malignant ones to ImageNet features).
+    ``threshold``. The thresholds (cut below 0.4, add above 0.8) were chosen on the tuning
+    part of the benchmark for the worst slide, not the mean (BENCHMARKS.md, issue 9 item).
 
     ``outline`` (``edit`` mode) says what happens to the coarse outline: ``"auto"`` lets the
     guard below choose per slide; ``"edit"`` always edits; ``"redraw"`` always re-draws.
@@ -78,8 +74,8 @@ class RegionSettings:
 
     mode: str = "edit"
     sigma: float = 1.0
-    add_above: float = 0.7
-    remove_below: float = 0.5
+    add_above: float = 0.8
+    remove_below: float = 0.4
     threshold: float = 0.5
     min_area_um2: float | None = None
     min_hole_um2: float | None = None

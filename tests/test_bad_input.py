@@ -366,7 +366,7 @@ def test_patch_budget_refuses_huge_grids_before_reading(demo_slide, coarse_file,
     _one_error(r, "make 25,165,824 grid positions, over the budget of 2,000,000")
     assert "--patch-um" in r.stderr and "--max-patches" in r.stderr
     r = _cli("slide", demo_slide.path, "--coarse", coarse_file, "--out", tmp_path / "o",
-             "--max-patches", "100", *common)  # fmt: skip
+             "--max-patches", "100", "--patch-um", "128", *common)  # fmt: skip
     _one_error(r, "make 384 grid positions, over the budget of 100")
     r = _cli("evaluate", "--slide", demo_slide.path, "--truth", coarse_file, "--pred",
              coarse_file, "--patch-um", "0.5")  # fmt: skip

@@ -140,7 +140,7 @@ def test_edit_adds_only_where_raw_and_smoothed_scores_agree():
     c = (grid.ij[:, 0] < 5).astype(np.int8)  # the left half is inside the coarse outline
     p = np.where(c == 1, 1.0, 0.69).astype(np.float32)  # outside: unsure, close to the line
     p[(grid.ij == [8, 5]).all(1)] = 0.99  # one sure outside patch, among unsure ones
-    s = RegionSettings()  # sigma 1, add above 0.7, cut below 0.5
+    s = RegionSettings(add_above=0.7, remove_below=0.5)  # sigma 1
     remove, add = edit_masks(grid, p, c, s)
     assert not remove.any()
     # The column next to the outline gets smoothed scores > 0.7 from the inside, but its own

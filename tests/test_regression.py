@@ -6,13 +6,15 @@ coarse annotations simulated at the benchmark's noise levels. Margins are below 
 measured (in brackets, 2-core CPU, default settings) so that a real regression fails:
 
 * region-level slide (malignant GlaS texture in random blobs), severe noise, seed 0: the
-  guard judges the outline loose and re-draws it, refined >= coarse + 0.10 (measured 0.727 ->
-  0.859, +0.131; edited without the guard it reached 0.818); moderate noise: edited,
-  >= coarse + 0.05 (0.787 -> 0.887, +0.100);
-* gland-level GlaS mosaic, severe noise, seed 1: edited, refined >= coarse + 0.015 (0.654 ->
-  0.681);
-* gland-level GlaS mosaic, mild noise, seed 0: edited, refined >= coarse - 0.01 (0.830 ->
-  0.825): a good annotation is not made worse (issue 4's "never worse" margin).
+  guard judges the outline loose, its self-test agrees, and it is re-drawn, refined >=
+  coarse + 0.10; moderate noise: edited, >= coarse + 0.02 (0.787 -> 0.813, +0.026; with the
+  issue-4 edit thresholds, add above 0.7, it was +0.100, at a cost of up to 0.04 on single
+  tuning slides at mild noise, see BENCHMARKS.md);
+* gland-level GlaS mosaic, severe noise, seed 1: edited, refined >= coarse + 0.01 (0.654 ->
+  0.669);
+* gland-level GlaS mosaic, mild noise, seed 0: no edit is confident enough, and the summary
+  says so ("unchanged (no confident edit)"), refined >= coarse - 0.01: a good annotation is
+  not made worse.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from tests.conftest import GLAS, need
 CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict
     ("region", 80.0, "severe", 0, 0.10, "re-drawn (loose)"),
-    ("region", 80.0, "moderate", 0, 0.05, "edited"),
-    ("glas", 40.0, "severe", 1, 0.015, "edited"),
-    ("glas", 40.0, "mild", 0, -0.01, "edited"),
+    ("region", 80.0, "moderate", 0, 0.02, "edited"),
+    ("glas", 40.0, "severe", 1, 0.01, "edited"),
+    ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
 ]
 
 

@@ -1,0 +1,155 @@
+"""How the edit thresholds and the guard were chosen (issue 9): on the **tuning** part only.
+
+For every slide case of the tuning part (benchmark x grid x noise, seed 0; both the
+benchmark's grid and the CLI's ``auto`` grid) this records, from one MIL model per slide as
+the engine trains it: the coarse Dice, the Dice of the edited and of the re-drawn outline
+under several edit thresholds, the rim level, the separation of the scores and the guard's
+self-test (:mod:`engine.guard`). Candidate rules are then judged per slide case (mean gain,
+worst gain, cases worse than coarse by > 0.02) without retraining::
+
+    python -m benchmarks.tune_guard --out benchmarks/results/tune-guard.json
+
+It reads the built slides and the feature cache of ``python -m benchmarks.run --part tune``
+(``benchmarks/results/tmp``), embedding what is missing. It never touches the report part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import harness as H
+from benchmarks.slides import simulate_coarse
+from engine.classifier import mil_proba, standardise
+from engine.encoders import build_encoder
+from engine.guard import redraw_self_test
+from engine.metrics import pixel_metrics
+from engine.patches import GridSettings
+from engine.pipeline import RefineSettings, SlideInput, embed_slide, label_patches, slide_grid
+from engine.regions import RegionSettings, outline_depth, refine_outline, rim_scores
+
+REPO = Path(__file__).resolve().parents[1]
+#: edit thresholds tried: name -> (remove_below, add_above)
+EDITS = {
+    "e50/70": (0.5, 0.7),
+    "e40/70": (0.4, 0.7),
+    "e40/75": (0.4, 0.75),
+    "e40/80": (0.4, 0.8),
+    "e45/80": (0.45, 0.8),
+    "e30/80": (0.3, 0.8),
+    "e40/noadd": (0.4, 1.0),
+}
+#: guard rules tried: re-draw when rim level < rim (and self-test >= st, when given)
+GUARDS = {
+    "rim<0.6 (issue 4)": (0.6, None),
+    "rim<0.6 & self-test>=0.5": (0.6, 0.5),
+    "rim<0.6 & self-test>=0.7": (0.6, 0.7),
+    "rim<0.75 & self-test>=0.5": (0.75, 0.5),
+    "never re-draw": (-1.0, None),
+}
+
+
+def slide_cases(data: Path, work: Path, seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    cache = work / "cache"
+    enc = build_encoder("efficientnet-lite0", cache)
+    part = H.PARTS["tune"]
+    for b in H.BENCHMARKS:
+        spec = H.part_spec(H.BENCHMARKS[b], "tune")
+        for s in H.build_part_cohort(data, work, spec):
+            truth = H.slide_truth(s)
+
+            def dice(g: Any, s: Any = s, t: Any = truth) -> float:
+                return pixel_metrics(g, s.truth, t.tissue, t.downsample)["dice"]
+
+            for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
+                for level in ("mild", "moderate", "severe"):
+                    for seed in seeds:
+                        coarse = simulate_coarse(
+                            s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
+                        )
+                        grid = GridSettings(patch_um=pum)
+                        settings = RefineSettings(grid=grid, cache_dir=cache).with_seed(seed)
+                        item = SlideInput(s.path, coarse, name=s.name)
+                        d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
+                        if d.features is None:
+                            embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
+                        c, _ = label_patches(item, d.grid, 0.5)
+                        row: dict[str, Any] = {
+                            "bench": b,
+                            "grid": grid_name,
+                            "patch_um": d.grid_settings.side_um,
+                            "level": level,
+                            "seed": seed,
+                            "slide": s.name,
+                            "coarse": dice(coarse),
+                        }
+                        x = standardise(d.features)
+                        p = mil_proba(x, c, settings.classifier, seed=seed * 100)
+                        frame = (d.info.width, d.info.height)
+                        rim = rim_scores(p, c, outline_depth(d.grid, coarse))
+                        row["rim"] = None if rim is None else rim.level
+                        row["separation"] = None if rim is None else rim.deep - rim.outside
+                        base = RegionSettings(min_separation=0.0)
+                        for name, (cut, add) in EDITS.items():
+                            rs = replace(base, outline="edit", remove_below=cut, add_above=add)
+                            out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
+                            row[name] = dice(out.regions)
+                        rs = replace(base, outline="redraw")
+                        out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
+                        row["redraw"] = dice(out.regions)
+                        test = redraw_self_test(
+                            coarse, d.grid, x, d.info.mpp, settings.classifier, base, frame,
+                            seed * 100 + 50,
+                        )  # fmt: skip
+                        row["self_test"] = test.recovered
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+    return rows
+
+
+def judge(rows: list[dict[str, Any]]) -> list[str]:
+    """Per edit x guard rule: per cell and overall mean / worst gain over coarse."""
+    lines = []
+    for edit in EDITS:
+        for gname, (rim_below, st_min) in GUARDS.items():
+            cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+            for r in rows:
+                redraw = r["rim"] is not None and r["rim"] < rim_below
+                if st_min is not None:
+                    redraw = redraw and r["self_test"] is not None and r["self_test"] >= st_min
+                v = r["redraw"] if redraw else r[edit]
+                cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
+            gains = [g for v in cells.values() for g in v]
+            lines.append(
+                f"edit {edit:9s} guard {gname:27s} mean {np.mean(gains):+.4f} "
+                f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
+            )
+            for k in sorted(cells):
+                v = cells[k]
+                lines.append(
+                    f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
+                )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/tune-guard.json")
+    a = ap.parse_args()
+    rows = slide_cases(a.data, a.work, list(range(a.seeds)))
+    a.out.write_text(json.dumps(rows, indent=1) + "\n")
+    a.out.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
