@@ -184,15 +184,18 @@ def target_rows(results: dict[str, Any]) -> list[str]:
         if "engine" not in cell or "coarse" not in cell:
             continue
         t = H.targets(cell, level)  # from the stored means: no double rounding
-        row = []
-        for k in kinds:
-            if k not in t:
-                row.append("–")
-                continue
-            verdict = "PASS" if t[k]["pass"] else "**MISS**"
-            row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
-        out.append(f"| {bname} | {level} | " + " | ".join(row) + " |")
+        out.append(f"| {bname} | {level} | " + " | ".join(_verdicts(t, kinds)) + " |")
     return out
+
+
+def _verdicts(t: dict[str, Any], kinds: Sequence[str]) -> list[str]:
+    """One table cell per target: PASS or MISS with the value and what it needed."""
+    return [
+        "–"
+        if k not in t
+        else f"{'PASS' if t[k]['pass'] else '**MISS**'} {t[k]['got']:.3f} vs {t[k]['need']:.3f}"
+        for k in kinds
+    ]
 
 
 def full_tables(results: dict[str, Any]) -> list[str]:
@@ -414,14 +417,7 @@ def part_targets(results: dict[str, Any]) -> list[str]:
         if "engine" not in cell or "coarse" not in cell:
             continue
         t = H.targets(cell, level, never_worse=H.PART_NEVER_WORSE)
-        row = []
-        for k in kinds:
-            if k not in t:
-                row.append("–")
-                continue
-            verdict = "PASS" if t[k]["pass"] else "**MISS**"
-            row.append(f"{verdict} {t[k]['got']:.3f} vs {t[k]['need']:.3f}")
-        out.append(f"| {bname} | {grid} | {level} | " + " | ".join(row) + " |")
+        out.append(f"| {bname} | {grid} | {level} | " + " | ".join(_verdicts(t, kinds)) + " |")
     return out
 
 
