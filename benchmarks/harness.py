@@ -574,6 +574,11 @@ def engine_one_slide(
         grid = slide_grid_settings(SlideInput(slide.path, coarse, name=slide.name), settings)
         return EngineSlide(coarse, "error (coarse kept)", grid), str(e)
     s = r.slides[0]
+    # Every outline the engine returns is valid and inside the image (issue 9): a breach
+    # stops the benchmark (and CI's quick mode) instead of being scored.
+    frame = shapely.box(0, 0, *slide.size)
+    if not (shapely.is_valid(s.regions) and frame.buffer(1e-6).covers(s.regions)):
+        raise AssertionError(f"{slide.name}: the engine returned invalid or out-of-frame regions")
     # the grid the engine resolved for this slide (``"auto"`` made concrete)
     return EngineSlide(s.regions, s.outline, s.grid_settings), None
 

@@ -416,9 +416,12 @@ def refined_features(
     refined_class: str,
     color: tuple[int, int, int],
     mpp: float | None = None,
+    frame: tuple[int, int] | None = None,
 ) -> list[geojson.Feature]:
     """Refined regions as detections (one per connected polygon, so each can be deleted on
-    its own in QuPath) and, when given, patches as tiles with ``p_<class>``."""
+    its own in QuPath) and, when given, patches as tiles with ``p_<class>``, clipped to the
+    image (``frame`` = width, height: a patch at the right or bottom edge may reach past it,
+    and QuPath rejects objects outside the image)."""
     cls = classification(refined_class, color)
     feats = []
     for poly in _polygons(regions):
@@ -426,7 +429,10 @@ def refined_features(
         feats.append(feature(poly, "detection", cls, m))
     if tiles_xy is not None and proba is not None:
         x, y = tiles_xy[:, 0], tiles_xy[:, 1]
-        boxes = shapely.box(x, y, x + tile_size, y + tile_size)
+        x1, y1 = x + tile_size, y + tile_size
+        if frame is not None:
+            x1, y1 = np.minimum(x1, frame[0]), np.minimum(y1, frame[1])
+        boxes = shapely.box(x, y, x1, y1)
         key = probability_key(class_name)
         for b, p in zip(boxes, proba, strict=True):
             feats.append(feature(b, "tile", cls, {key: float(p)}))

@@ -484,6 +484,7 @@ def _run_project(
                 classes.refined,
                 REFINED_COLOR,
                 mpp=res.info.mpp,
+                frame=(res.info.width, res.info.height),
             )
             # written with the manifest after the loop: an interrupted run leaves the last
             # run's results folder as it was

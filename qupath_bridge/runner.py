@@ -192,6 +192,7 @@ def render_outputs(
             classes.refined,
             REFINED_COLOR,
             mpp=r.info.mpp,
+            frame=(r.info.width, r.info.height),
         )
         gj = out_dir / f"{stem}.refined.geojson"
         files[gj] = geojson.dumps(geojson.FeatureCollection(feats)).encode("utf-8")

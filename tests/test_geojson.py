@@ -163,6 +163,20 @@ def test_written_objects_are_what_qupath_imports(tmp_path):
     assert not list(tmp_path.glob("out/.*tmp"))
 
 
+def test_tiles_are_clipped_to_the_image_and_every_polygon_is_valid(tmp_path):
+    # A 100 x 80 px image; the second patch reaches past its right and bottom edges.
+    regions = shapely.MultiPolygon([shapely.box(0, 0, 10, 10)])
+    xy = np.array([[0.0, 0.0], [64.0, 32.0]])
+    feats = refined_features(
+        regions, xy, 64.0, np.array([0.9, 0.1]), "Tumor", "Tumor: refined", (0, 170, 60),
+        mpp=0.5, frame=(100, 80),
+    )  # fmt: skip
+    back = read_objects(write_features(tmp_path / "r.geojson", feats))
+    frame = shapely.box(0, 0, 100, 80)
+    assert all(o.geometry.is_valid and frame.covers(o.geometry) for o in back)
+    assert back[-1].geometry.equals(shapely.box(64, 32, 100, 80))
+
+
 def test_annotation_round_trip(tmp_path):
     geom = shapely.box(0, 0, 100, 100).difference(shapely.box(10, 10, 20, 20))
     p = write_features(tmp_path / "c.geojson", annotation_features(geom, "Tumor"))
