@@ -13,11 +13,12 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,31 +235,57 @@ def embed_grid(
     clock.setdefault("read", 0.0)
     clock.setdefault("embed", 0.0)
 
+    # The reader works on the caller's open slide, and OpenSlide aborts the whole process
+    # when a slide is closed under a running read (seen on Ctrl-C during embedding). Reads
+    # hold ``reading``; on the way out the main thread takes it and sets ``stop``, so no read
+    # runs, or starts, once this function has returned.
+    reading = threading.Lock()
+    stop = False
+
     def read(i0: int) -> tuple[np.ndarray, np.ndarray | None]:
-        t0 = time.perf_counter()
-        xy = grid.xy[i0 : i0 + bs]
-        imgs = slide.read_patches(xy, grid.size, px)
-        ctx = slide.read_patches(xy - shift, ctx_size, px) if context > 1 else None
-        clock["read"] += time.perf_counter() - t0
-        return imgs, ctx
+        with reading:
+            if stop:
+                raise CancelledError
+            t0 = time.perf_counter()
+            xy = grid.xy[i0 : i0 + bs]
+            imgs = slide.read_patches(xy, grid.size, px)
+            ctx = slide.read_patches(xy - shift, ctx_size, px) if context > 1 else None
+            clock["read"] += time.perf_counter() - t0
+            return imgs, ctx
 
     out: npt.NDArray[np.float32] | None = None
-    with (
-        ThreadPoolExecutor(max_workers=1) as pool,
-        make_progress(progress, desc, n) as bar,
-    ):
-        pending = pool.submit(read, starts[0]) if starts else None
-        for k, i0 in enumerate(starts):
-            imgs, ctx = pending.result()
-            if k + 1 < len(starts):
-                pending = pool.submit(read, starts[k + 1])
-            t0 = time.perf_counter()
-            f = encoder.embed(imgs)
-            if ctx is not None:
-                f = np.concatenate([f, encoder.embed(ctx)], axis=1)
-            clock["embed"] += time.perf_counter() - t0
-            if out is None:
-                out = np.empty((n, f.shape[1]), dtype=np.float32)
-            out[i0 : i0 + len(f)] = f
-            bar.update(len(f))
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: Future[tuple[np.ndarray, np.ndarray | None]] | None = None
+    try:
+        with make_progress(progress, desc, n) as bar:
+            pending = pool.submit(read, starts[0]) if starts else None
+            for k, i0 in enumerate(starts):
+                assert pending is not None
+                imgs, ctx = pending.result()
+                if k + 1 < len(starts):
+                    pending = pool.submit(read, starts[k + 1])
+                t0 = time.perf_counter()
+                f = encoder.embed(imgs)
+                if ctx is not None:
+                    f = np.concatenate([f, encoder.embed(ctx)], axis=1)
+                clock["embed"] += time.perf_counter() - t0
+                if out is None:
+                    out = np.empty((n, f.shape[1]), dtype=np.float32)
+                out[i0 : i0 + len(f)] = f
+                bar.update(len(f))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        _acquire(reading)  # waits for a running read, through further Ctrl-Cs
+        stop = True
+        reading.release()
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _acquire(lock: threading.Lock) -> None:
+    """Take ``lock``, whatever interrupts the wait."""
+    while True:
+        try:
+            if lock.acquire():
+                return
+        except KeyboardInterrupt:
+            continue
