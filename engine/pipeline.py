@@ -527,10 +527,8 @@ def slide_outline(
 ) -> Outline:
     frame = (d.info.width, d.info.height)
     if settings.mode == "edit":
-        if kept:
-            return Outline(valid_polygons(item.coarse, frame), coarse, False, None, kept=kept)
         return refine_outline(
-            item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame, confirm
+            item.coarse, d.grid, proba, coarse, d.info.mpp, settings, frame, confirm, kept
         )
     regions = regions_from_probabilities(d.grid, proba, d.info.mpp, settings, frame=frame)
     return Outline(regions, refined_labels(d.grid, coarse, proba, settings), False, None)

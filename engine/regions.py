@@ -21,7 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from skimage.measure import find_contours
 
 from engine.errors import SettingsError
-from engine.patches import PatchGrid
+from engine.patches import PatchGrid, coarse_labels
 
 #: what ``RegionSettings.outline`` may say
 OUTLINES = ("auto", "edit", "redraw")
@@ -402,8 +402,6 @@ class Outline:
 
 def patch_labels(grid: PatchGrid, geom: shapely.Geometry) -> npt.NDArray[np.int8]:
     """1 for patches the drawn regions cover by half or more, so labels and outline agree."""
-    from engine.patches import coarse_labels
-
     return coarse_labels(grid, geom, 0.5)
 
 
@@ -416,16 +414,18 @@ def refine_outline(
     settings: RegionSettings = RegionSettings(),
     frame: tuple[int, int] | None = None,
     confirm: Callable[[], bool] | None = None,
+    kept: str | None = None,
 ) -> Outline:
     """``edit`` mode with its guard: the coarse outline kept where the scores separate
     nothing, edited (:func:`edit_outline`), or, where its rim scores like normal tissue
     (``outline="auto"``, and ``confirm()`` agrees: the guard's self-test) or as asked
-    (``"redraw"``), re-drawn inside itself (:func:`redraw_outline`)."""
+    (``"redraw"``), re-drawn inside itself (:func:`redraw_outline`). ``kept``: the caller's
+    reason to keep the outline whatever the scores say (e.g. too few patches to learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
-        return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None)
+        return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None, kept=kept)
     rim = rim_scores(proba, c, outline_depth(grid, coarse))
-    weak = weak_evidence(proba, c, rim, settings.min_separation)
+    weak = kept or weak_evidence(proba, c, rim, settings.min_separation)
     if weak:
         return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
     loose = settings.outline == "redraw" or (
