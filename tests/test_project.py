@@ -66,6 +66,20 @@ def qpproj(folder: Path, images: list[dict], version: str = "0.6.0") -> Path:
     return p
 
 
+def demo_image(demo_slide, features: list, **extra) -> dict:
+    """The demo slide as one image of an export or project (``live``, ... in ``extra``)."""
+    w, h = demo_slide.size
+    return {
+        "name": "demo",
+        "slide": demo_slide.path,
+        "mpp": 0.5,
+        "width": w,
+        "height": h,
+        "features": features,
+        **extra,
+    }
+
+
 def export_folder(project: Path, images: list[dict]) -> Path:
     """An export folder in the Groovy script's format."""
     d = project.parent / "qupath-refine" / "export"
@@ -219,15 +233,7 @@ def test_geojson_exchange_without_qupath(demo_slide, tmp_path, cache_dir):
     feats = annotation_features(demo_slide.coarse, "Tumor") + annotation_features(
         ignore, "Ignore*", (180, 180, 180)
     )
-    img = {
-        "name": "demo",
-        "slide": demo_slide.path,
-        "mpp": 0.5,
-        "width": w,
-        "height": h,
-        "features": feats,
-        "live": True,
-    }
+    img = demo_image(demo_slide, feats, live=True)
     p = qpproj(tmp_path / "proj", [img])
     d = export_folder(p, [img])
     before = p.read_bytes()
@@ -277,15 +283,7 @@ def test_project_command_errors(tmp_path, demo_slide):
     d = export_folder(p, [])
     r = CliRunner().invoke(main, [str(p), "--from-export", str(d), "--geojson-only"])
     assert r.exit_code == 2 and "no images" in r.stderr
-    w, h = demo_slide.size
-    img = {
-        "name": "demo",
-        "slide": demo_slide.path,
-        "mpp": 0.5,
-        "width": w,
-        "height": h,
-        "features": annotation_features(shapely.box(0, 0, 100, 100), "Stroma"),
-    }
+    img = demo_image(demo_slide, annotation_features(shapely.box(0, 0, 100, 100), "Stroma"))
     d = export_folder(p, [img])
     r = CliRunner().invoke(main, [str(p), "--from-export", str(d), "--geojson-only", "-q"])
     assert r.exit_code == 2 and "Annotation classes in the project: Stroma" in r.stderr

@@ -47,7 +47,7 @@ from qupath_bridge.project_runner import (
     write_memory,
 )
 from tests.conftest import REPO
-from tests.test_project import export_folder, qpproj
+from tests.test_project import demo_image, export_folder, qpproj
 
 REFINED = "Tumor: refined"
 # The head of a real data.qpdata: Java stream magic, then writeUTF("Data file version 3") in a
@@ -345,20 +345,8 @@ def test_manifest_geojson_must_stay_in_the_export(project, tmp_path):
 
 
 def test_from_export_never_writes_outside_the_project(project, tmp_path, demo_slide):
-    w, h = demo_slide.size
-    feats = annotation_features(demo_slide.coarse, "Tumor")
     d = export_folder(
-        project,
-        [
-            {
-                "name": "demo",
-                "slide": demo_slide.path,
-                "mpp": 0.5,
-                "width": w,
-                "height": h,
-                "features": feats,
-            }
-        ],
+        project, [demo_image(demo_slide, annotation_features(demo_slide.coarse, "Tumor"))]
     )
     m = json.loads((d / "manifest.json").read_text())
     m["images"][0]["id"] = str(tmp_path / "evil")
@@ -450,17 +438,7 @@ def test_memory_round_trip_and_rules(project, logs):
 
 
 def _live_export(project: Path, demo_slide, feats: list, detection_classes: list) -> Path:
-    w, h = demo_slide.size
-    img = {
-        "name": "demo",
-        "slide": demo_slide.path,
-        "mpp": 0.5,
-        "width": w,
-        "height": h,
-        "features": feats,
-        "live": True,
-    }
-    d = export_folder(project, [img])
+    d = export_folder(project, [demo_image(demo_slide, feats, live=True)])
     m = json.loads((d / "manifest.json").read_text())
     m["version"] = 2
     m["images"][0]["detection_classes"] = detection_classes
@@ -549,15 +527,7 @@ def folder_state(folder: Path) -> dict[str, bytes]:
 def finished(demo_slide, tmp_path, cache_dir):
     """A project with one complete run's results (not a live image: the project is the record)."""
     project = qpproj(tmp_path / "proj", [])
-    w, h = demo_slide.size
-    img = {
-        "name": "demo",
-        "slide": demo_slide.path,
-        "mpp": 0.5,
-        "width": w,
-        "height": h,
-        "features": annotation_features(demo_slide.coarse, "Tumor"),
-    }
+    img = demo_image(demo_slide, annotation_features(demo_slide.coarse, "Tumor"))
     d = export_folder(project, [img])
     args = ["--geojson-only", "--patch-um", "64", "--cache-dir", str(cache_dir), "-q"]
     r = CliRunner().invoke(main, [str(project), "--from-export", str(d), *args])
