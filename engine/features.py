@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 import zipfile
@@ -28,6 +27,7 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from engine.encoders import DEFAULT_ENCODER, Encoder
+from engine.files import remove_stale_temps, temp_beside
 from engine.patches import GridSettings, PatchGrid
 from engine.slide import Slide, SlideInfo
 
@@ -189,8 +189,9 @@ def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)  # what a killed writer left
         # Unique per process and call: concurrent writers never share a temporary file.
-        tmp = str(path.with_name(f".{key}.{os.getpid()}-{secrets.token_hex(4)}.tmp"))
+        tmp = str(temp_beside(path))
         with open(tmp, "xb") as f:
             np.savez(f, checksum=np.array(_checksum(arrays)), **arrays)
         os.replace(tmp, path)

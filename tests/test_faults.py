@@ -428,3 +428,20 @@ def test_second_run_on_one_out_is_refused(tiny, baseline, tmp_path):
     assert first.returncode == 0, rest
     assert_complete(out)
     assert not (out / LOCK_NAME).exists() and not temps(out)
+
+
+def test_temporaries_of_a_killed_cache_writer_are_removed_by_the_next_run(tiny, tmp_path):
+    """SIGKILL between a cache temporary's creation and its rename leaves it behind; the
+    next run that writes the cache removes it, but not a fresh one a live writer may own."""
+    slide, coarse = tiny
+    cache = tmp_path / "cache"
+    (cache / "features").mkdir(parents=True)
+    stale = cache / "features" / ".abc.npz.4242-0123abcd.tmp"
+    fresh = cache / "features" / ".def.npz.4243-89abcdef.tmp"
+    for p in (stale, fresh):
+        p.write_bytes(b"half an entry")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    p = run(slide_cmd(slide, coarse, tmp_path / "out", cache, "-q"))
+    assert p.returncode == 0, p.stderr
+    assert not stale.exists() and fresh.exists()
+    assert list(cache.rglob("*.npz"))  # the run's own entry was written

@@ -14,7 +14,6 @@ import hashlib
 import io
 import logging
 import os
-import secrets
 import tempfile
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy.typing as npt
 
 from engine.encoders.base import Encoder, to_nchw
 from engine.errors import EncoderError
+from engine.files import remove_stale_temps, temp_beside
 
 log = logging.getLogger("qupath_refine")
 
@@ -78,7 +78,8 @@ def _export_onnx(weights: Path, target: Path) -> None:
             return (x.mean((2, 3)), *outs)
 
     # A unique temporary name: two runs exporting at once each rename a complete file.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    remove_stale_temps(target.parent)  # what a killed export left
+    tmp = temp_beside(target)
     try:
         _export_to(Pooled().eval(), tmp)
         tmp.replace(target)
