@@ -470,6 +470,18 @@ def part_composition(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def reused_note(cfg: dict[str, Any]) -> list[str]:
+    r = cfg.get("reused")
+    if not r:
+        return []
+    return [
+        "",
+        f"Methods {', '.join(r['methods'])} are taken from `{r['from']}` (same part, seeds and "
+        f"slides; command `{r['command']}`): they do not use the engine's outline code, so "
+        "this run did not repeat them.",
+    ]
+
+
 def part_markdown(results: dict[str, Any], command: str) -> str:
     mach, cfg = results["machine"], results["config"]
     lines = [
@@ -481,6 +493,7 @@ def part_markdown(results: dict[str, Any], command: str) -> str:
         "seeds; a slide case is one slide at one seed; Δ = refined − coarse Dice of the slide "
         "case. The engine refines one slide per call, as `qupath-refine slide`; CA is trained "
         "on the cohort's slides together, LCMIL-style per slide.",
+        *reused_note(cfg),
         "",
         *part_composition(results),
         "",
@@ -500,6 +513,44 @@ def part_markdown(results: dict[str, Any], command: str) -> str:
         *full_tables(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def reuse_methods(results: dict[str, Any], earlier: dict[str, Any], source: str) -> None:
+    """Copy the methods ``results`` lacks from ``earlier`` (same part, seeds, levels, slides)
+    and re-judge the targets. Refuses a mismatch: a method's numbers from other slides or
+    seeds would be compared with the engine's as if they were the same cases."""
+    same = ("part", "seeds", "levels", "grids", "encoders")
+    for k in same:
+        if results["config"].get(k) != earlier["config"].get(k):
+            raise SystemExit(f"error: --reuse {source}: its {k} differs from this run's")
+    taken: set[str] = set()
+    nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
+    for b, bench in results["benchmarks"].items():
+        old_bench = earlier["benchmarks"][b]
+        if [s["name"] for s in bench["slides"]] != [s["name"] for s in old_bench["slides"]]:
+            raise SystemExit(f"error: --reuse {source}: the {b} slides differ from this run's")
+        for enc, e in bench["encoders"].items():
+            old = old_bench["encoders"][enc]
+            pairs = [(e["levels"], old["levels"])]
+            if "default_grid" in e:
+                pairs.append((e["default_grid"]["levels"], old["default_grid"]["levels"]))
+            for levels, old_levels in pairs:
+                for level, lv in levels.items():
+                    for m, v in old_levels[level]["methods"].items():
+                        if m not in lv["methods"]:
+                            lv["methods"][m] = v
+                            taken.add(m)
+                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
+                        lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
+    methods = set(results["config"]["methods"]) | taken
+    results["config"]["methods"] = [m for m in PART_METHODS if m in methods] + sorted(
+        methods - set(PART_METHODS)
+    )
+    results["config"]["reused"] = {
+        "from": source,
+        "command": earlier.get("command"),
+        "methods": sorted(taken),
+    }
 
 
 def render(results: dict[str, Any], command: str) -> str:
@@ -533,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="+", default=None)
     p.add_argument(
         "--patch-um", type=float, default=None, help="patch side for every benchmark (µm)"
+    )
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="JSON",
+        help="take the methods this run skips (e.g. ca, lcmil: they do not use the engine's "
+        "region code) from that earlier results JSON of the same part, seeds and slides",
     )
     p.add_argument("--name", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -582,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{cfg.part}-{name}"
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     results["command"] = command
+    if args.reuse:
+        reuse_methods(results, json.loads(Path(args.reuse).read_text()), args.reuse)
     H.write_json(results, out / f"{name}.json")
     (out / f"{name}.md").write_text(render(results, command))
     print(f"wrote {out / name}.json and .md in {(time.perf_counter() - t0) / 60:.1f} min")

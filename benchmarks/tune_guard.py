@@ -32,7 +32,14 @@ from engine.guard import redraw_self_test
 from engine.metrics import pixel_metrics
 from engine.patches import GridSettings
 from engine.pipeline import RefineSettings, SlideInput, embed_slide, label_patches, slide_grid
-from engine.regions import RegionSettings, outline_depth, refine_outline, rim_scores
+from engine.regions import (
+    DEEP,
+    RegionSettings,
+    outline_depth,
+    redraw_outline,
+    refine_outline,
+    rim_scores,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 #: edit thresholds tried: name -> (remove_below, add_above)
@@ -55,13 +62,32 @@ GUARDS = {
 }
 
 
-def slide_cases(data: Path, work: Path, seeds: list[int]) -> list[dict[str, Any]]:
+def redraw_move(coarse: np.ndarray, redrawn: np.ndarray, depth: np.ndarray) -> dict[str, float]:
+    """How far a re-draw moves the outline, in patches: the patches it takes out of and adds
+    to the coarse outline per patch along the outline (inside, within one patch of it), and
+    the patch-level Dice of the two."""
+    c, r = coarse.astype(bool), redrawn.astype(bool)
+    edge = max(1, int((c & (depth < 1.0)).sum()))
+    return {
+        "move_in": float((c & ~r).sum() / edge),
+        "move_out": float((r & ~c).sum() / edge),
+        "agree": float(2 * (c & r).sum() / max(1, c.sum() + r.sum())),
+    }
+
+
+def slide_cases(
+    data: Path,
+    work: Path,
+    seeds: list[int],
+    part_name: str = "tune",
+    skip_self_test: bool = False,
+) -> list[dict[str, Any]]:
     rows = []
     cache = work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
-    part = H.PARTS["tune"]
+    part = H.PARTS[part_name]
     for b in H.BENCHMARKS:
-        spec = H.part_spec(H.BENCHMARKS[b], "tune")
+        spec = H.part_spec(H.BENCHMARKS[b], part_name)
         for s in H.build_part_cohort(data, work, spec):
             truth = H.slide_truth(s)
 
@@ -104,11 +130,26 @@ def slide_cases(data: Path, work: Path, seeds: list[int]) -> list[dict[str, Any]
                         rs = replace(base, outline="redraw")
                         out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
                         row["redraw"] = dice(out.regions)
+                        if rim is not None:
+                            depth = outline_depth(d.grid, coarse)
+                            deep = c.astype(bool) & (depth >= DEEP)
+                            _, lab = redraw_outline(
+                                coarse, d.grid, p, c, d.info.mpp, rim, base, frame
+                            )
+                            kept = float(np.mean(lab[deep] == 1)) if deep.any() else None
+                            row["deep_kept"] = kept
+                            row["area_kept"] = float(lab.sum() / max(1, c.sum()))
+                            row.update(redraw_move(c, lab, depth))
+                        if skip_self_test:
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+                            continue
                         test = redraw_self_test(
                             coarse, d.grid, x, d.info.mpp, settings.classifier, base, frame,
                             seed * 100 + 50,
                         )  # fmt: skip
                         row["self_test"] = test.recovered
+                        row["self_test_deep_kept"] = test.deep_kept
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     return rows
@@ -144,9 +185,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--part", choices=("tune", "report"), default="tune")
+    ap.add_argument("--skip-self-test", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/tune-guard.json")
     a = ap.parse_args()
-    rows = slide_cases(a.data, a.work, list(range(a.seeds)))
+    rows = slide_cases(a.data, a.work, list(range(a.seeds)), a.part, a.skip_self_test)
     a.out.write_text(json.dumps(rows, indent=1) + "\n")
     a.out.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
 
