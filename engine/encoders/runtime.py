@@ -23,6 +23,9 @@ def onnx_session(path: Path | str, device: str = "cpu"):
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # Idle intra-op threads sleep instead of spin-waiting between runs: the spinning took
+    # CPU from the patch-reading thread (BENCHMARKS.md, issue 11).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list = ["CPUExecutionProvider"]
     if device != "cpu":
         if is_cuda(device) and "CUDAExecutionProvider" in ort.get_available_providers():
