@@ -3,6 +3,9 @@
     python benchmarks/bench_engine.py [--dir /tmp/qupath-refine-bench] [--repeats 3]
                                       [--json DIR/bench-engine.json]
 
+Needs ``pip install -e '.[bench]'`` (imagecodecs: tifffile's JPEG tile codec) unless run with
+``--compression zlib``.
+
 What it measures, with the default encoder and the default grid (0.5 µm/px, 128 µm patches,
 256 px read and resized to the encoder's 224 px):
 

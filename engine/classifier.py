@@ -1,5 +1,5 @@
 """The patch classifier (METHOD.md steps 6-7), in two forms, both on cached features and
-trained with torch on the CPU in seconds.
+trained with torch in seconds (on the CPU, or the device ``ClassifierSettings.device`` names).
 
 * ``model="mil"`` (default): gated attention MIL trained on pseudo bags (LCMIL's scheme, see
   METHOD.md), one model per slide, every patch then scored as a one-patch bag. A bag of ten
@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from engine.devices import cuda_index, is_cuda
 from engine.errors import TrainingDataError
 
 
@@ -58,7 +59,10 @@ class ClassifierSettings:
     MLP: ``iterations`` DDS steps of ``batch_size`` patches (half positive, half negative);
     then ``refinetune_epochs`` passes over all patches with labels replaced by predictions
     (0 switches re-finetuning off). Both: ``min_per_class`` patches of each label are
-    required, and the focal loss's ``focal_gamma`` and ``focal_alpha``."""
+    required, and the focal loss's ``focal_gamma`` and ``focal_alpha``. ``device``: a torch
+    device, resolved (:func:`engine.devices.resolve_device`; ``refine`` sets it from
+    ``RefineSettings.device``). Weights are initialised on the CPU whatever the device, so a
+    seed starts every device from the same model."""
 
     model: str = "mil"
     mil: MilSettings = field(default_factory=MilSettings)
@@ -76,6 +80,7 @@ class ClassifierSettings:
     cross_fit_folds: int = 5
     cross_fit_block: int = 8  # patches per side of a spatial block kept in one fold
     random_state: int = 0
+    device: str = "cpu"
 
     def validate(self) -> None:
         if self.model not in ("mil", "mlp"):
@@ -100,6 +105,11 @@ def balanced_batch(
     since tumour is often the rarer class by far)."""
     half = size // 2
     return np.concatenate([rng.choice(pos, half), rng.choice(neg, size - half)])
+
+
+def _rng_devices(device: str) -> list[int]:
+    """CUDA generators ``fork_rng`` must restore: dropout on the GPU draws from them."""
+    return [cuda_index(device)] if is_cuda(device) else []
 
 
 @contextmanager
@@ -146,11 +156,11 @@ class PatchClassifier:
         x = np.asarray(x, dtype=np.float32)
         self.mean_ = x.mean(0)
         self.scale_ = x.std(0) + 1e-6
-        xt = torch.from_numpy((x - self.mean_) / self.scale_)
+        xt = torch.from_numpy((x - self.mean_) / self.scale_).to(s.device)
         rng = np.random.default_rng(s.random_state)
-        with torch.random.fork_rng(devices=[]), _one_thread():
+        with torch.random.fork_rng(devices=_rng_devices(s.device)), _one_thread():
             torch.manual_seed(s.random_state)
-            self.net_ = self._net(x.shape[1])
+            self.net_ = self._net(x.shape[1]).to(s.device)
             self._train_dds(xt, y, rng)
             self.dds_proba_ = self._proba(xt)
             self.refined_labels_ = (self.dds_proba_ >= 0.5).astype(np.int8)
@@ -163,12 +173,12 @@ class PatchClassifier:
     def _train_dds(self, xt: torch.Tensor, y: npt.NDArray[np.int64], rng) -> None:
         s = self.settings
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        yt = torch.from_numpy(y.astype(np.float32))
+        yt = torch.from_numpy(y.astype(np.float32)).to(s.device)
         opt = torch.optim.AdamW(self.net_.parameters(), lr=s.lr, weight_decay=s.weight_decay)
         self.net_.train()
         self.loss_history_: list[float] = []
         for _ in range(s.iterations):
-            idx = torch.from_numpy(balanced_batch(pos, neg, s.batch_size, rng))
+            idx = torch.from_numpy(balanced_batch(pos, neg, s.batch_size, rng)).to(s.device)
             loss = focal_loss(self.net_(xt[idx]).squeeze(1), yt[idx], s.focal_gamma, s.focal_alpha)
             opt.zero_grad()
             loss.backward()
@@ -177,7 +187,7 @@ class PatchClassifier:
 
     def _refinetune(self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng) -> None:
         s = self.settings
-        yt = torch.from_numpy(labels.astype(np.float32))
+        yt = torch.from_numpy(labels.astype(np.float32)).to(s.device)
         opt = torch.optim.AdamW(
             self.net_.parameters(), lr=s.refinetune_lr, weight_decay=s.weight_decay
         )
@@ -186,7 +196,7 @@ class PatchClassifier:
         for _ in range(s.refinetune_epochs):
             order = rng.permutation(n)
             for i0 in range(0, n, s.batch_size):
-                idx = torch.from_numpy(order[i0 : i0 + s.batch_size])
+                idx = torch.from_numpy(order[i0 : i0 + s.batch_size]).to(s.device)
                 loss = focal_loss(
                     self.net_(xt[idx]).squeeze(1), yt[idx], s.focal_gamma, s.focal_alpha
                 )
@@ -197,12 +207,13 @@ class PatchClassifier:
     def _proba(self, xt: torch.Tensor) -> npt.NDArray[np.float32]:
         self.net_.eval()
         with torch.inference_mode():
-            return torch.sigmoid(self.net_(xt).squeeze(1)).numpy().astype(np.float32)
+            return torch.sigmoid(self.net_(xt).squeeze(1)).cpu().numpy().astype(np.float32)
 
     def predict_proba(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         x = np.asarray(x, dtype=np.float32)
         with _one_thread():
-            return self._proba(torch.from_numpy((x - self.mean_) / self.scale_))
+            xt = torch.from_numpy((x - self.mean_) / self.scale_).to(self.settings.device)
+            return self._proba(xt)
 
 
 def spatial_folds(groups: npt.NDArray[np.int64], n_folds: int, seed: int) -> npt.NDArray[np.int64]:
@@ -291,13 +302,13 @@ def mil_proba(
             f"(need at least {s.min_per_class} of each)."
         )
     seed = s.random_state if seed is None else seed
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(s.device)
     rng = np.random.default_rng(seed)
     half = m.n_bags // 2
-    labels = torch.cat([torch.ones(half), torch.zeros(m.n_bags - half)])
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    labels = torch.cat([torch.ones(half), torch.zeros(m.n_bags - half)]).to(s.device)
+    with torch.random.fork_rng(devices=_rng_devices(s.device)), _one_thread():
         torch.manual_seed(seed)
-        model = AttentionMIL(x.shape[1], m)
+        model = AttentionMIL(x.shape[1], m).to(s.device)
         opt = torch.optim.Adam(model.parameters(), lr=m.lr)
         model.train()
         for _ in range(m.epochs):
@@ -307,14 +318,16 @@ def mil_proba(
                     rng.choice(neg, (m.n_bags - half, m.bag_size)),
                 ]
             )
-            order = rng.permutation(m.n_bags)
+            # one copy to the device per epoch, not one per step
+            bags_t = torch.from_numpy(bags).to(s.device)
+            order = torch.from_numpy(rng.permutation(m.n_bags)).to(s.device)
             for i0 in range(0, m.n_bags, m.bags_per_step):
                 b = order[i0 : i0 + m.bags_per_step]
-                logits = model(xt[torch.from_numpy(bags[b])])
+                logits = model(xt[bags_t[b]])
                 loss = focal_loss(logits, labels[b], s.focal_gamma, s.focal_alpha)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
         model.eval()
         with torch.inference_mode():
-            return torch.sigmoid(model(xt.unsqueeze(1))).numpy().astype(np.float32)
+            return torch.sigmoid(model(xt.unsqueeze(1))).cpu().numpy().astype(np.float32)

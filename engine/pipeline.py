@@ -22,6 +22,7 @@ import numpy.typing as npt
 import shapely
 
 from engine.classifier import ClassifierSettings, cross_fit_proba, mil_proba, standardise
+from engine.devices import resolve_device
 from engine.encoders import Encoder, build_encoder
 from engine.errors import TissueError, TrainingDataError
 from engine.features import (
@@ -90,6 +91,8 @@ class RefineSettings:
     #: share of a patch the coarse polygons must cover for the patch to count as inside
     min_coarse_overlap: float = 0.5
     cache_dir: Path | None = None
+    #: where torch and onnxruntime run: auto, cpu, cuda, cuda:N or mps (see engine.devices)
+    device: str = "auto"
 
     @classmethod
     def for_method(cls, method: str = "mil", **kw) -> RefineSettings:
@@ -336,8 +339,14 @@ def refine(
     say = on_stage or (lambda msg: log.info(msg))
     timings = dict.fromkeys(STAGES, 0.0)
     cache_dir = settings.cache_dir or default_cache_dir()
+    device = resolve_device(settings.device)
+    if device != "cpu":
+        log.info(f"running on {device}")
+    settings = replace(
+        settings, device=device, classifier=replace(settings.classifier, device=device)
+    )
 
-    encoder = build_encoder(settings.features.encoder, cache_dir)
+    encoder = build_encoder(settings.features.encoder, cache_dir, device)
     if settings.grid.is_auto and settings.classifier.model == "mlp":
         # The paper's route shares prototypes and one classifier between slides: one grid.
         sides = sorted(slide_grid_settings(item, settings).side_um for item in items)

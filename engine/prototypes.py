@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.preprocessing import StandardScaler, normalize
+
+# scikit-learn is imported where it is used: only --method prototype needs it, and at the top
+# it cost every command about a second of start-up (BENCHMARKS.md, issue 11).
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class LocalGlobalPrototypes:
 
     def fit(self, features: Sequence[npt.NDArray[np.floating]]) -> LocalGlobalPrototypes:
         """Learn prototypes from one feature array per slide."""
+        from sklearn.cluster import KMeans
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler, normalize
+
         if self.n_local < 1 or self.n_global < 1:
             raise ValueError("n_local and n_global must be at least 1")
         feats = [np.asarray(f, dtype=np.float32) for f in features if len(f)]
@@ -83,6 +90,8 @@ class LocalGlobalPrototypes:
 
     def transform(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Standardised, projected, unit-length features: dot products are cosines."""
+        from sklearn.preprocessing import normalize
+
         z = self.scaler_.transform(np.asarray(x, dtype=np.float32))
         if self.pca_ is not None:
             z = self.pca_.transform(z)

@@ -140,6 +140,16 @@ ENCODER_HELP = (
 )
 
 
+DEVICE_OPTION = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where encoders and training run: auto (a CUDA GPU when torch sees one, else "
+    "Apple MPS, else the CPU), cpu, cuda, cuda:N or mps. GPUs need torch's CUDA build; "
+    "ONNX encoders also need onnxruntime-gpu (README).",
+)
+
+
 @dataclass(frozen=True)
 class _Run:
     """What the common options decide, for any command that refines."""
@@ -166,11 +176,13 @@ def _run(
     tau,
     seed,
     cache_dir,
+    device,
     quiet,
     progress_lines,
 ) -> _Run:
     """The common options as settings; also sets up logging."""
     # Imported here: torch and scikit-learn make `--help` slow when imported at the top.
+    from engine.devices import resolve_device
     from engine.features import FeatureSettings
     from engine.patches import GridSettings
     from engine.pipeline import RefineSettings
@@ -188,6 +200,7 @@ def _run(
         ),
         features=FeatureSettings(encoder=encoder, context=context),
         cache_dir=Path(cache_dir) if cache_dir else None,
+        device=resolve_device(device),  # here: a missing GPU fails before any slide is read
     ).with_seed(seed)
     if tau is not None:
         # 'off' and 'none' turn relabelling off; 'auto' and a cosine pass through
@@ -392,6 +405,7 @@ def common_options(fn):
             default=None,
             help="Feature cache folder (default ~/.cache/qupath-refine).",
         ),
+        DEVICE_OPTION,
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
         click.option(
             "--progress-lines",
@@ -606,19 +620,25 @@ def _nan_to_null(v):
     default=None,
     help="Feature cache folder (default ~/.cache/qupath-refine).",
 )
+@DEVICE_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @_friendly
-def demo_cmd(out_dir, seed, cache_dir, quiet):
+def demo_cmd(out_dir, seed, cache_dir, device, quiet):
     """Refine a synthetic slide with a known truth: no QuPath and no data needed.
 
     Writes the slide, its coarse and true outlines, the refined GeoJSON and an overlay
     picture (amber coarse, green refined, blue truth) and prints coarse vs refined metrics.
     """
+    from engine.devices import resolve_device
     from qupath_bridge.runner import run_demo
 
     _setup_logging(quiet)
     s = run_demo(
-        out_dir, seed, progress=not quiet, cache_dir=Path(cache_dir) if cache_dir else None
+        out_dir,
+        seed,
+        progress=not quiet,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        device=resolve_device(device),  # before the slide is written
     )
     rows = []
     for m in ("dice", "iou", "ppv", "tpr", "tnr", "accuracy"):

@@ -347,6 +347,7 @@ def run_demo(
     progress: bool | ProgressFactory = True,
     on_stage=None,
     cache_dir: Path | None = None,
+    device: str = "auto",
 ) -> dict:
     """The ``demo`` command: a synthetic slide with a known truth, refined end to end."""
     from engine.patches import GridSettings
@@ -363,7 +364,9 @@ def run_demo(
         out_dir / "demo-slide.truth.geojson", annotation_features(demo.truth, "Tumor")
     )
     # Small patches so the small demo slide still has ~1,000 of them.
-    settings = RefineSettings(grid=GridSettings(patch_um=64.0), cache_dir=cache_dir).with_seed(seed)
+    settings = RefineSettings(
+        grid=GridSettings(patch_um=64.0), cache_dir=cache_dir, device=device
+    ).with_seed(seed)
     classes = ClassNames()
     items = load_inputs([demo.path], [coarse_path], classes, None)
     result = refine(items, settings, progress=progress, on_stage=on_stage)

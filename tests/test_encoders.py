@@ -82,6 +82,23 @@ def _glas_crop(name: str, gland_share: float, side: int = 224) -> np.ndarray:
 # --------------------------------------------------------------------------- builtins
 
 
+@pytest.mark.parametrize("side", [224, 33])
+def test_to_nchw_equals_converting_before_transposing(side: int) -> None:
+    """to_nchw transposes the uint8 array first (faster); the values are those of the float
+    conversion first (its form before issue 11), bit for bit."""
+    from engine.encoders.base import to_nchw
+    from engine.encoders.efficientnet import MEAN, STD
+    from engine.encoders.plugins import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
+    images = np.random.default_rng(side).integers(0, 256, (5, side, side, 3), dtype=np.uint8)
+    for mean, std in ((MEAN, STD), (IMAGENET_MEAN, IMAGENET_STD), (CLIP_MEAN, CLIP_STD)):
+        x = (images.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
+        before = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        after = to_nchw(images, mean, std)
+        assert after.dtype == np.float32 and after.flags.c_contiguous
+        np.testing.assert_array_equal(after, before)
+
+
 def test_default_is_builtin() -> None:
     assert DEFAULT_ENCODER in BUILTIN
     assert set(BUILTIN) == {"efficientnet-lite0", "efficientnet-lite0-blocks", "stain-texture"}

@@ -25,13 +25,14 @@ BUILTIN = ("efficientnet-lite0", "efficientnet-lite0-blocks", "stain-texture")
 PLUGINS = ("onnx:PATH", "timm:ARCH:WEIGHTS", "conch:CHECKPOINT", "hf:DIR")
 
 
-def build_encoder(spec: str, cache_dir: Path) -> Encoder:
-    """The encoder a spec string names; an :class:`EncoderError` for anything unknown."""
+def build_encoder(spec: str, cache_dir: Path, device: str = "cpu") -> Encoder:
+    """The encoder a spec string names, running on ``device`` (a resolved one, see
+    :func:`engine.devices.resolve_device`); an :class:`EncoderError` for anything unknown."""
     spec = spec.strip()
     if spec in ("efficientnet-lite0", "efficientnet-lite0-blocks"):
         from engine.encoders.efficientnet import EfficientNetLite0
 
-        return EfficientNetLite0(cache_dir, blocks=spec.endswith("-blocks"))
+        return EfficientNetLite0(cache_dir, blocks=spec.endswith("-blocks"), device=device)
     if spec == "stain-texture":
         from engine.encoders.stain_texture import StainTexture
 
@@ -40,14 +41,14 @@ def build_encoder(spec: str, cache_dir: Path) -> Encoder:
     from engine.encoders import plugins
 
     if kind == "onnx" and rest:
-        return plugins.OnnxEncoder(rest, spec)
+        return plugins.OnnxEncoder(rest, spec, device)
     if kind == "timm" and ":" in rest:
         arch, _, weights = rest.partition(":")
-        return plugins.TimmEncoder(arch, weights, spec)
+        return plugins.TimmEncoder(arch, weights, spec, device)
     if kind == "conch" and rest:
-        return plugins.ConchEncoder(rest, spec)
+        return plugins.ConchEncoder(rest, spec, device)
     if kind == "hf" and rest:
-        return plugins.HuggingFaceEncoder(rest, spec)
+        return plugins.HuggingFaceEncoder(rest, spec, device)
     raise EncoderError(
         f"Unknown encoder {spec!r}. Choose one of {', '.join(BUILTIN)}, or a local model: "
         f"{', '.join(PLUGINS)}."

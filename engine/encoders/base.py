@@ -30,6 +30,9 @@ class Encoder(ABC):
 
 def to_nchw(images: npt.NDArray[np.uint8], mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """uint8 NHWC -> normalised float32 NCHW, the layout CNNs and ViTs expect."""
-    x = images.astype(np.float32)
-    x = (x - mean.astype(np.float32)) / std.astype(np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    # Transposed while uint8 (a quarter of the bytes to move), then normalised in place: the
+    # same values as converting first, several times faster (BENCHMARKS.md, issue 11).
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32)
+    x -= mean.astype(np.float32)[:, None, None]
+    x /= std.astype(np.float32)[:, None, None]
+    return x
