@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import tempfile
 import warnings
 from pathlib import Path
