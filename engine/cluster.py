@@ -9,7 +9,7 @@ match a single-process run slide for slide. The caller (the driver) gets each
 Failures: a slide's own bad input (no tissue, too few patches) is its outcome's ``error``,
 at once; any other exception is retried once by Dask (``retries``); a worker that dies
 while refining a slide has the slide rescheduled by the scheduler up to its
-``distributed.scheduler.allowed-failures`` (set to :data:`RETRIES` on the clusters
+``distributed.scheduler.allowed-failures`` (:data:`SCHEDULER_CONFIG` on the clusters
 :func:`dask_client` starts), after which the slide is reported failed. Other slides go on.
 
 The prototype route (one set of global prototypes and one classifier over all slides) is
@@ -41,6 +41,15 @@ log = logging.getLogger("qupath_refine")
 ENV_ADDRESS = "QUPATH_REFINE_DASK"
 #: a failing slide is tried this many more times (an exception, or its worker dying)
 RETRIES = 1
+
+#: The scheduler settings of the clusters :func:`dask_client` starts (for a scheduler of your
+#: own, put them in its Dask config): a slide whose worker dies is tried once more, not three
+#: times; and a worker holds one slide per thread, not 1.1 (rounded up: two), so that a
+#: worker's death counts against the slide it was refining, not also one queued behind it.
+SCHEDULER_CONFIG = {
+    "distributed.scheduler.allowed-failures": RETRIES,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
 
 SlideTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideResult, dict[str, float]]]
 
@@ -96,9 +105,7 @@ def dask_client(s: DaskSettings) -> Iterator[Client]:
         with client:
             yield client
         return
-    # The scheduler of a local cluster runs in this process and reads this setting when it
-    # starts: a slide whose worker dies is tried once more, not three times.
-    with dask.config.set({"distributed.scheduler.allowed-failures": RETRIES}):
+    with dask.config.set(SCHEDULER_CONFIG):  # read by the scheduler, in this process
         cluster = LocalCluster(
             n_workers=s.workers,
             threads_per_worker=1,
