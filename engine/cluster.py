@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.encoders import build_encoder
+from engine.encoders import PLUGINS, build_encoder
 from engine.errors import ClusterError, RefineError
 from engine.features import default_cache_dir
 from engine.pipeline import RefineSettings, SlideInput, SlideResult, refine_one
@@ -44,8 +44,10 @@ RETRIES = 1
 
 #: The scheduler settings of the clusters :func:`dask_client` starts (for a scheduler of your
 #: own, put them in its Dask config): a slide whose worker dies is tried once more, not three
-#: times; and a worker holds one slide per thread, not 1.1 (rounded up: two), so that a
-#: worker's death counts against the slide it was refining, not also one queued behind it.
+#: times. A worker's death also counts against slides queued on it behind the one it was
+#: refining; with more than twice as many slides as worker threads Dask queues them on the
+#: scheduler instead, and a saturation of 1.0 (not 1.1, rounded up: two) sends a worker one
+#: slide per thread, so only the slide that was running is counted.
 SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": RETRIES,
     "distributed.scheduler.worker-saturation": 1.0,
@@ -219,8 +221,9 @@ def refine_on_cluster(
     """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
     outcome as it completes (not in input order). ``task`` does one slide on a worker.
 
-    The feature cache is made absolute here, so that workers use the driver's folder rather
-    than their own default; check first that they share it (:func:`check_shared_cache`).
+    Slide paths and the feature cache are made absolute here, so that workers use the
+    driver's files and folder rather than their own default; check first that they share the
+    cache (:func:`check_shared_cache`).
     """
     from distributed import as_completed
 
@@ -229,14 +232,18 @@ def refine_on_cluster(
         s.validate()
     cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
     settings = replace(settings, cache_dir=cache_dir)
-    # Here first: an unknown encoder fails in seconds, and the encoder is exported to the
-    # cache once rather than by every worker at the same time.
-    build_encoder(settings.features.encoder, cache_dir)
+    spec = settings.features.encoder.strip()
+    if spec.partition(":")[0] not in {p.partition(":")[0] for p in PLUGINS}:
+        # A built-in encoder is exported to the cache here, once, rather than by every worker
+        # at the same time; an unknown spec fails here. A local model (timm:, hf:, ...) is
+        # not built here: its weights would load on the driver for nothing.
+        build_encoder(spec, cache_dir)
     futures = {
         client.submit(
             _run_slide,
             task,
-            item,
+            # a worker's working folder is not the driver's: paths as the driver sees them
+            replace(item, path=Path(item.path).expanduser().absolute()),
             settings,
             k,
             key=f"refine-slide-{k}-{secrets.token_hex(4)}",

@@ -459,16 +459,16 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
     args = (list(slides), list(coarse_files), out_dir, run.settings)
     kw = {"classes": run.classes, "mpp": run.mpp, "tiles": not no_tiles, "progress": run.progress}
     summary = _slide_on_dask(args, kw, workers, dask_address) or refine_slides(*args, **kw)
-    click.echo(_table(summary["slides"], SLIDE_COLUMNS))
+    if summary["slides"]:  # on a cluster, every slide may have failed
+        click.echo(_table(summary["slides"], SLIDE_COLUMNS))
     t = summary["timings"]
     click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     for o in summary["outputs"]:
         click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
     click.echo(f"summary: {out_dir / 'summary.json'}")
-    if summary.get("failed"):
-        for f in summary["failed"]:
-            click.echo(f"error: {f['slide']}: {f['error']}", err=True)
-        sys.exit(1)  # the other slides' outputs are written
+    if summary.get("failed"):  # the other slides' outputs are written
+        n, total = len(summary["failed"]), len(slides)
+        _fail(f"{n} of {total} slides not refined (why: the warnings above, summary.json)", 1)
 
 
 def _slide_on_dask(args: tuple, kw: dict, workers, address) -> dict | None:

@@ -71,8 +71,10 @@ def refine_slides_dask(
             with _slide_bar(progress, len(items)) as bar:
                 for o in refine_on_cluster(client, items, settings):
                     if o.result is None:
-                        log.warning(f"{o.item.label}: not refined: {o.error}")
-                        failed.append({"slide": str(o.item.path), "error": o.error})
+                        why = str(o.error)
+                        why = why if o.item.label in why else f"{o.item.label}: {why}"
+                        log.warning(f"not refined: {why}")
+                        failed.append({"slide": str(o.item.path), "error": why})
                     else:
                         one = RefineResult([o.result], None, None, {})
                         files, written = render_outputs(

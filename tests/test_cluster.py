@@ -107,14 +107,15 @@ def test_cluster_gives_the_single_process_results(client, items, single, encoder
         assert_same(o.result, expected.slides[o.index])
 
 
-def _dies(markers: Path):
-    """A slide task whose worker process kills itself (SIGKILL): slide 0 always, at the start;
-    slide 1 once, after the first batch of patches is embedded, then succeeds."""
+def _dies(slide: int, markers: Path | None):
+    """A slide task whose worker process kills itself (SIGKILL) on slide ``slide``: once,
+    after the first batch of patches is embedded, if ``markers`` is a folder to remember it
+    in; else on every try, at the start."""
 
     def task(item, settings, index):
-        if index == 0:
+        if index == slide and markers is None:
             os.kill(os.getpid(), signal.SIGKILL)
-        marker = markers / f"died-{index}"
+        marker = markers / f"died-{index}" if index == slide and markers else None
 
         class KillOnce:
             def __init__(self, desc: str, total: int) -> None:
@@ -124,7 +125,7 @@ def _dies(markers: Path):
                 return self
 
             def update(self, n: int) -> None:
-                if not marker.exists():
+                if marker is not None and not marker.exists():
                     marker.touch()
                     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -140,15 +141,25 @@ def test_a_dead_worker_is_retried_once_then_its_slide_fails(
     client, items, single, encoder_cache, tmp_path
 ):
     expected, _ = single
+    client.wait_for_workers(2, timeout=60)  # back from the deaths of earlier tests, if any
     cache = fresh_cache(tmp_path / "cache", encoder_cache)
     settings = replace(SETTINGS, cache_dir=cache)
-    got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(tmp_path))}
-    assert (tmp_path / "died-1").exists()  # slide 1's worker died mid-embedding
-    assert got[0].result is None and "worker died" in got[0].error
-    assert got[1].error is None
-    assert_same(got[1].result, expected.slides[1])
-    # Nothing half-written in the cache by the killed embedding: only slide 1's entry.
-    assert len(list((cache / "features").glob("*.npz"))) == 1
+    # Slide 1's worker dies once mid-embedding: the retry gives the same result.
+    got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(1, tmp_path))}
+    assert (tmp_path / "died-1").exists()
+    for k in (0, 1):
+        assert got[k].error is None
+        assert_same(got[k].result, expected.slides[k])
+    # Nothing half-written in the cache by the killed embedding: one entry per slide.
+    assert len(list((cache / "features").glob("*.npz"))) == 2
+    # Slide 1's worker dies on every try: it is tried twice, then reported; slide 0 completes.
+    # (Two deaths in one run, not three: a slide queued on a worker that dies counts that
+    # death too, and two would fail it.)
+    client.wait_for_workers(2, timeout=60)
+    got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(1, None))}
+    assert got[1].result is None and "worker died" in got[1].error
+    assert got[0].error is None
+    assert_same(got[0].result, expected.slides[0])
 
 
 def without_ids(geojson: bytes) -> dict:
@@ -181,6 +192,25 @@ def test_slide_command_on_the_cluster_writes_what_one_process_writes(
     summary = json.loads((out / "summary.json").read_text())
     assert [s["slide"] for s in summary["slides"]] == ["demo.tif", "cmu_small_region.svs"]
     assert summary["failed"] == [] and summary["dask"]["address"] == address
+
+
+def test_a_slide_that_cannot_be_refined_is_reported_and_the_command_exits_1(
+    client, inputs, single, demo_slide, tmp_path
+):
+    slides, _ = inputs
+    w, h = demo_slide.size  # an outline over the whole slide: nothing outside to learn from
+    everything = annotation_features(shapely.box(0, 0, w, h), "Tumor")
+    coarse = write_features(tmp_path / "all.geojson", everything)
+    out = tmp_path / "out"
+    args = ["slide", slides[0], "--coarse", coarse, "--out", out, "--patch-um", "96"]
+    args += ["--cache-dir", single[1].cache_dir, "-q", "--dask", client.scheduler.address]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 1, r.output
+    assert "warning: not refined: demo.tif: only 0 patches of 96 µm outside" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 slides not refined")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["slides"] == [] and "only 0 patches" in summary["failed"][0]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
 
 
 def test_workers_that_cannot_see_the_cache_are_one_named_error(client, tmp_path, monkeypatch):
