@@ -35,3 +35,8 @@ class TissueError(RefineError):
 
 class SettingsError(RefineError, ValueError):
     """A setting is out of range or of the wrong kind (messages name the setting)."""
+
+
+class ClusterError(RefineError):
+    """A Dask scheduler cannot be reached, or its workers cannot run the job (no shared
+    feature cache)."""

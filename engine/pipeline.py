@@ -407,35 +407,88 @@ def refine(
     t0 = time.perf_counter()
     results = []
     start = 0
-    for k, (item, d, c, hn) in enumerate(zip(items, data, coarse, hard_neg, strict=True)):
+    for k, (d, c, hn) in enumerate(zip(data, coarse, hard_neg, strict=True)):
         n = len(d.grid)
-        p = proba[start : start + n]
-        few = too_few_to_learn(labels[start : start + n], d, settings)
-        confirm = self_test_for(d, settings, k)
-        outline = slide_outline(item, d, c, p, settings.regions, kept=few, confirm=confirm)
-        regions = outline.regions
-        if item.negative is not None and not item.negative.is_empty:
-            regions = valid_polygons(regions.difference(item.negative))
-        results.append(
-            SlideResult(
-                name=item.label,
-                info=d.info,
-                grid=d.grid,
-                coarse=c,
-                hard_negative=hn,
-                pseudo=labels[start : start + n],
-                proba=p,
-                refined=outline.labels,
-                regions=regions,
-                cached=d.cached,
-                seconds=d.seconds,
-                outline=outline_verdict(outline, settings.regions),
-                grid_settings=d.grid_settings,
-            )
-        )
+        sl = slice(start, start + n)
+        results.append(slide_result(d, c, hn, labels[sl], proba[sl], settings, k))
         start += n
     timings["regions"] = time.perf_counter() - t0
     return RefineResult(results, protos, pl, timings)
+
+
+def slide_result(
+    d: SlideFeatures,
+    coarse: npt.NDArray[np.int8],
+    hard_negative: npt.NDArray[np.bool_],
+    labels: npt.NDArray[np.int8],
+    proba: npt.NDArray[np.float32],
+    settings: RefineSettings,
+    k: int,
+) -> SlideResult:
+    """Slide ``k``'s outline from its patch scores (the last stage, one slide)."""
+    item = d.item
+    few = too_few_to_learn(labels, d, settings)
+    confirm = self_test_for(d, settings, k)
+    outline = slide_outline(item, d, coarse, proba, settings.regions, kept=few, confirm=confirm)
+    regions = outline.regions
+    if item.negative is not None and not item.negative.is_empty:
+        regions = valid_polygons(regions.difference(item.negative))
+    return SlideResult(
+        name=item.label,
+        info=d.info,
+        grid=d.grid,
+        coarse=coarse,
+        hard_negative=hard_negative,
+        pseudo=labels,
+        proba=proba,
+        refined=outline.labels,
+        regions=regions,
+        cached=d.cached,
+        seconds=d.seconds,
+        outline=outline_verdict(outline, settings.regions),
+        grid_settings=d.grid_settings,
+    )
+
+
+def refine_one(
+    item: SlideInput,
+    settings: RefineSettings,
+    index: int = 0,
+    progress: bool | ProgressFactory = False,
+) -> tuple[SlideResult, dict[str, float]]:
+    """Refine one slide with its own MIL model, exactly as :func:`refine` refines slide
+    ``index`` of a run (same seeds, same result), with the stage timings: the unit of work a
+    cluster worker runs (:mod:`engine.cluster`).
+
+    A slide with too few patches inside or outside its outline to train its own model is a
+    :class:`TrainingDataError` here: :func:`refine` scores it with a model pooled over all
+    slides of the run, which needs them all in one place.
+    """
+    if settings.classifier.model != "mil":
+        raise ValueError("one slide at a time is the MIL route (model='mil') only")
+    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
+        s.validate()
+    timings = dict.fromkeys(STAGES, 0.0)
+    encoder = build_encoder(settings.features.encoder, settings.cache_dir or default_cache_dir())
+    d = slide_grid(item, settings, encoder, timings)
+    coarse, negatives = label_patches(item, d.grid, settings.min_coarse_overlap)
+    labels = np.where(negatives, 0, coarse).astype(np.int8)
+    few = too_few_to_learn(labels, d, settings)
+    if few is not None:
+        raise TrainingDataError(
+            f"{item.label}: {few} (in a run without --workers/--dask such a slide borrows a "
+            "model trained on all the run's slides)"
+        )
+    if d.features is None:
+        embed_slide(d, settings, encoder, timings, progress)
+    t0 = time.perf_counter()
+    proba = slide_mil_proba([d.features], labels, negatives, settings, first=index)
+    proba[negatives] = 0.0
+    timings["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = slide_result(d, coarse, negatives, labels, proba, settings, index)
+    timings["regions"] = time.perf_counter() - t0
+    return result, timings
 
 
 def outline_verdict(outline: Outline, settings: RegionSettings) -> str:
@@ -448,11 +501,14 @@ def slide_mil_proba(
     labels: npt.NDArray[np.int8],
     negatives: npt.NDArray[np.bool_],
     settings: RefineSettings,
+    first: int = 0,
 ) -> npt.NDArray[np.float32]:
     """Attention-MIL scores, one model per slide (LCMIL's setting: a slide's own tissue is
     the best reference for what is normal on it), features standardised per slide. A slide
     with too few patches of either label to draw bags from is scored by a model trained on
-    the pooled patches of all slides. The user's hard negatives always go in normal bags."""
+    the pooled patches of all slides. The user's hard negatives always go in normal bags.
+    ``first`` is the run index of ``features[0]``: slide ``k``'s model is seeded by its index
+    in the run, so a slide refined on its own matches the same slide refined in a run."""
     s = settings.classifier
     xs = [standardise(x) for x in features]
     bounds = np.cumsum([len(x) for x in xs])[:-1]
@@ -464,7 +520,7 @@ def slide_mil_proba(
         pooled = np.split(p, bounds)
     return np.concatenate(
         [
-            mil_proba(x, y, s, seed=s.random_state * 100 + k) if ok else pooled[k]
+            mil_proba(x, y, s, seed=s.random_state * 100 + first + k) if ok else pooled[k]
             for k, (x, y, ok) in enumerate(zip(xs, ys, own, strict=True))
         ]
     )

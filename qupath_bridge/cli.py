@@ -418,6 +418,25 @@ def common_options(fn):
     return fn
 
 
+def dask_options(fn):
+    """``--workers``/``--dask``: refine the slides on a Dask cluster (see engine.cluster)."""
+    fn = click.option(
+        "--dask",
+        "dask_address",
+        default=None,
+        metavar="ADDRESS",
+        help="Refine the slides on the workers of this Dask scheduler (tcp://host:8786; "
+        "default: $QUPATH_REFINE_DASK). Workers must share the --cache-dir folder.",
+    )(fn)
+    return click.option(
+        "--workers",
+        type=Number(1, integer=True),
+        default=None,
+        help="Refine the slides on a local Dask cluster of this many processes, one slide "
+        "each at a time (pip install 'qupath-refine[dask]').",
+    )(fn)
+
+
 @main.command("slide")
 @click.argument("slides", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -436,9 +455,10 @@ def common_options(fn):
     help="Folder for the refined GeoJSON, overlay pictures and summary.json.",
 )
 @click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@dask_options
 @common_options
 @_friendly
-def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
+def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **common):
     """Refine the coarse annotations of one or more slides.
 
     Several slides are refined in one run (each with its own MIL model; with --method
@@ -450,22 +470,36 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     from qupath_bridge.runner import refine_slides
 
     run = _run(**common)
-    summary = refine_slides(
-        list(slides),
-        list(coarse_files),
-        out_dir,
-        run.settings,
-        run.classes,
-        run.mpp,
-        tiles=not no_tiles,
-        progress=run.progress,
-    )
-    click.echo(_table(summary["slides"], SLIDE_COLUMNS))
+    args = (list(slides), list(coarse_files), out_dir, run.settings)
+    kw = {"classes": run.classes, "mpp": run.mpp, "tiles": not no_tiles, "progress": run.progress}
+    summary = _slide_on_dask(args, kw, workers, dask_address) or refine_slides(*args, **kw)
+    if summary["slides"]:  # on a cluster, every slide may have failed
+        click.echo(_table(summary["slides"], SLIDE_COLUMNS))
     t = summary["timings"]
     click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     for o in summary["outputs"]:
         click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
     click.echo(f"summary: {out_dir / 'summary.json'}")
+    if summary.get("failed"):  # the other slides' outputs are written
+        n, total = len(summary["failed"]), len(slides)
+        _fail(f"{n} of {total} slides not refined (why: the warnings above, summary.json)", 1)
+
+
+def _slide_on_dask(args: tuple, kw: dict, workers, address) -> dict | None:
+    """The ``slide`` command's summary from a Dask run, or None when no cluster is asked for
+    (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
+    from engine.cluster import DaskSettings
+
+    dask = DaskSettings.from_options(address, workers)
+    if dask is None:
+        return None
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        _fail("--workers and --dask need Dask: pip install 'qupath-refine[dask]'")
+    from qupath_bridge.dask_runner import refine_slides_dask
+
+    return refine_slides_dask(*args, dask=dask, **kw)
 
 
 @main.command("project")

@@ -1,0 +1,262 @@
+"""Many slides on a Dask cluster: one task per slide, results as they complete.
+
+The MIL route trains one model per slide, so a slide is a unit of work: a worker reads,
+embeds, trains and draws its regions with the same engine functions a single process uses
+(:func:`engine.pipeline.refine_one`), seeded by the slide's index in the run, so results
+match a single-process run slide for slide. The caller (the driver) gets each
+:class:`SlideOutcome` as soon as its slide is done and writes its outputs while others run.
+
+Failures: a slide's own bad input (no tissue, too few patches) is its outcome's ``error``,
+at once; any other exception is retried once by Dask (``retries``); a worker that dies
+while refining a slide has the slide rescheduled by the scheduler up to its
+``distributed.scheduler.allowed-failures`` (:data:`SCHEDULER_CONFIG` on the clusters
+:func:`dask_client` starts), after which the slide is reported failed. Other slides go on.
+
+The prototype route (one set of global prototypes and one classifier over all slides) is
+not split here; it runs in one process. Needs ``pip install 'qupath-refine[dask]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.encoders import PLUGINS, build_encoder
+from engine.errors import ClusterError, RefineError
+from engine.features import default_cache_dir
+from engine.pipeline import RefineSettings, SlideInput, SlideResult, refine_one
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger("qupath_refine")
+
+#: environment variable naming a scheduler, like ``--dask``
+ENV_ADDRESS = "QUPATH_REFINE_DASK"
+#: a failing slide is tried this many more times (an exception, or its worker dying)
+RETRIES = 1
+
+#: The scheduler settings of the clusters :func:`dask_client` starts (for a scheduler of your
+#: own, put them in its Dask config): a slide whose worker dies is tried once more, not three
+#: times. A worker's death also counts against slides queued on it behind the one it was
+#: refining; with more than twice as many slides as worker threads Dask queues them on the
+#: scheduler instead, and a saturation of 1.0 (not 1.1, rounded up: two) sends a worker one
+#: slide per thread, so only the slide that was running is counted.
+SCHEDULER_CONFIG = {
+    "distributed.scheduler.allowed-failures": RETRIES,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+
+SlideTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideResult, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class DaskSettings:
+    """Where slides run: a scheduler's ``address``, or a local cluster of ``workers``
+    processes (one thread each: the encoder and training already use the cores they get)."""
+
+    address: str | None = None
+    workers: int | None = None
+
+    @classmethod
+    def from_options(cls, address: str | None, workers: int | None) -> DaskSettings | None:
+        """The settings ``--dask``/``--workers`` ask for (the environment's scheduler when
+        neither is given), or None for a run in this process."""
+        if address and workers:
+            raise ClusterError(
+                "Give --workers (a local cluster) or --dask (a running scheduler), not both."
+            )
+        if workers:
+            return cls(workers=int(workers))
+        address = address or os.environ.get(ENV_ADDRESS) or None
+        return cls(address=address) if address else None
+
+    @property
+    def where(self) -> str:
+        return self.address or f"a local cluster of {self.workers} processes"
+
+
+def _worker_env(workers: int) -> dict[str, str]:
+    """onnxruntime takes every core by default: share them out between the workers."""
+    key = "QUPATH_REFINE_THREADS"
+    threads = os.environ.get(key) or str(max(1, (os.cpu_count() or 1) // workers))
+    return {key: threads}
+
+
+@contextlib.contextmanager
+def dask_client(s: DaskSettings) -> Iterator[Client]:
+    """A client on ``s.address``, or on a local cluster started (and closed) here. How long
+    to try to connect is Dask's ``distributed.comm.timeouts.connect`` setting."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if s.address:
+        try:
+            client = Client(s.address)
+        except (OSError, ValueError, TypeError) as e:  # refused, timed out, malformed
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise ClusterError(
+                f"Cannot reach the Dask scheduler at {s.address}: {reason}"
+            ) from None
+        with client:
+            yield client
+        return
+    with dask.config.set(SCHEDULER_CONFIG):  # read by the scheduler, in this process
+        cluster = LocalCluster(
+            n_workers=s.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=_worker_env(s.workers or 1),
+        )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def _probe(cache_dir: str, token: str) -> str | None:
+    """On a worker: None when it reads the driver's probe file in ``cache_dir`` and can
+    write there too, else why not."""
+    d = Path(cache_dir)
+    try:
+        if (d / f".probe-{token}").read_text() != token:
+            return "its probe file holds something else"
+        reply = d / f".probe-{token}-{os.getpid()}-{secrets.token_hex(4)}"
+        reply.write_text(token)
+        reply.unlink()
+    except FileNotFoundError:
+        return "the driver's probe file is not there: it is another folder on this worker"
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+def check_shared_cache(client: Client, cache_dir: Path, wait_s: float = 60.0) -> None:
+    """Every worker must read and write ``cache_dir`` as the driver sees it (the encoder
+    export and the features live there): the driver writes a probe file and each worker
+    reads it back. A :class:`ClusterError` names the first worker that cannot."""
+    try:
+        client.wait_for_workers(1, timeout=wait_s)
+    except TimeoutError:
+        raise ClusterError(
+            f"No Dask worker joined the scheduler {client.scheduler.address} within "
+            f"{wait_s:.0f} s; start workers (dask worker {client.scheduler.address})."
+        ) from None
+    token = secrets.token_hex(8)
+    probe = Path(cache_dir) / f".probe-{token}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    except OSError as e:
+        raise ClusterError(f"Cannot write the feature cache {cache_dir}: {e.strerror}.") from None
+    try:
+        answers = client.run(_probe, str(cache_dir), token)
+    finally:
+        probe.unlink(missing_ok=True)
+    for worker, why in sorted(answers.items()):
+        if why:
+            raise ClusterError(
+                f"Dask worker {worker} cannot use the feature cache {cache_dir} ({why}). "
+                "Every worker must reach it at the same path: give --cache-dir a shared "
+                "folder (NFS, a cluster file system) mounted alike on the driver and workers."
+            )
+
+
+def check_per_slide(settings: RefineSettings) -> None:
+    """Only the MIL route splits into one task per slide."""
+    if settings.classifier.model != "mil":
+        raise ClusterError(
+            "--method prototype shares prototypes and one classifier between all slides and "
+            "runs in one process for now: drop --workers/--dask, or use --method mil."
+        )
+
+
+@dataclass
+class SlideOutcome:
+    """Slide ``index`` of the run: its result, or why it failed."""
+
+    index: int
+    item: SlideInput
+    result: SlideResult | None = None
+    error: str | None = None
+    #: seconds per stage on the worker (read, embed, train, regions)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _run_slide(
+    task: SlideTask, item: SlideInput, settings: RefineSettings, index: int
+) -> tuple[SlideResult | None, dict[str, float], str | None]:
+    """On a worker. The slide's own bad input comes back as its error, not raised: Dask
+    would retry it, and it would fail the same way again."""
+    try:
+        result, timings = task(item, settings, index)
+    except RefineError as e:
+        return None, {}, str(e)
+    return result, timings, None
+
+
+def _why_failed(e: BaseException) -> str:
+    from distributed import KilledWorker
+
+    if isinstance(e, KilledWorker):
+        return (
+            "its worker died while refining it, also on the retry (out of memory? see the "
+            "workers' logs)"
+        )
+    return f"{type(e).__name__}: {e}"
+
+
+def refine_on_cluster(
+    client: Client,
+    items: Sequence[SlideInput],
+    settings: RefineSettings,
+    task: SlideTask = refine_one,
+) -> Iterator[SlideOutcome]:
+    """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
+    outcome as it completes (not in input order). ``task`` does one slide on a worker.
+
+    Slide paths and the feature cache are made absolute here, so that workers use the
+    driver's files and folder rather than their own default; check first that they share the
+    cache (:func:`check_shared_cache`).
+    """
+    from distributed import as_completed
+
+    check_per_slide(settings)
+    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
+        s.validate()
+    cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
+    settings = replace(settings, cache_dir=cache_dir)
+    spec = settings.features.encoder.strip()
+    if spec.partition(":")[0] not in {p.partition(":")[0] for p in PLUGINS}:
+        # A built-in encoder is exported to the cache here, once, rather than by every worker
+        # at the same time; an unknown spec fails here. A local model (timm:, hf:, ...) is
+        # not built here: its weights would load on the driver for nothing.
+        build_encoder(spec, cache_dir)
+    futures = {
+        client.submit(
+            _run_slide,
+            task,
+            # a worker's working folder is not the driver's: paths as the driver sees them
+            replace(item, path=Path(item.path).expanduser().absolute()),
+            settings,
+            k,
+            key=f"refine-slide-{k}-{secrets.token_hex(4)}",
+            retries=RETRIES,
+            pure=False,
+        ): k
+        for k, item in enumerate(items)
+    }
+    for fut in as_completed(futures):
+        k = futures.pop(fut)
+        try:
+            result, timings, error = fut.result()
+        except Exception as e:  # the retry failed too, or the worker died again
+            result, timings, error = None, {}, _why_failed(e)
+        fut.release()  # the result is the caller's now: free the worker's copy
+        yield SlideOutcome(k, items[k], result, error, timings)

@@ -1,0 +1,98 @@
+"""The ``slide`` command on a Dask cluster (``--workers N`` or ``--dask ADDRESS``).
+
+Workers refine one slide each (:mod:`engine.cluster`); this process (the driver) reads the
+GeoJSON, checks that the workers share the feature cache, and writes each slide's GeoJSON
+and overlay as soon as its result arrives: the same files as a single-process run, all or
+none per slide, then summary.json with the slides that failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from engine.cluster import (
+    DaskSettings,
+    check_per_slide,
+    check_shared_cache,
+    dask_client,
+    refine_on_cluster,
+)
+from engine.features import ProgressFactory, default_cache_dir
+from engine.pipeline import STAGES, RefineResult, RefineSettings, SlideInput, SlideResult
+from qupath_bridge.classes import ClassNames
+from qupath_bridge.outputs import check_out_dir, locked_out_dir, write_files
+from qupath_bridge.runner import (
+    json_bytes,
+    load_inputs,
+    output_names,
+    render_outputs,
+    slide_summary,
+)
+
+log = logging.getLogger("qupath_refine")
+
+
+def _slide_bar(progress: bool | ProgressFactory, total: int):
+    if callable(progress):
+        return progress("slides", total)
+    return tqdm(total=total, desc="slides", unit="slide", disable=not progress)
+
+
+def refine_slides_dask(
+    slides: list[Path],
+    coarse_files: list[Path],
+    out_dir: Path,
+    settings: RefineSettings,
+    dask: DaskSettings,
+    classes: ClassNames = ClassNames(),
+    mpp: float | None = None,
+    tiles: bool = True,
+    progress: bool | ProgressFactory = True,
+) -> dict:
+    """The ``slide`` command with the slides spread over Dask workers; the summary has a
+    ``failed`` list (slide, error) of slides that have no outputs."""
+    check_out_dir(out_dir)  # before any work: a bad --out fails in seconds
+    check_per_slide(settings)  # before connecting to anything
+    t0 = time.perf_counter()
+    items = load_inputs(slides, coarse_files, classes, mpp)
+    names, collisions = output_names([Path(i.path) for i in items])
+    cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
+    log.info(f"refining {len(items)} slides on {dask.where}")
+    with dask_client(dask) as client:
+        check_shared_cache(client, cache_dir)
+        with locked_out_dir(out_dir):
+            done: dict[int, tuple[SlideResult, dict[str, Path]]] = {}
+            failed: list[dict] = []
+            timings = dict.fromkeys(STAGES, 0.0)
+            with _slide_bar(progress, len(items)) as bar:
+                for o in refine_on_cluster(client, items, settings):
+                    if o.result is None:
+                        why = str(o.error)
+                        why = why if o.item.label in why else f"{o.item.label}: {why}"
+                        log.warning(f"not refined: {why}")
+                        failed.append({"slide": str(o.item.path), "error": why})
+                    else:
+                        one = RefineResult([o.result], None, None, {})
+                        files, written = render_outputs(
+                            one, [o.item], out_dir, classes, tiles, names=[names[o.index]]
+                        )
+                        write_files(files)  # this slide's files: all or none
+                        done[o.index] = (o.result, written[0])
+                        for stage, s in o.timings.items():
+                            timings[stage] += s  # worker seconds, summed over slides
+                    bar.update(1)
+            order = sorted(done)
+            ok: list[SlideInput] = [items[k] for k in order]
+            result = RefineResult([done[k][0] for k in order], None, None, timings)
+            seconds = time.perf_counter() - t0
+            summary = slide_summary(
+                result, ok, seconds, [done[k][1] for k in order], collisions, settings, classes
+            )
+            summary["failed"] = failed
+            summary["dask"] = {"address": dask.address, "workers": dask.workers}
+            write_files({out_dir / "summary.json": json_bytes(summary)})
+    return summary

@@ -1,0 +1,262 @@
+"""Slides on a real Dask LocalCluster (2 processes x 1 thread): the same results as one
+process, real worker deaths, and the one-line errors a user gets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+pytest.importorskip("distributed")
+
+from click.testing import CliRunner  # noqa: E402
+
+from engine.classifier import ClassifierSettings, MilSettings  # noqa: E402
+from engine.cluster import (  # noqa: E402
+    DaskSettings,
+    check_shared_cache,
+    dask_client,
+    refine_on_cluster,
+)
+from engine.encoders import DEFAULT_ENCODER, build_encoder  # noqa: E402
+from engine.errors import ClusterError  # noqa: E402
+from engine.patches import GridSettings  # noqa: E402
+from engine.pipeline import RefineSettings, refine, refine_one  # noqa: E402
+from qupath_bridge.classes import ClassNames  # noqa: E402
+from qupath_bridge.cli import main  # noqa: E402
+from qupath_bridge.geojson_io import annotation_features, write_features  # noqa: E402
+from qupath_bridge.runner import load_inputs, render_outputs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+#: 96 µm patches: ~460 on the demo slide and ~150 on the CMU slide, enough for each slide's
+#: own model, few enough to embed in seconds; one MIL epoch (of 5): equality is what is
+#: tested here, not quality
+SETTINGS = RefineSettings(
+    grid=GridSettings(patch_um=96.0), classifier=ClassifierSettings(mil=MilSettings(epochs=1))
+)
+
+
+@pytest.fixture(scope="module")
+def inputs(demo_slide, cmu_svs, tmp_path_factory) -> tuple[list[Path], list[Path]]:
+    """Two real slides: the synthetic demo slide and a real Aperio SVS with a coarse ellipse
+    over part of its tissue."""
+    d = tmp_path_factory.mktemp("cluster-inputs")
+    demo = write_features(d / "demo.geojson", annotation_features(demo_slide.coarse, "Tumor"))
+    ellipse = shapely.affinity.scale(shapely.Point(1100, 1500).buffer(1), 600, 800)
+    cmu = write_features(d / "cmu.geojson", annotation_features(ellipse, "Tumor"))
+    return [demo_slide.path, cmu_svs], [demo, cmu]
+
+
+@pytest.fixture(scope="module")
+def items(inputs):
+    return load_inputs(*inputs, ClassNames(), None)
+
+
+@pytest.fixture(scope="module")
+def encoder_cache(cache_dir) -> Path:
+    build_encoder(DEFAULT_ENCODER, cache_dir)  # exported once for the session
+    return cache_dir
+
+
+def fresh_cache(path: Path, encoder_cache: Path) -> Path:
+    """An empty feature cache holding the session's encoder export (no re-export)."""
+    shutil.copytree(encoder_cache / "encoders", path / "encoders")
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(items, encoder_cache, tmp_path_factory):
+    """The single-process run, embedded from scratch."""
+    cache = fresh_cache(tmp_path_factory.mktemp("single") / "cache", encoder_cache)
+    settings = replace(SETTINGS, cache_dir=cache)
+    return refine(items, settings, progress=False), settings
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask_client(DaskSettings(workers=2)) as c:
+        yield c
+
+
+def assert_same(a, b) -> None:
+    np.testing.assert_array_equal(a.grid.xy, b.grid.xy)
+    np.testing.assert_array_equal(a.proba, b.proba)
+    np.testing.assert_array_equal(a.refined, b.refined)
+    assert shapely.to_wkb(a.regions) == shapely.to_wkb(b.regions)
+    assert a.outline == b.outline
+
+
+def test_cluster_gives_the_single_process_results(client, items, single, encoder_cache, tmp_path):
+    expected, _ = single
+    cache = fresh_cache(tmp_path / "cache", encoder_cache)  # the workers embed too
+    check_shared_cache(client, cache)
+    outcomes = list(refine_on_cluster(client, items, replace(SETTINGS, cache_dir=cache)))
+    assert sorted(o.index for o in outcomes) == [0, 1]
+    for o in outcomes:
+        assert o.error is None and o.result is not None and not o.result.cached
+        assert o.timings["embed"] > 0
+        assert_same(o.result, expected.slides[o.index])
+
+
+def _dies(slide: int, markers: Path | None):
+    """A slide task whose worker process kills itself (SIGKILL) on slide ``slide``: once,
+    after the first batch of patches is embedded, if ``markers`` is a folder to remember it
+    in; else on every try, at the start."""
+
+    def task(item, settings, index):
+        if index == slide and markers is None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        marker = markers / f"died-{index}" if index == slide and markers else None
+
+        class KillOnce:
+            def __init__(self, desc: str, total: int) -> None:
+                pass
+
+            def __enter__(self):
+                return self
+
+            def update(self, n: int) -> None:
+                if marker is not None and not marker.exists():
+                    marker.touch()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            def __exit__(self, *exc) -> None:
+                pass
+
+        return refine_one(item, settings, index, progress=KillOnce)
+
+    return task
+
+
+def test_a_dead_worker_is_retried_once_then_its_slide_fails(
+    client, items, single, encoder_cache, tmp_path
+):
+    expected, _ = single
+    client.wait_for_workers(2, timeout=60)  # back from the deaths of earlier tests, if any
+    cache = fresh_cache(tmp_path / "cache", encoder_cache)
+    settings = replace(SETTINGS, cache_dir=cache)
+    # Slide 1's worker dies once mid-embedding: the retry gives the same result.
+    got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(1, tmp_path))}
+    assert (tmp_path / "died-1").exists()
+    for k in (0, 1):
+        assert got[k].error is None
+        assert_same(got[k].result, expected.slides[k])
+    # Nothing half-written in the cache by the killed embedding: one entry per slide.
+    assert len(list((cache / "features").glob("*.npz"))) == 2
+    # Slide 1's worker dies on every try: it is tried twice, then reported; slide 0 completes.
+    # (Two deaths in one run, not three: a slide queued on a worker that dies counts that
+    # death too, and two would fail it.)
+    client.wait_for_workers(2, timeout=60)
+    got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(1, None))}
+    assert got[1].result is None and "worker died" in got[1].error
+    assert got[0].error is None
+    assert_same(got[0].result, expected.slides[0])
+
+
+def without_ids(geojson: bytes) -> dict:
+    """A GeoJSON's content without its feature ids (random UUIDs, new on every run)."""
+    d = json.loads(geojson)
+    for f in d["features"]:
+        f.pop("id", None)
+    return d
+
+
+def test_slide_command_on_the_cluster_writes_what_one_process_writes(
+    client, inputs, items, single, tmp_path
+):
+    slides, coarse = inputs
+    # The command's defaults (5 MIL epochs), from the features the fixture cached.
+    settings = replace(single[1], classifier=ClassifierSettings())
+    expected = refine(items, settings, progress=False)
+    out = tmp_path / "out"
+    args = ["slide", *slides, *sum((["--coarse", c] for c in coarse), [])]
+    args += ["--out", out, "--patch-um", "96", "--cache-dir", settings.cache_dir, "--quiet"]
+    address = client.scheduler.address
+    r = CliRunner().invoke(main, [str(a) for a in [*args, "--dask", address]])
+    assert r.exit_code == 0, r.output
+    files, _ = render_outputs(expected, items, out, ClassNames())
+    for path, data in files.items():
+        if path.suffix == ".png":
+            assert path.read_bytes() == data, path.name  # byte for byte
+        else:
+            assert without_ids(path.read_bytes()) == without_ids(data), path.name
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["slide"] for s in summary["slides"]] == ["demo.tif", "cmu_small_region.svs"]
+    assert summary["failed"] == [] and summary["dask"]["address"] == address
+
+
+def test_a_slide_that_cannot_be_refined_is_reported_and_the_command_exits_1(
+    client, inputs, single, demo_slide, tmp_path
+):
+    slides, _ = inputs
+    w, h = demo_slide.size  # an outline over the whole slide: nothing outside to learn from
+    everything = annotation_features(shapely.box(0, 0, w, h), "Tumor")
+    coarse = write_features(tmp_path / "all.geojson", everything)
+    out = tmp_path / "out"
+    args = ["slide", slides[0], "--coarse", coarse, "--out", out, "--patch-um", "96"]
+    args += ["--cache-dir", single[1].cache_dir, "-q", "--dask", client.scheduler.address]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 1, r.output
+    assert "warning: not refined: demo.tif: only 0 patches of 96 µm outside" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 slides not refined")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["slides"] == [] and "only 0 patches" in summary["failed"][0]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_workers_that_cannot_see_the_cache_are_one_named_error(client, tmp_path, monkeypatch):
+    # /proc/self/cwd names each process's own working folder: a real path that is another
+    # folder on the workers once they work elsewhere, like a cache on a local disk.
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "driver")
+    before = client.run(os.getcwd)
+    client.run(os.chdir, str(tmp_path / "worker"))
+    try:
+        with pytest.raises(ClusterError, match=r"cannot use the feature cache /proc/self/cwd/c"):
+            check_shared_cache(client, Path("/proc/self/cwd/cache"))
+    finally:
+        for worker, cwd in before.items():
+            client.run(os.chdir, cwd, workers=[worker])
+    assert not list((tmp_path / "driver" / "cache").iterdir())  # the probe is removed
+
+
+def test_unreachable_scheduler_is_one_error_line(inputs, tmp_path):
+    slides, coarse = inputs
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "qupath_bridge.cli", "slide", str(slides[0])]
+    cmd += ["--coarse", str(coarse[0]), "--out", str(tmp_path / "out"), "-q"]
+    r = subprocess.run(
+        [*cmd, "--dask", "tcp://127.0.0.1:9"], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: Cannot reach the Dask scheduler at tcp://127.0.0.1:9: "
+    ), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "prototype", "--workers", "2"], "--method prototype shares prototypes"),
+        (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
+    ],
+)
+def test_cluster_options_that_cannot_work_fail_at_once(inputs, tmp_path, extra, message):
+    slides, coarse = inputs
+    args = ["slide", slides[0], "--coarse", coarse[0], "--out", tmp_path / "o", "-q", *extra]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ") and message in r.output, r.output
