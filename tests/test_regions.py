@@ -15,6 +15,7 @@ from engine.regions import (
     clean,
     edit_masks,
     edit_outline,
+    label_agreement,
     mask_to_polygons,
     outline_depth,
     patch_labels,
@@ -211,6 +212,33 @@ def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
     assert out.regions.symmetric_difference(coarse).area < 0.05 * coarse.area
     # The labels say what the outline shows.
     np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+
+
+def test_guard_redraws_only_a_redraw_that_departs_from_the_outline():
+    """A re-draw that moves a loose outline by about a patch agrees with it by more than
+    ``redraw_max_agreement``: that is within a re-draw's own error, so the outline is edited;
+    a wide departure is re-drawn. The self-test is asked only when the departure is wide."""
+    s = RegionSettings()
+    asked = []
+
+    def confirm() -> bool:
+        asked.append(True)
+        return True
+
+    grid, truth, p, coarse, c = _disc_case(950)  # loose by 2.5 patches
+    assert label_agreement(c, patch_labels(grid, truth)) < s.redraw_max_agreement
+    assert refine_outline(coarse, grid, p, c, 1.0, s, confirm=confirm).redrawn and asked
+    asked.clear()
+    grid, truth, p, coarse, c = _disc_case(780)  # loose by under one patch
+    rim = rim_scores(p, c, outline_depth(grid, coarse))
+    assert rim is not None and rim.level < s.redraw_below  # the rim alone would re-draw it
+    assert label_agreement(c, patch_labels(grid, truth)) > s.redraw_max_agreement
+    out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=confirm)
+    assert not out.redrawn and out.verdict(s) in ("edited", "unchanged (no confident edit)")
+    assert not asked
+    # Asked for, a re-draw happens whatever it agrees with.
+    assert refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="redraw")).redrawn
+    assert label_agreement(c, c) == 1.0 and label_agreement(c * 0, c * 0) == 1.0
 
 
 def test_lone_patch_edits_are_dropped_and_wider_ones_drawn():
