@@ -1,13 +1,14 @@
 """How the edit thresholds and the guard were chosen (issue 9): on the **tuning** part only.
 
-For every slide case of the tuning part (benchmark x grid x noise, seed 0; both the
+For every slide case of the tuning part (benchmark x grid x noise x seed; both the
 benchmark's grid and the CLI's ``auto`` grid) this records, from one MIL model per slide as
 the engine trains it: the coarse Dice, the Dice of the edited and of the re-drawn outline
-under several edit thresholds, the rim level, the separation of the scores and the guard's
+under several edit thresholds, the rim level, the separation of the scores, how far the
+re-draw moves the outline and how well its patches agree with the outline's, and the guard's
 self-test (:mod:`engine.guard`). Candidate rules are then judged per slide case (mean gain,
 worst gain, cases worse than coarse by > 0.02) without retraining::
 
-    python -m benchmarks.tune_guard --out benchmarks/results/tune-guard.json
+    python -m benchmarks.tune_guard --seeds 3 --out benchmarks/results/tune-guard.json
 
 It reads the built slides and the feature cache of ``python -m benchmarks.run --part tune``
 (``benchmarks/results/tmp``), embedding what is missing. It never touches the report part.
@@ -52,14 +53,28 @@ EDITS = {
     "e30/80": (0.3, 0.8),
     "e40/noadd": (0.4, 1.0),
 }
-#: guard rules tried: re-draw when rim level < rim (and self-test >= st, when given)
-GUARDS = {
-    "rim<0.6 (issue 4)": (0.6, None),
-    "rim<0.6 & self-test>=0.5": (0.6, 0.5),
-    "rim<0.6 & self-test>=0.7": (0.6, 0.7),
-    "rim<0.75 & self-test>=0.5": (0.75, 0.5),
-    "never re-draw": (-1.0, None),
+#: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
+#: Dice with the outline <= agree (each when given)
+GUARDS: dict[str, tuple[float, float | None, float | None]] = {
+    "rim<0.6 (issue 4)": (0.6, None, None),
+    "rim<0.6 & self-test>=0.5": (0.6, 0.5, None),
+    "rim<0.6 & self-test>=0.7": (0.6, 0.7, None),
+    "rim<0.75 & self-test>=0.5": (0.75, 0.5, None),
+    **{
+        f"rim<0.6 & self-test>=0.5 & agree<={a:.2f}": (0.6, 0.5, a)
+        for a in (0.76, 0.78, 0.8, 0.82, 0.84, 0.86, 0.88)
+    },
+    "never re-draw": (-1.0, None, None),
 }
+
+
+def redraws(r: dict[str, Any], rim_below: float, st_min: float | None, agree: float | None) -> bool:
+    """Would this guard rule re-draw slide case ``r``?"""
+    if r["rim"] is None or r["rim"] >= rim_below:
+        return False
+    if st_min is not None and (r["self_test"] is None or r["self_test"] < st_min):
+        return False
+    return agree is None or r["agree"] <= agree
 
 
 def redraw_move(coarse: np.ndarray, redrawn: np.ndarray, depth: np.ndarray) -> dict[str, float]:
@@ -159,17 +174,14 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
     """Per edit x guard rule: per cell and overall mean / worst gain over coarse."""
     lines = []
     for edit in EDITS:
-        for gname, (rim_below, st_min) in GUARDS.items():
+        for gname, rule in GUARDS.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
             for r in rows:
-                redraw = r["rim"] is not None and r["rim"] < rim_below
-                if st_min is not None:
-                    redraw = redraw and r["self_test"] is not None and r["self_test"] >= st_min
-                v = r["redraw"] if redraw else r[edit]
+                v = r["redraw"] if redraws(r, *rule) else r[edit]
                 cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
             gains = [g for v in cells.values() for g in v]
             lines.append(
-                f"edit {edit:9s} guard {gname:27s} mean {np.mean(gains):+.4f} "
+                f"edit {edit:9s} guard {gname:40s} mean {np.mean(gains):+.4f} "
                 f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
             )
             for k in sorted(cells):
@@ -186,9 +198,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--part", choices=("tune", "report"), default="tune")
-    ap.add_argument("--skip-self-test", action="store_true")
+    ap.add_argument("--skip-self-test", action="store_true", help="faster; no self-test column")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/tune-guard.json")
+    ap.add_argument("--judge", type=Path, default=None, help="only judge the rows of that JSON")
     a = ap.parse_args()
+    if a.judge:
+        rows = json.loads(a.judge.read_text())
+        a.judge.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
+        return
     rows = slide_cases(a.data, a.work, list(range(a.seeds)), a.part, a.skip_self_test)
     a.out.write_text(json.dumps(rows, indent=1) + "\n")
     a.out.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
