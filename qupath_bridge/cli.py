@@ -1,4 +1,4 @@
-"""The ``qupath-refine`` command line: a thin click layer over :mod:`qupath_bridge.runner`."""
+"""The ``qupath-refine`` command line: a thin click layer over :mod:`qupath_bridge.jobs`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from engine.errors import RefineError, SettingsError
 
 if TYPE_CHECKING:
     from engine.pipeline import RefineSettings
-    from qupath_bridge.runner import ClassNames
+    from qupath_bridge.classes import ClassNames
 
 log = logging.getLogger("qupath_refine")
 
@@ -174,7 +174,7 @@ def _run(
     from engine.features import FeatureSettings
     from engine.patches import GridSettings
     from engine.pipeline import RefineSettings
-    from qupath_bridge.runner import ClassNames
+    from qupath_bridge.classes import ClassNames
 
     _setup_logging(quiet)
     s = RefineSettings.for_method(
@@ -433,7 +433,7 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
     File > Import objects.
     """
-    from qupath_bridge.runner import refine_slides
+    from qupath_bridge.jobs.slide import refine_slides
 
     run = _run(**common)
     summary = refine_slides(
@@ -491,7 +491,7 @@ def project_cmd(
     first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the
     QuPath menu script, which handles the open image itself.
     """
-    from qupath_bridge.project_runner import ProjectOptions, refine_project
+    from qupath_bridge.jobs.project import ProjectOptions, refine_project
 
     run = _run(**common)
     opts = ProjectOptions(
@@ -569,7 +569,7 @@ def evaluate_cmd(
     """Dice, IoU, F1, PPV, NPV, TPR, TNR and accuracy of --pred against --truth, as JSON."""
     import json
 
-    from qupath_bridge.runner import evaluate_files
+    from qupath_bridge.jobs.evaluate import evaluate_files
 
     _setup_logging(True)
     res = evaluate_files(
@@ -614,7 +614,7 @@ def demo_cmd(out_dir, seed, cache_dir, quiet):
     Writes the slide, its coarse and true outlines, the refined GeoJSON and an overlay
     picture (amber coarse, green refined, blue truth) and prints coarse vs refined metrics.
     """
-    from qupath_bridge.runner import run_demo
+    from qupath_bridge.jobs.demo import run_demo
 
     _setup_logging(quiet)
     s = run_demo(

@@ -12,9 +12,10 @@ import pytest
 import shapely
 
 from engine.errors import AnnotationError
+from qupath_bridge.classes import ClassNames
 from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
-from qupath_bridge.project_runner import sort_objects
-from qupath_bridge.runner import ClassNames, load_inputs
+from qupath_bridge.jobs.project import sort_objects
+from qupath_bridge.slide_io import load_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SQUARE = [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]]

@@ -20,8 +20,6 @@ again:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import signal
 import threading
@@ -39,14 +37,26 @@ from engine.features import ProgressFactory
 from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
 from engine.regions import clean
 from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
-from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, ProjectError, read_export
+from qupath_bridge.errors import ProjectError
+from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
     clip_to_frame,
+    polygons,
     read_objects,
     refined_features,
+    union,
     write_features,
 )
+from qupath_bridge.memory import (
+    Memory,
+    annotation_keys,
+    memory_file,
+    read_memory,
+    remembered_negative,
+    write_memory,
+)
+from qupath_bridge.outputs import write_json
 from qupath_bridge.project import (
     check_version,
     entry_names,
@@ -62,7 +72,7 @@ from qupath_bridge.project import (
     work_dir,
     write_refined,
 )
-from qupath_bridge.runner import result_fields, write_json
+from qupath_bridge.summaries import result_fields
 
 log = logging.getLogger("qupath_refine")
 
@@ -91,10 +101,6 @@ class ImageInputs:
     rejected: shapely.Geometry | None = None  # refined regions the user deleted (remembered)
 
 
-def _union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
-    return shapely.make_valid(shapely.union_all(geoms)) if geoms else None
-
-
 def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInputs:
     """Apply the round-trip rules to one image's objects (see the module docstring)."""
     coarse, negative, keep = [], [], []
@@ -113,149 +119,7 @@ def sort_objects(objects: list[QuPathObject], classes: ClassNames) -> ImageInput
     present = {
         o.classification or "(unclassified)" for o in objects if o.object_type == "annotation"
     }
-    return ImageInputs(_union(coarse), _union(negative), _union(keep), present)
-
-
-# --- what earlier runs wrote: deleted regions are remembered ------------------------------
-
-MEMORY_VERSION = 1
-#: share of a written region that must still be covered for it to count as present
-PRESENT_SHARE = 0.5
-#: share of a written region a new annotation must cover for it to count as converted
-CONVERTED_SHARE = 0.1
-
-
-@dataclass
-class Memory:
-    """What qupath-refine last put into one image, kept in ``qupath-refine/memory/<id>.json``.
-
-    ``state``: ``project`` (written into the data file), ``live`` (handed to the menu script
-    for the open image), ``pending`` (a write started and may not have finished).
-    """
-
-    refined_class: str
-    state: str
-    regions: list[shapely.Polygon]
-    rejected: shapely.Geometry | None = None  # tissue the user said is not tumour, by deleting
-    annotations: frozenset[str] = frozenset()  # the image's annotations then (shape_key)
-
-
-def shape_key(geom: shapely.Geometry) -> str:
-    """A geometry's identity across runs: QuPath keeps 0.01 px and may start rings elsewhere."""
-    g = shapely.normalize(shapely.set_precision(geom, 0.01))
-    return hashlib.sha1(shapely.to_wkb(g)).hexdigest()
-
-
-def annotation_keys(objects: list[QuPathObject]) -> frozenset[str]:
-    return frozenset(shape_key(o.geometry) for o in objects if o.object_type == "annotation")
-
-
-def memory_file(project: Path, entry_id: str) -> Path:
-    return work_dir(project) / "memory" / f"{entry_id}.json"
-
-
-def read_memory(project: Path, entry_id: str) -> Memory | None:
-    """The image's memory; None (with a warning when the file is damaged) if there is none."""
-    f = memory_file(project, entry_id)
-    if not f.is_file():
-        return None
-    try:
-        doc = json.loads(f.read_text(encoding="utf-8"))
-        regions = _polygons(shapely.geometry.shape(doc["regions"])) if doc["regions"] else []
-        rejected = shapely.geometry.shape(doc["rejected"]) if doc.get("rejected") else None
-        known = frozenset(str(k) for k in doc.get("annotations") or [])
-        return Memory(str(doc["refined_class"]), str(doc["state"]), regions, rejected, known)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        log.warning("ignoring damaged %s (%s): deleted regions are not compared this run", f, e)
-        return None
-
-
-def write_memory(project: Path, entry_id: str, memory: Memory) -> Path:
-    doc = {
-        "version": MEMORY_VERSION,
-        "refined_class": memory.refined_class,
-        "state": memory.state,
-        "regions": shapely.geometry.mapping(shapely.MultiPolygon(memory.regions)),
-        "rejected": shapely.geometry.mapping(memory.rejected) if memory.rejected else None,
-        "annotations": sorted(memory.annotations),
-    }
-    return write_json(memory_file(project, entry_id), doc)
-
-
-def vanished_regions(
-    written: list[shapely.Polygon],
-    objects: list[QuPathObject],
-    refined: str,
-    known: frozenset[str] = frozenset(),
-) -> list[shapely.Polygon]:
-    """Regions a run wrote that the user has since deleted without converting them.
-
-    A written region is still there when the image's ``refined`` detections (locked or not)
-    cover at least half of it, and converted when an annotation the user made since that run
-    (not among ``known``, the :func:`shape_key` of the annotations then) covers a tenth of it:
-    a converted region, perhaps trimmed or re-classified, or an edited outline. The coarse
-    outline that was already there is no conversion of the regions inside it.
-    """
-    dets = [
-        o.geometry for o in objects if o.object_type == "detection" and o.classification == refined
-    ]
-    present = shapely.make_valid(shapely.union_all(dets)) if dets else None
-    new = [
-        o.geometry
-        for o in objects
-        if o.object_type == "annotation" and shape_key(o.geometry) not in known
-    ]
-    claimed = shapely.make_valid(shapely.union_all(new)) if new else None
-    return [
-        p
-        for p in written
-        if not (present is not None and p.intersection(present).area >= PRESENT_SHARE * p.area)
-        and not (claimed is not None and p.intersection(claimed).area >= CONVERTED_SHARE * p.area)
-    ]
-
-
-def remembered_negative(
-    name: str,
-    memory: Memory | None,
-    objects: list[QuPathObject],
-    compare: bool,
-    mpp: float | None,
-) -> shapely.Geometry | None:
-    """Tissue the user rejected by deleting refined regions, this run and earlier ones (the
-    image's new ``rejected``), from its memory and its objects now. ``compare`` is False when
-    the objects do not include the image's refined detections (an older menu script's export).
-    """
-    if memory is None:
-        return None
-    rejected = memory.rejected
-    gone: list[shapely.Polygon] = []
-    if memory.state == "pending":
-        log.info("%s: the last write may not have finished; deleted regions not compared", name)
-    elif not compare:
-        log.info("%s: the export lacks its refined detections; deleted regions not compared", name)
-    elif memory.regions:
-        gone = vanished_regions(memory.regions, objects, memory.refined_class, memory.annotations)
-        if len(gone) == len(memory.regions):
-            log.warning(
-                "%s: none of the %d refined regions of the last run are in the image; taking "
-                "them as never imported, not as rejected (to mark tissue as not tumour, draw "
-                "an Ignore* annotation)",
-                name,
-                len(gone),
-            )
-            gone = []
-    if gone:
-        area = sum(p.area for p in gone)
-        size = f"{area * mpp**2 / 1e6:.3f} mm²" if mpp else f"{area:.0f} px²"
-        log.info(
-            "%s: %d refined region(s) of the last run were deleted (%s): treated as not tumour "
-            "from now on",
-            name,
-            len(gone),
-            size,
-        )
-        rejected = _union([g for g in (rejected, *gone) if g is not None])
-    return rejected
+    return ImageInputs(union(coarse), union(negative), union(keep), present)
 
 
 def select_images(records: list[ImageRecord], wanted: tuple[str, ...]) -> list[ImageRecord]:
@@ -305,7 +169,7 @@ def gather_inputs(
         inp.rejected = (rejected or {}).get(r.id)
         if inp.rejected is not None:
             no = inp.rejected if inp.keep is None else inp.rejected.difference(inp.keep)
-            inp.negative = _union([g for g in (inp.negative, no) if g is not None])
+            inp.negative = union([g for g in (inp.negative, no) if g is not None])
         seen |= inp.classes
         if inp.coarse is None or inp.coarse.is_empty:
             log.warning("skipping %r: no %r annotation", r.name, classes.coarse)
@@ -331,14 +195,6 @@ def gather_inputs(
             f"project: {listing}. Pass --class with one of them."
         )
     return items, used, sorted_
-
-
-def _polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
-    if geom is None or geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
 
 
 @contextmanager
@@ -474,7 +330,7 @@ def _run_project(
                 # engine's own smallest region).
                 cut = shapely.make_valid(regions.difference(inp.keep))
                 regions = clean(cut, res.grid.size**2 / 2, 0.0)
-            polys = _polygons(regions)
+            polys = polygons(regions)
             feats = refined_features(
                 shapely.MultiPolygon(polys),
                 res.grid.xy if options.tiles else None,
