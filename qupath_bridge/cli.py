@@ -9,7 +9,8 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -126,8 +127,9 @@ SLIDE_COLUMNS = ["slide", "patch_um", *_AREAS, "regions", "relabelled", "outline
 IMAGE_COLUMNS = ["image", "patch_um", *_AREAS, "relabelled", "outline", "seconds", "written"]
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[str(r[c]) for c in columns] for r in rows]
+def _table(rows: Sequence[object], columns: list[str]) -> str:
+    """``rows`` (result dataclasses or dicts) as a plain-text table of ``columns``."""
+    cells = [[str(r[c] if isinstance(r, dict) else getattr(r, c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     head = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -436,7 +438,7 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     from qupath_bridge.jobs.slide import refine_slides
 
     run = _run(**common)
-    summary = refine_slides(
+    done = refine_slides(
         list(slides),
         list(coarse_files),
         out_dir,
@@ -446,11 +448,10 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
         tiles=not no_tiles,
         progress=run.progress,
     )
-    click.echo(_table(summary["slides"], SLIDE_COLUMNS))
-    t = summary["timings"]
-    click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    for o in summary["outputs"]:
-        click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
+    click.echo(_table(done.slides, SLIDE_COLUMNS))
+    click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in done.timings.items()))
+    for o in done.outputs:
+        click.echo(f"wrote {o.geojson}\n      {o.overlay}")
     click.echo(f"summary: {out_dir / 'summary.json'}")
 
 
@@ -491,7 +492,7 @@ def project_cmd(
     first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the
     QuPath menu script, which handles the open image itself.
     """
-    from qupath_bridge.jobs.project import ProjectOptions, refine_project
+    from qupath_bridge.jobs.project import ProjectOptions, ProjectPlan, refine_project
 
     run = _run(**common)
     opts = ProjectOptions(
@@ -504,20 +505,20 @@ def project_cmd(
         tiles=not no_tiles,
     )
     report = refine_project(project, opts, run.settings, run.classes, progress=run.progress)
-    if report.get("dry_run"):
+    if isinstance(report, ProjectPlan):
         click.echo("dry run, nothing written:")
         click.echo(
             _table(
-                report["images"],
+                report.images,
                 ["image", "patch_um", "patches", "inside", "hard_negative", "coarse_mm2", "mpp"],
             )
         )
         return
-    click.echo(_table(report["images"], IMAGE_COLUMNS))
-    click.echo(f"results: {report['results']}")
-    if report["backup"]:
+    click.echo(_table(report.images, IMAGE_COLUMNS))
+    click.echo(f"results: {report.results}")
+    if report.backup:
         click.echo(
-            f"backup of the data files before writing: {report['backup']} "
+            f"backup of the data files before writing: {report.backup} "
             "(restore: copy a folder back over <project>/data/<id>/ with the image closed)"
         )
 
@@ -575,7 +576,7 @@ def evaluate_cmd(
     res = evaluate_files(
         slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
     )
-    click.echo(json.dumps(_nan_to_null(res), indent=2, allow_nan=False))
+    click.echo(json.dumps(_nan_to_null(res.to_json()), indent=2, allow_nan=False))
 
 
 def _nan_to_null(v):
@@ -625,16 +626,16 @@ def demo_cmd(out_dir, seed, cache_dir, quiet):
         rows.append(
             {
                 "metric": m,
-                "coarse": _fmt(s["coarse"]["pixel"][m]),
-                "refined": _fmt(s["refined"]["pixel"][m]),
+                "coarse": _fmt(s.coarse.pixel[m]),
+                "refined": _fmt(s.refined.pixel[m]),
             }
         )
-    click.echo(f"pixel-level inside tissue at {s['refined']['pixel_um']:.1f} µm/px:")
+    click.echo(f"pixel-level inside tissue at {s.refined.pixel_um:.1f} µm/px:")
     click.echo(_table(rows, ["metric", "coarse", "refined"]))
-    gain = s["refined"]["pixel"]["dice"] - s["coarse"]["pixel"]["dice"]
+    gain = s.refined.pixel["dice"] - s.coarse.pixel["dice"]
     click.echo(f"Dice {'+' if gain >= 0 else ''}{gain:.3f} over the coarse annotation")
-    click.echo(f"coarse outline: {s['rows'][0]['outline']}")
-    for k, v in s["outputs"].items():
+    click.echo(f"coarse outline: {s.rows[0].outline}")
+    for k, v in asdict(s.outputs).items():
         click.echo(f"{k}: {v}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import geojson
@@ -119,6 +120,14 @@ def output_names(paths: list[Path]) -> tuple[list[str], list[dict]]:
     return names, collisions
 
 
+@dataclass(frozen=True)
+class SlideFiles:
+    """The files written for one slide."""
+
+    geojson: Path
+    overlay: Path
+
+
 def render_outputs(
     result: RefineResult,
     items: list[SlideInput],
@@ -127,11 +136,11 @@ def render_outputs(
     tiles: bool = True,
     truths: list[shapely.Geometry | None] | None = None,
     names: list[str] | None = None,
-) -> tuple[dict[Path, bytes], list[dict[str, Path]]]:
+) -> tuple[dict[Path, bytes], list[SlideFiles]]:
     """Every slide's refined GeoJSON and overlay PNG, computed in memory (thumbnails read,
     pictures encoded) so that nothing is written until all of it has worked."""
     files: dict[Path, bytes] = {}
-    written = []
+    written: list[SlideFiles] = []
     truths = truths or [None] * len(items)
     names = names or output_names([Path(i.path) for i in items])[0]
     for item, r, truth, stem in zip(items, result.slides, truths, names, strict=True):
@@ -155,7 +164,7 @@ def render_outputs(
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         files[png] = buf.getvalue()
-        written.append({"geojson": gj, "overlay": png})
+        written.append(SlideFiles(geojson=gj, overlay=png))
     return files, written
 
 
@@ -167,7 +176,7 @@ def write_outputs(
     tiles: bool = True,
     truths: list[shapely.Geometry | None] | None = None,
     names: list[str] | None = None,
-) -> list[dict[str, Path]]:
+) -> list[SlideFiles]:
     """Refined GeoJSON and an overlay PNG per slide, all written together (or none); returns
     the paths written."""
     files, written = render_outputs(result, items, out_dir, classes, tiles, truths, names)

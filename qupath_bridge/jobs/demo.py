@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.evaluation import evaluate
 from engine.features import ProgressFactory
@@ -16,9 +18,32 @@ from qupath_bridge.classes import ClassNames
 from qupath_bridge.geojson_io import annotation_features, write_features
 from qupath_bridge.outputs import write_json
 from qupath_bridge.slide_io import load_inputs, write_outputs
-from qupath_bridge.summaries import slide_rows
+from qupath_bridge.summaries import Evaluation, SlideRow, rounded, slide_rows
 
 log = logging.getLogger("qupath_refine")
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    refined_geojson: str
+    overlay: str
+    coarse_geojson: str
+    truth_geojson: str
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What the demo did; :meth:`to_json` is its summary.json."""
+
+    slide: str
+    coarse: Evaluation  # the coarse outline against the truth
+    refined: Evaluation  # the refined one
+    rows: tuple[SlideRow, ...]
+    outputs: DemoFiles
+    timings: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def run_demo(
@@ -27,7 +52,7 @@ def run_demo(
     progress: bool | ProgressFactory = True,
     on_stage=None,
     cache_dir: Path | None = None,
-) -> dict:
+) -> DemoRun:
     """The ``demo`` command: a synthetic slide with a known truth, refined end to end."""
     t0 = time.perf_counter()
     (on_stage or log.info)("writing a synthetic slide")
@@ -48,20 +73,20 @@ def run_demo(
     r = result.slides[0]
     with Slide(demo.path) as s:
         grid = GridSettings(patch_um=64.0)
-        coarse_m = evaluate(s, demo.truth, items[0].coarse, 2.0, grid)
-        refined_m = evaluate(s, demo.truth, r.regions, 2.0, grid)
-    summary = {
-        "slide": str(demo.path),
-        "coarse": coarse_m,
-        "refined": refined_m,
-        "rows": slide_rows(result, items, time.perf_counter() - t0),
-        "outputs": {
-            "refined_geojson": str(written[0]["geojson"]),
-            "overlay": str(written[0]["overlay"]),
-            "coarse_geojson": str(coarse_path),
-            "truth_geojson": str(truth_path),
-        },
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-    }
-    write_json(out_dir / "summary.json", summary)
-    return summary
+        coarse_m = Evaluation(**evaluate(s, demo.truth, items[0].coarse, 2.0, grid))
+        refined_m = Evaluation(**evaluate(s, demo.truth, r.regions, 2.0, grid))
+    run = DemoRun(
+        slide=str(demo.path),
+        coarse=coarse_m,
+        refined=refined_m,
+        rows=slide_rows(result, items, time.perf_counter() - t0),
+        outputs=DemoFiles(
+            refined_geojson=str(written[0].geojson),
+            overlay=str(written[0].overlay),
+            coarse_geojson=str(coarse_path),
+            truth_geojson=str(truth_path),
+        ),
+        timings=rounded(result.timings, 3),
+    )
+    write_json(out_dir / "summary.json", run.to_json())
+    return run

@@ -12,6 +12,7 @@ from engine.evaluation import evaluate, mask_to_geometry
 from engine.patches import GridSettings, check_patch_budget
 from engine.slide import Slide
 from qupath_bridge.geojson_io import read_objects, select_geometry
+from qupath_bridge.summaries import Evaluation
 
 log = logging.getLogger("qupath_refine")
 
@@ -25,7 +26,7 @@ def evaluate_files(
     mpp: float | None,
     eval_mpp: float,
     patch_um: float,
-) -> dict:
+) -> Evaluation:
     """The ``evaluate`` command: truth from GeoJSON or a mask image, prediction from GeoJSON."""
     with Slide(slide_path, mpp=mpp) as s:
         if truth_path.suffix.lower() in (".png", ".tif", ".tiff", ".jpg", ".bmp"):
@@ -37,7 +38,7 @@ def evaluate_files(
         pred = _objects_geometry(pred_path, pred_class, None)
         grid = GridSettings(patch_um=patch_um)
         check_patch_budget(s.width, s.height, s.mpp, grid, slide_path.name)
-        return evaluate(s, truth, pred, eval_mpp, grid)
+        return Evaluation(**evaluate(s, truth, pred, eval_mpp, grid))
 
 
 def _objects_geometry(path: Path, class_name: str | None, object_type: str | None):

@@ -26,8 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import shapely
 import shapely.geometry
@@ -72,7 +73,7 @@ from qupath_bridge.project import (
     work_dir,
     write_refined,
 )
-from qupath_bridge.summaries import result_fields
+from qupath_bridge.summaries import result_fields, rounded
 
 log = logging.getLogger("qupath_refine")
 
@@ -88,6 +89,56 @@ class ProjectOptions:
     geojson_only: bool = False  # write results GeoJSON only, never the project's data files
     mpp: float | None = None
     tiles: bool = True
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One image of a dry run: what a real run would refine."""
+
+    image: str
+    patches: int
+    patch_um: float
+    inside: int
+    hard_negative: int
+    coarse_mm2: float
+    mpp: float
+
+
+@dataclass(frozen=True)
+class ProjectPlan:
+    """What ``--dry-run`` reports; it writes nothing."""
+
+    images: tuple[PlanRow, ...]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of a project run (field order is summary.json's key order)."""
+
+    image: str
+    patches: int
+    patch_um: float
+    coarse_mm2: float
+    refined_mm2: float
+    relabelled: float
+    outline: str
+    seconds: float
+    written: str  # "project", "live" (the menu script writes it) or "geojson"
+
+
+@dataclass(frozen=True)
+class ProjectRun:
+    """What a project run did; :meth:`to_json` is its results/summary.json."""
+
+    images: tuple[ImageRow, ...]
+    timings: dict[str, float]
+    seconds: float
+    results: str
+    backup: str | None  # the data files' backups of this run; None when none were written
+    errors: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -242,7 +293,7 @@ def refine_project(
     classes: ClassNames | None = None,
     progress: bool | ProgressFactory = True,
     on_stage: Callable[[str], None] | None = None,
-) -> dict:
+) -> ProjectRun | ProjectPlan:
     """Run the whole project command; returns the report (also written as JSON).
 
     Holds the project's lock for the run (a dry run writes nothing and takes none)."""
@@ -260,7 +311,7 @@ def _run_project(
     classes: ClassNames | None,
     progress: bool | ProgressFactory,
     on_stage: Callable[[str], None] | None,
-) -> dict:
+) -> ProjectRun | ProjectPlan:
     classes = classes or ClassNames()
     say = on_stage or log.info
     export = read_export(options.from_export) if options.from_export else None
@@ -291,19 +342,20 @@ def _run_project(
 
     if options.dry_run:
         plans = plan(items, settings)
-        rows = [
-            {
-                "image": p.name,
-                "patches": p.patches,
-                "patch_um": p.patch_um,
-                "inside": p.inside,
-                "hard_negative": p.negative,
-                "coarse_mm2": round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),
-                "mpp": round(p.mpp, 4),
-            }
-            for p, it in zip(plans, items, strict=True)
-        ]
-        return {"dry_run": True, "images": rows}
+        return ProjectPlan(
+            tuple(
+                PlanRow(
+                    image=p.name,
+                    patches=p.patches,
+                    patch_um=p.patch_um,
+                    inside=p.inside,
+                    hard_negative=p.negative,
+                    coarse_mm2=round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),
+                    mpp=round(p.mpp, 4),
+                )
+                for p, it in zip(plans, items, strict=True)
+            )
+        )
 
     write_paquo = not options.geojson_only and any(not r.live for r in used)
     if write_paquo:
@@ -391,12 +443,12 @@ def _run_project(
                 # --geojson-only: the project still holds what it held; keep what was learnt
                 write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
             rows.append(
-                {
-                    "image": r.name,
+                ImageRow(
+                    image=r.name,
                     **result_fields(res, inp.coarse, regions),
-                    "seconds": round(res.seconds + shared / len(used), 1),
-                    "written": "project" if written else ("live" if r.live else "geojson"),
-                }
+                    seconds=round(res.seconds + shared / len(used), 1),
+                    written="project" if written else ("live" if r.live else "geojson"),
+                )
             )
             entry = {
                 "id": r.id,
@@ -424,15 +476,15 @@ def _run_project(
         "images": manifest_images,
     }
     write_json(results_dir / "manifest.json", manifest)
-    report = {
-        "images": rows,
-        "timings": {k: round(v, 2) for k, v in result.timings.items()},
-        "seconds": round(time.perf_counter() - t0, 1),
-        "results": str(results_dir),
-        "backup": str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
-        "errors": errors,
-    }
-    write_json(results_dir / "summary.json", report)
+    report = ProjectRun(
+        images=tuple(rows),
+        timings=rounded(result.timings, 2),
+        seconds=round(time.perf_counter() - t0, 1),
+        results=str(results_dir),
+        backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
+        errors=tuple(errors),
+    )
+    write_json(results_dir / "summary.json", report.to_json())
     if errors:
         raise ProjectError(
             f"{len(errors)} image(s) could not be written (each was restored from its backup): "
