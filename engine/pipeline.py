@@ -321,7 +321,6 @@ def refine(
     items: Sequence[SlideInput],
     settings: RefineSettings = RefineSettings(),
     progress: bool | ProgressFactory = True,
-    on_stage: Callable[[str], None] | None = None,
 ) -> RefineResult:
     """Refine the coarse annotations of ``items`` together.
 
@@ -333,7 +332,6 @@ def refine(
     settings.pseudolabels.validate()
     settings.regions.validate()
     settings.classifier.validate()
-    say = on_stage or (lambda msg: log.info(msg))
     timings = dict.fromkeys(STAGES, 0.0)
     cache_dir = settings.cache_dir or default_cache_dir()
 
@@ -354,10 +352,10 @@ def refine(
 
     for k, d in enumerate(data, 1):
         if d.features is None:
-            say(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
+            log.info(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
             embed_slide(d, settings, encoder, timings, progress)
         else:
-            say(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
+            log.info(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
 
     all_feats = np.concatenate([d.features for d in data])
     negatives = np.concatenate(hard_neg)
@@ -367,7 +365,7 @@ def refine(
         # The paper's route: prototype pseudo-labels for the patch classifier. MIL learns
         # from the coarse labels themselves: bags drawn from the prototype pseudo-labels lost
         # 0.005-0.04 Dice against bags from the coarse labels on every benchmark cell.
-        say("prototypes")
+        log.info("prototypes")
         t0 = time.perf_counter()
         protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
             [d.features for d in data]
@@ -379,7 +377,7 @@ def refine(
         timings["prototypes"] = time.perf_counter() - t0
     labels = pl.labels if pl is not None else np.where(negatives, 0, all_coarse).astype(np.int8)
 
-    say("classifier")
+    log.info("classifier")
     t0 = time.perf_counter()
     if settings.classifier.model == "mil":
         proba = slide_mil_proba([d.features for d in data], labels, negatives, settings)
@@ -394,7 +392,7 @@ def refine(
     proba[negatives] = 0.0
     timings["train"] = time.perf_counter() - t0
 
-    say("regions")
+    log.info("regions")
     t0 = time.perf_counter()
     results = []
     start = 0

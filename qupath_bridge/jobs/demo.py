@@ -50,12 +50,11 @@ def run_demo(
     out_dir: Path,
     seed: int = 0,
     progress: bool | ProgressFactory = True,
-    on_stage=None,
     cache_dir: Path | None = None,
 ) -> DemoRun:
     """The ``demo`` command: a synthetic slide with a known truth, refined end to end."""
     t0 = time.perf_counter()
-    (on_stage or log.info)("writing a synthetic slide")
+    log.info("writing a synthetic slide")
     out_dir.mkdir(parents=True, exist_ok=True)
     demo = make_demo_slide(out_dir / "demo-slide.tif", seed=seed)
     coarse_path = write_features(
@@ -68,7 +67,7 @@ def run_demo(
     settings = RefineSettings(grid=GridSettings(patch_um=64.0), cache_dir=cache_dir).with_seed(seed)
     classes = ClassNames()
     items = load_inputs([demo.path], [coarse_path], classes, None)
-    result = refine(items, settings, progress=progress, on_stage=on_stage)
+    result = refine(items, settings, progress=progress)
     written = write_outputs(result, items, out_dir, classes, tiles=True, truths=[demo.truth])
     r = result.slides[0]
     with Slide(demo.path) as s:

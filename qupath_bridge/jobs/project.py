@@ -24,7 +24,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -292,16 +292,15 @@ def refine_project(
     settings: RefineSettings,
     classes: ClassNames | None = None,
     progress: bool | ProgressFactory = True,
-    on_stage: Callable[[str], None] | None = None,
 ) -> ProjectRun | ProjectPlan:
     """Run the whole project command; returns the report (also written as JSON).
 
     Holds the project's lock for the run (a dry run writes nothing and takes none)."""
     pfile = project_file(project)
     if options.dry_run:
-        return _run_project(pfile, options, settings, classes, progress, on_stage)
+        return _run_project(pfile, options, settings, classes, progress)
     with project_lock(pfile), signals_interrupt():
-        return _run_project(pfile, options, settings, classes, progress, on_stage)
+        return _run_project(pfile, options, settings, classes, progress)
 
 
 def _run_project(
@@ -310,10 +309,8 @@ def _run_project(
     settings: RefineSettings,
     classes: ClassNames | None,
     progress: bool | ProgressFactory,
-    on_stage: Callable[[str], None] | None,
 ) -> ProjectRun | ProjectPlan:
     classes = classes or ClassNames()
-    say = on_stage or log.info
     export = read_export(options.from_export) if options.from_export else None
     if export is not None:
         records = export.images
@@ -362,7 +359,7 @@ def _run_project(
         check_version(pfile)  # no QuPath, or too old: say so now, not after embedding
 
     t0 = time.perf_counter()
-    result = refine(items, settings, progress=progress, on_stage=on_stage)
+    result = refine(items, settings, progress=progress)
     shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
 
     results_dir = work_dir(pfile) / "results"
@@ -402,7 +399,7 @@ def _run_project(
             before = memories.get(r.id)
             notes = annotation_keys(objects_of[r.id])
             if qp is not None and not r.live:
-                say(f"writing {r.name}")
+                log.info(f"writing {r.name}")
                 tiles = []
                 if options.tiles:
                     tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))

@@ -71,7 +71,6 @@ def refine_slides(
     mpp: float | None = None,
     tiles: bool = True,
     progress: bool | ProgressFactory = True,
-    on_stage=None,
 ) -> SlideRun:
     """The ``slide`` command: refine slides together, write GeoJSON, pictures, summary."""
     check_out_dir(out_dir)  # before any work: a bad --out fails in seconds
@@ -80,9 +79,9 @@ def refine_slides(
     names, collisions = output_names([Path(i.path) for i in items])
     # Locked from here: a second run on this --out is refused before it embeds anything.
     with locked_out_dir(out_dir):
-        result = refine(items, settings, progress=progress, on_stage=on_stage)
+        result = refine(items, settings, progress=progress)
         seconds = time.perf_counter() - t0
-        (on_stage or log.info)(f"writing the results to {out_dir}")
+        log.info(f"writing the results to {out_dir}")
         files, written = render_outputs(result, items, out_dir, classes, tiles, names=names)
         run = slide_run(result, items, seconds, written, collisions, settings, classes)
         files[out_dir / "summary.json"] = json_bytes(run.to_json())
