@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,11 @@ import shapely.geometry
 
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
-from engine.pipeline import RefineSettings, SlideInput, open_slide, plan, refine
+from engine.pipeline import RefineSettings, SlideInput, SlideResult, open_slide, plan, refine
 from engine.regions import clean
 from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
 from qupath_bridge.errors import ProjectError
-from qupath_bridge.export import RESULTS_FORMAT, ImageRecord, read_export
+from qupath_bridge.export import RESULTS_FORMAT, Export, ImageRecord, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
     clip_to_frame,
@@ -293,193 +293,136 @@ def refine_project(
     classes: ClassNames | None = None,
     progress: bool | ProgressFactory = True,
 ) -> ProjectRun | ProjectPlan:
-    """Run the whole project command; returns the report (also written as JSON).
+    """Run the whole project command; returns the report (also written as JSON), or with
+    ``options.dry_run`` the plan.
 
     Holds the project's lock for the run (a dry run writes nothing and takes none)."""
     pfile = project_file(project)
+    classes = classes or ClassNames()
     if options.dry_run:
-        return _run_project(pfile, options, settings, classes, progress)
+        return plan_project(read_project(pfile, options, classes), settings)
     with project_lock(pfile), signals_interrupt():
-        return _run_project(pfile, options, settings, classes, progress)
+        inputs = read_project(pfile, options, classes)
+        return refine_and_write(pfile, inputs, options, settings, classes, progress)
 
 
-def _run_project(
+@dataclass(frozen=True)
+class ProjectInputs:
+    """The images a run refines, with what was read for them."""
+
+    export: Export | None  # the menu script's export, when read from one
+    records: list[ImageRecord]  # the images with coarse annotations, in run order
+    inputs: list[ImageInputs]  # their objects sorted by the round-trip rules
+    items: list[SlideInput]  # what the engine refines
+    objects: dict[str, list[QuPathObject]]  # every read image's objects, by entry ID
+    memories: dict[str, Memory | None]  # what earlier runs wrote, by entry ID
+
+
+def read_project(pfile: Path, options: ProjectOptions, classes: ClassNames) -> ProjectInputs:
+    """The selected images' objects, from the export folder or through paquo, sorted by the
+    round-trip rules; regions deleted since an earlier run become hard negatives."""
+    export, records, objects = _read_objects(pfile, options)
+    records = check_slides(select_images(records, options.images), options.skip_missing)
+    memories = {r.id: read_memory(pfile, r.id) for r in records}
+    rejected = {r.id: _rejected(r, memories[r.id], objects[r.id], options.mpp) for r in records}
+    items, used, inputs = gather_inputs(records, objects, classes, options.mpp, rejected)
+    return ProjectInputs(export, used, inputs, items, objects, memories)
+
+
+def _read_objects(
+    pfile: Path, options: ProjectOptions
+) -> tuple[Export | None, list[ImageRecord], dict[str, list[QuPathObject]]]:
+    """Every image of the project, and the objects of the selected ones."""
+    if options.from_export:
+        export = read_export(options.from_export)
+        return export, export.images, {r.id: read_objects(r.geojson) for r in export.images}
+    repair_images(pfile, _chosen_ids(pfile, options.images), fix=not options.dry_run)
+    with open_project(pfile, write=False) as qp:
+        records = list_images(qp, pfile)
+        chosen = select_images(records, options.images)
+        return None, records, {r.id: read_image_objects(qp, r.id) for r in chosen}
+
+
+def _rejected(
+    r: ImageRecord, memory: Memory | None, objects: list[QuPathObject], mpp: float | None
+) -> shapely.Geometry | None:
+    # Deleted regions can only be told when the objects include the refined detections:
+    # paquo reads them all; an export holds the classes it lists (none from older scripts).
+    compare = r.detection_classes is None or (
+        memory is not None and memory.refined_class in r.detection_classes
+    )
+    return remembered_negative(r.name, memory, objects, compare, mpp or r.pixel_um)
+
+
+def plan_project(inputs: ProjectInputs, settings: RefineSettings) -> ProjectPlan:
+    """What a run would refine, from the grids alone (``--dry-run``)."""
+    rows = []
+    for p, it in zip(plan(inputs.items, settings), inputs.items, strict=True):
+        rows.append(
+            PlanRow(
+                image=p.name,
+                patches=p.patches,
+                patch_um=p.patch_um,
+                inside=p.inside,
+                hard_negative=p.negative,
+                coarse_mm2=round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),
+                mpp=round(p.mpp, 4),
+            )
+        )
+    return ProjectPlan(tuple(rows))
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What a run did with one image."""
+
+    row: ImageRow
+    geojson: Path  # its results GeoJSON, written with the manifest after all images
+    features: list[Any]
+    written: bool  # into the project's data file, through paquo
+    error: str | None  # why that write failed (the image was restored from its backup)
+
+
+def refine_and_write(
     pfile: Path,
+    got: ProjectInputs,
     options: ProjectOptions,
     settings: RefineSettings,
-    classes: ClassNames | None,
+    classes: ClassNames,
     progress: bool | ProgressFactory,
-) -> ProjectRun | ProjectPlan:
-    classes = classes or ClassNames()
-    export = read_export(options.from_export) if options.from_export else None
-    if export is not None:
-        records = export.images
-        objects_of = {r.id: read_objects(r.geojson) for r in records}
-    else:
-        repair_images(pfile, _chosen_ids(pfile, options.images), fix=not options.dry_run)
-        with open_project(pfile, write=False) as qp:
-            records = list_images(qp, pfile)
-            chosen = select_images(records, options.images)
-            objects_of = {r.id: read_image_objects(qp, r.id) for r in chosen}
-    records = select_images(records, options.images)
-    records = check_slides(records, options.skip_missing)
-    memories = {r.id: read_memory(pfile, r.id) for r in records}
-    rejected = {
-        r.id: remembered_negative(
-            r.name,
-            memories[r.id],
-            objects_of[r.id],
-            r.detection_classes is None
-            or (memories[r.id] is not None and memories[r.id].refined_class in r.detection_classes),
-            options.mpp or r.pixel_um,
-        )
-        for r in records
-    }
-    items, used, inputs = gather_inputs(records, objects_of, classes, options.mpp, rejected)
-
-    if options.dry_run:
-        plans = plan(items, settings)
-        return ProjectPlan(
-            tuple(
-                PlanRow(
-                    image=p.name,
-                    patches=p.patches,
-                    patch_um=p.patch_um,
-                    inside=p.inside,
-                    hard_negative=p.negative,
-                    coarse_mm2=round(shapely.area(it.coarse) * p.mpp**2 / 1e6, 4),
-                    mpp=round(p.mpp, 4),
-                )
-                for p, it in zip(plans, items, strict=True)
-            )
-        )
-
-    write_paquo = not options.geojson_only and any(not r.live for r in used)
+) -> ProjectRun:
+    """Refine, write each image back (through paquo unless it is open in QuPath or
+    ``--geojson-only``), then the results folder; a :class:`ProjectError` if any image
+    could not be written."""
+    write_paquo = not options.geojson_only and any(not r.live for r in got.records)
     if write_paquo:
         check_version(pfile)  # no QuPath, or too old: say so now, not after embedding
-
     t0 = time.perf_counter()
-    result = refine(items, settings, progress=progress)
+    result = refine(got.items, settings, progress=progress)
     shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
-
     results_dir = work_dir(pfile) / "results"
     stamp = timestamp()
-    manifest_images, rows, errors = [], [], []
-    result_files: list[tuple[Path, list]] = []
     if write_paquo:
-        repair_images(pfile, [r.id for r in used if not r.live])
-    ctx = open_project(pfile, write=True) if write_paquo else None
-    qp = ctx.__enter__() if ctx is not None else None
-    try:
-        for r, inp, res in zip(used, inputs, result.slides, strict=True):
-            regions = res.regions
-            if inp.keep is not None:
-                # QuPath rounds the kept outlines to 0.01 px, so cutting them out leaves
-                # zero-area slivers along their borders: drop pieces under half a patch (the
-                # engine's own smallest region).
-                cut = shapely.make_valid(regions.difference(inp.keep))
-                regions = clean(cut, res.grid.size**2 / 2, 0.0)
-            polys = polygons(regions)
-            feats = refined_features(
-                shapely.MultiPolygon(polys),
-                res.grid.xy if options.tiles else None,
-                res.grid.size,
-                res.proba if options.tiles else None,
-                classes.coarse,
-                classes.refined,
-                REFINED_COLOR,
-                mpp=res.info.mpp,
-                frame=(res.info.width, res.info.height),
-            )
-            # written with the manifest after the loop: an interrupted run leaves the last
-            # run's results folder as it was
-            gj = results_dir / f"{r.id}.geojson"
-            result_files.append((gj, feats))
-            written, error = False, None
-            before = memories.get(r.id)
-            notes = annotation_keys(objects_of[r.id])
-            if qp is not None and not r.live:
-                log.info(f"writing {r.name}")
-                tiles = []
-                if options.tiles:
-                    tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
-                # Until the save is confirmed, which regions the image holds is unknown.
-                write_memory(
-                    pfile, r.id, Memory(classes.refined, "pending", polys, inp.rejected, notes)
-                )
-                try:
-                    rep = write_refined(
-                        qp, pfile, r.id, polys, tiles, classes.coarse, REFINED_COLOR, stamp
-                    )
-                    written = True
-                    write_memory(
-                        pfile, r.id, Memory(classes.refined, "project", polys, inp.rejected, notes)
-                    )
-                    log.info(
-                        "%s: replaced %d refined objects by %d (backup: %s)",
-                        r.name,
-                        rep.removed,
-                        rep.added,
-                        rep.backup,
-                    )
-                except RefineError as e:
-                    error = str(e)
-                    errors.append(error)
-                    log.error("%s", error)
-                    # restored from backup: the image holds what it held before
-                    if before is not None:
-                        write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
-                    else:
-                        memory_file(pfile, r.id).unlink(missing_ok=True)
-            elif r.live:
-                # the menu script puts these into the open image after this run
-                write_memory(
-                    pfile, r.id, Memory(classes.refined, "live", polys, inp.rejected, notes)
-                )
-            elif before is not None and inp.rejected is not None:
-                # --geojson-only: the project still holds what it held; keep what was learnt
-                write_memory(pfile, r.id, replace(before, rejected=inp.rejected))
-            rows.append(
-                ImageRow(
-                    image=r.name,
-                    **result_fields(res, inp.coarse, regions),
-                    seconds=round(res.seconds + shared / len(used), 1),
-                    written="project" if written else ("live" if r.live else "geojson"),
-                )
-            )
-            entry = {
-                "id": r.id,
-                "name": r.name,
-                "geojson": gj.name,
-                "written_by_paquo": written,
-                "refined_class": classes.refined,
-            }
-            if error:
-                entry["error"] = error
-            manifest_images.append(entry)
-        if qp is not None and any(e["written_by_paquo"] for e in manifest_images):
+        repair_images(pfile, [r.id for r in got.records if not r.live])
+    outcomes: list[ImageOutcome] = []
+    with ExitStack() as stack:
+        qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
+        back = WriteBack(pfile, qp, classes, options.tiles, stamp)
+        for r, inp, res in zip(got.records, got.inputs, result.slides, strict=True):
+            seconds = round(res.seconds + shared / len(got.records), 1)
+            outcomes.append(back.image(r, inp, res, got, results_dir, seconds))
+        if qp is not None and any(o.written for o in outcomes):
             save_project(qp)
             prune_backups(pfile, keep=BACKUPS_KEPT)
-    finally:
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-    for path, feats in result_files:
-        write_features(path, feats)
-    manifest = {
-        "format": RESULTS_FORMAT,
-        "version": 1,
-        "export_created": export.created if export else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "images": manifest_images,
-    }
-    write_json(results_dir / "manifest.json", manifest)
+    write_results(results_dir, got, outcomes, classes)
+    errors = tuple(o.error for o in outcomes if o.error)
     report = ProjectRun(
-        images=tuple(rows),
+        images=tuple(o.row for o in outcomes),
         timings=rounded(result.timings, 2),
         seconds=round(time.perf_counter() - t0, 1),
         results=str(results_dir),
         backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
-        errors=tuple(errors),
+        errors=errors,
     )
     write_json(results_dir / "summary.json", report.to_json())
     if errors:
@@ -488,3 +431,151 @@ def _run_project(
             + " | ".join(errors)
         )
     return report
+
+
+def without_kept(regions: shapely.Geometry, inp: ImageInputs, res: SlideResult) -> shapely.Geometry:
+    """The refined regions less those the user kept (converted or locked)."""
+    if inp.keep is None:
+        return regions
+    # QuPath rounds the kept outlines to 0.01 px, so cutting them out leaves zero-area
+    # slivers along their borders: drop pieces under half a patch (the engine's own smallest
+    # region).
+    cut = shapely.make_valid(regions.difference(inp.keep))
+    return clean(cut, res.grid.size**2 / 2, 0.0)
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """Where a run puts each image's regions: into the project through paquo (``qp``), or,
+    for images open in QuPath and with ``--geojson-only``, only into the results folder;
+    each image's memory records what it now holds."""
+
+    pfile: Path
+    qp: Any | None  # the paquo project, open for writing; None: paquo writes nothing
+    classes: ClassNames
+    tiles: bool
+    stamp: str  # names this run's backups
+
+    def image(
+        self,
+        r: ImageRecord,
+        inp: ImageInputs,
+        res: SlideResult,
+        got: ProjectInputs,
+        results_dir: Path,
+        seconds: float,
+    ) -> ImageOutcome:
+        regions = without_kept(res.regions, inp, res)
+        polys = polygons(regions)
+        feats = refined_features(
+            shapely.MultiPolygon(polys),
+            res.grid.xy if self.tiles else None,
+            res.grid.size,
+            res.proba if self.tiles else None,
+            self.classes.coarse,
+            self.classes.refined,
+            REFINED_COLOR,
+            mpp=res.info.mpp,
+            frame=(res.info.width, res.info.height),
+        )
+        before = got.memories.get(r.id)
+        notes = annotation_keys(got.objects[r.id])
+        written, error = False, None
+        if self.qp is not None and not r.live:
+            written, error = self.through_paquo(r, inp, res, polys, before, notes)
+        elif r.live:
+            # the menu script puts these into the open image after this run
+            self.remember(r, Memory(self.classes.refined, "live", polys, inp.rejected, notes))
+        elif before is not None and inp.rejected is not None:
+            # --geojson-only: the project still holds what it held; keep what was learnt
+            self.remember(r, replace(before, rejected=inp.rejected))
+        row = ImageRow(
+            image=r.name,
+            **result_fields(res, inp.coarse, regions),
+            seconds=seconds,
+            written="project" if written else ("live" if r.live else "geojson"),
+        )
+        return ImageOutcome(row, results_dir / f"{r.id}.geojson", feats, written, error)
+
+    def through_paquo(
+        self,
+        r: ImageRecord,
+        inp: ImageInputs,
+        res: SlideResult,
+        polys: list[shapely.Polygon],
+        before: Memory | None,
+        notes: frozenset[str],
+    ) -> tuple[bool, str | None]:
+        """Replace the image's refined objects in its data file: whether it was written, and
+        why the run failed there (the image is then restored from its backup, and its memory
+        says what it held before)."""
+        log.info(f"writing {r.name}")
+        tiles = []
+        if self.tiles:
+            tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
+        refined = self.classes.refined
+        # Until the save is confirmed, which regions the image holds is unknown.
+        self.remember(r, Memory(refined, "pending", polys, inp.rejected, notes))
+        written = False
+        try:
+            rep = write_refined(
+                self.qp,
+                self.pfile,
+                r.id,
+                polys,
+                tiles,
+                self.classes.coarse,
+                REFINED_COLOR,
+                self.stamp,
+            )
+            written = True
+            self.remember(r, Memory(refined, "project", polys, inp.rejected, notes))
+            log.info(
+                "%s: replaced %d refined objects by %d (backup: %s)",
+                r.name,
+                rep.removed,
+                rep.added,
+                rep.backup,
+            )
+        except RefineError as e:
+            log.error("%s", e)
+            # restored from backup: the image holds what it held before
+            if before is not None:
+                self.remember(r, replace(before, rejected=inp.rejected))
+            else:
+                memory_file(self.pfile, r.id).unlink(missing_ok=True)
+            return written, str(e)
+        return written, None
+
+    def remember(self, r: ImageRecord, memory: Memory) -> None:
+        write_memory(self.pfile, r.id, memory)
+
+
+def write_results(
+    results_dir: Path, got: ProjectInputs, outcomes: list[ImageOutcome], classes: ClassNames
+) -> None:
+    """Each image's results GeoJSON, then the manifest the menu script reads back. Written
+    after every image, so that an interrupted run leaves the last run's results as they
+    were."""
+    for o in outcomes:
+        write_features(o.geojson, o.features)
+    entries = []
+    for r, o in zip(got.records, outcomes, strict=True):
+        entry = {
+            "id": r.id,
+            "name": r.name,
+            "geojson": o.geojson.name,
+            "written_by_paquo": o.written,
+            "refined_class": classes.refined,
+        }
+        if o.error:
+            entry["error"] = o.error
+        entries.append(entry)
+    manifest = {
+        "format": RESULTS_FORMAT,
+        "version": 1,
+        "export_created": got.export.created if got.export else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "images": entries,
+    }
+    write_json(results_dir / "manifest.json", manifest)
