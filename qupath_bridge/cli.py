@@ -9,10 +9,10 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from qupath_bridge.classes import ClassNames
 
 log = logging.getLogger("qupath_refine")
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class _LineProgress:
@@ -297,113 +298,130 @@ def main() -> None:
     """
 
 
-def common_options(fn):
-    opts = [
-        click.option(
-            "--class",
-            "class_name",
-            default="Tumor",
-            show_default=True,
-            help="Class of the coarse annotations.",
-        ),
-        click.option(
-            "--negative-class",
-            default="Ignore*",
-            show_default=True,
-            help="Class of annotations over tissue that is not tumour: hard negatives.",
-        ),
-        click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
-        click.option(
-            "--mpp",
-            type=POSITIVE,
-            default=None,
-            help="Pixel size (µm) for slides that do not record one.",
-        ),
-        click.option(
-            "--target-mpp",
-            type=POSITIVE,
-            default=0.5,
-            show_default=True,
-            help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
-        ),
-        click.option(
-            "--patch-um",
-            type=Number(0, low_open=True, words=("auto",)),
-            default="auto",
-            show_default=True,
-            help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
-            "1,000 patches inside the coarse outline (16-128 µm).",
-        ),
-        click.option(
-            "--stride-um",
-            type=POSITIVE,
-            default=None,
-            help="Step between patches in µm; below --patch-um gives finer outlines.",
-        ),
-        click.option(
-            "--max-patches",
-            type=Number(1, integer=True),
-            default=2_000_000,
-            show_default=True,
-            help="Most grid positions a slide may have; more is refused before any work "
-            "(a wrong pixel size or a tiny --patch-um).",
-        ),
-        click.option(
-            "--min-tissue",
-            type=Number(0, 1),
-            default=0.25,
-            show_default=True,
-            help="Tissue share a patch needs to be used.",
-        ),
-        click.option(
-            "--context",
-            type=Number(1),
-            default=1.0,
-            show_default=True,
-            help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
-        ),
-        click.option(
-            "--method",
-            type=click.Choice(["mil", "prototype"]),
-            default="mil",
-            show_default=True,
-            help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
-            "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
-            "and patch classifier.",
-        ),
-        click.option(
-            "--outline",
-            type=click.Choice(["auto", "edit", "redraw"]),
-            default="auto",
-            show_default=True,
-            help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
-            "the scores say it was drawn loosely (with --method mil); edit: always edit; "
-            "redraw: always re-draw (outlines you know are rough).",
-        ),
-        click.option(
-            "--tau",
-            type=Number(-1, 1, words=("auto", "off", "none")),
-            default=None,
-            help="With --method prototype: cosine threshold for outside patches to become "
-            "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
-        ),
-        click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed."),
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Feature cache folder (default ~/.cache/qupath-refine).",
-        ),
-        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
-        click.option(
-            "--progress-lines",
-            is_flag=True,
-            help="Progress as plain lines (for logs) instead of bars.",
-        ),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
+#: options more than one command takes, declared once so that the commands cannot drift
+SEED_OPTION = click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Feature cache folder (default ~/.cache/qupath-refine).",
+)
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+NO_TILES_OPTION = click.option(
+    "--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles."
+)
+
+
+def _options(*opts: Callable[[F], F]) -> Callable[[F], F]:
+    """The decorators ``opts`` as one, applied so that ``--help`` lists them in order."""
+
+    def apply(fn: F) -> F:
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+
+    return apply
+
+
+#: the options of every command that refines (slide, project)
+common_options = _options(
+    click.option(
+        "--class",
+        "class_name",
+        default="Tumor",
+        show_default=True,
+        help="Class of the coarse annotations.",
+    ),
+    click.option(
+        "--negative-class",
+        default="Ignore*",
+        show_default=True,
+        help="Class of annotations over tissue that is not tumour: hard negatives.",
+    ),
+    click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
+    click.option(
+        "--mpp",
+        type=POSITIVE,
+        default=None,
+        help="Pixel size (µm) for slides that do not record one.",
+    ),
+    click.option(
+        "--target-mpp",
+        type=POSITIVE,
+        default=0.5,
+        show_default=True,
+        help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
+    ),
+    click.option(
+        "--patch-um",
+        type=Number(0, low_open=True, words=("auto",)),
+        default="auto",
+        show_default=True,
+        help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
+        "1,000 patches inside the coarse outline (16-128 µm).",
+    ),
+    click.option(
+        "--stride-um",
+        type=POSITIVE,
+        default=None,
+        help="Step between patches in µm; below --patch-um gives finer outlines.",
+    ),
+    click.option(
+        "--max-patches",
+        type=Number(1, integer=True),
+        default=2_000_000,
+        show_default=True,
+        help="Most grid positions a slide may have; more is refused before any work "
+        "(a wrong pixel size or a tiny --patch-um).",
+    ),
+    click.option(
+        "--min-tissue",
+        type=Number(0, 1),
+        default=0.25,
+        show_default=True,
+        help="Tissue share a patch needs to be used.",
+    ),
+    click.option(
+        "--context",
+        type=Number(1),
+        default=1.0,
+        show_default=True,
+        help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(["mil", "prototype"]),
+        default="mil",
+        show_default=True,
+        help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
+        "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
+        "and patch classifier.",
+    ),
+    click.option(
+        "--outline",
+        type=click.Choice(["auto", "edit", "redraw"]),
+        default="auto",
+        show_default=True,
+        help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
+        "the scores say it was drawn loosely (with --method mil); edit: always edit; "
+        "redraw: always re-draw (outlines you know are rough).",
+    ),
+    click.option(
+        "--tau",
+        type=Number(-1, 1, words=("auto", "off", "none")),
+        default=None,
+        help="With --method prototype: cosine threshold for outside patches to become "
+        "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
+    ),
+    SEED_OPTION,
+    CACHE_DIR_OPTION,
+    QUIET_OPTION,
+    click.option(
+        "--progress-lines",
+        is_flag=True,
+        help="Progress as plain lines (for logs) instead of bars.",
+    ),
+)
 
 
 @main.command("slide")
@@ -423,7 +441,7 @@ def common_options(fn):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the refined GeoJSON, overlay pictures and summary.json.",
 )
-@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@NO_TILES_OPTION
 @common_options
 @_friendly
 def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
@@ -477,7 +495,7 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, **common):
     help="Write results as GeoJSON under <project>/qupath-refine/results only; never "
     "touch the project's data (for machines without QuPath).",
 )
-@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@NO_TILES_OPTION
 @common_options
 @_friendly
 def project_cmd(
@@ -600,14 +618,9 @@ def _nan_to_null(v):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the results.",
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Feature cache folder (default ~/.cache/qupath-refine).",
-)
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@SEED_OPTION
+@CACHE_DIR_OPTION
+@QUIET_OPTION
 @_friendly
 def demo_cmd(out_dir, seed, cache_dir, quiet):
     """Refine a synthetic slide with a known truth: no QuPath and no data needed.
