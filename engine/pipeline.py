@@ -231,7 +231,8 @@ def tissue_grid(
     if len(grid) == 0:
         raise TissueError(
             f"No tissue found on {label}: no {g.side_um:g} µm patch holds "
-            f"{g.min_tissue:.0%} tissue. Check the slide, or lower the minimum tissue share."
+            f"{g.min_tissue:.0%} tissue. Check the slide, or lower the minimum tissue share "
+            "(GridSettings.min_tissue)."
         )
     return grid
 
@@ -310,7 +311,7 @@ def check_training_data(coarse: npt.NDArray[np.int8], need: int) -> None:
             f"Too few patches to learn from: {n_in} tissue patches inside the coarse "
             f"annotations and {n_out} outside (need at least {need} of each). "
             + (
-                "Annotate more tumour or use a smaller --patch-um."
+                "Annotate more tumour or use a smaller GridSettings.patch_um."
                 if n_in < need
                 else "Leave some tissue outside the annotation, or add slides."
             )

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
-from engine.errors import RefineError, SettingsError
+from engine.errors import RefineError
 
 if TYPE_CHECKING:
     from engine.pipeline import RefineSettings
@@ -74,19 +74,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-#: engine setting names and the options that set them
+#: engine settings (as engine messages name them) and the options that set them
 _FLAGS = {
-    "patch_um": "--patch-um",
-    "stride_um": "--stride-um",
-    "min_tissue": "--min-tissue",
-    "mpp": "--target-mpp",
+    "GridSettings.patch_um": "--patch-um",
+    "GridSettings.stride_um": "--stride-um",
+    "GridSettings.min_tissue": "--min-tissue",
+    "GridSettings.max_patches": "--max-patches",
+    "GridSettings.mpp": "--target-mpp",
+    "SlideInput.mpp": "--mpp",
 }
+_SETTING = re.compile("|".join(re.escape(name) + r"\b" for name in _FLAGS))
 
 
 def _as_flags(message: str) -> str:
-    for name, flag in _FLAGS.items():
-        message = re.sub(rf"\b{name}\b", flag, message)
-    return message
+    """An engine message in the user's words: the settings it names become flags."""
+    return _SETTING.sub(lambda m: _FLAGS[m.group(0)], message)
 
 
 def _friendly(fn):
@@ -96,10 +98,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SettingsError as e:  # engine messages name settings; the user typed flags
+        except RefineError as e:  # engine messages name settings; the user typed flags
             _fail(_as_flags(str(e)), e.exit_code)
-        except RefineError as e:
-            _fail(str(e), e.exit_code)
         except ValueError as e:  # settings rejected by a stage's validate()
             _fail(f"invalid setting: {e}")
         except KeyboardInterrupt:
