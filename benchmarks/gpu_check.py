@@ -21,7 +21,7 @@ import numpy as np
 
 
 def _demo(out: Path, device: str) -> dict[str, float]:
-    from qupath_bridge.runner import run_demo
+    from qupath_bridge.jobs.demo import run_demo
 
     with tempfile.TemporaryDirectory(prefix=f"gpu-check-{device.replace(':', '')}-") as cache:
         t0 = time.perf_counter()
@@ -29,11 +29,11 @@ def _demo(out: Path, device: str) -> dict[str, float]:
             out / device.replace(":", ""), progress=False, cache_dir=Path(cache), device=device
         )
         wall = time.perf_counter() - t0
-    patches = s["rows"][0]["patches"]
+    patches = s.rows[0].patches
     return {
-        "dice": s["refined"]["pixel"]["dice"],
+        "dice": s.refined.pixel["dice"],
         "patches": patches,
-        "patches_per_s": patches / max(s["timings"]["embed"], 1e-9),
+        "patches_per_s": patches / max(s.timings["embed"], 1e-9),
         "wall_s": wall,
     }
 

@@ -151,7 +151,7 @@ class PatchClassifier:
             raise TrainingDataError(
                 f"Too few patches to train: {n_pos} labelled tumour and {n_neg} not "
                 f"(need at least {s.min_per_class} of each). Draw the coarse annotation over "
-                "more tissue, leave some tissue outside it, or use a smaller --patch-um."
+                "more tissue, leave some tissue outside it, or use a smaller GridSettings.patch_um."
             )
         x = np.asarray(x, dtype=np.float32)
         self.mean_ = x.mean(0)

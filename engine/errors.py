@@ -1,7 +1,9 @@
 """Exceptions a user can act on.
 
 Every error the engine raises on bad input is a :class:`RefineError`; the CLI prints its
-message as one line and exits non-zero. Messages say what was wrong and what to do.
+message as one line and exits non-zero. Messages say what was wrong and what to do, and name
+settings as ``Class.field`` (``GridSettings.patch_um``; ``SlideInput.mpp`` for a slide's pixel
+size), which the CLI turns into the flags that set them.
 """
 
 from __future__ import annotations

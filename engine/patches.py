@@ -77,26 +77,34 @@ class GridSettings:
     def validate(self) -> None:
         if isinstance(self.patch_um, str):
             if self.patch_um != "auto":
-                raise SettingsError(f"patch_um is a size in µm or 'auto', not {self.patch_um!r}")
+                raise SettingsError(
+                    f"GridSettings.patch_um is a size in µm or 'auto', not {self.patch_um!r}"
+                )
             if self.stride_um is not None:
-                raise SettingsError("stride_um needs a numeric patch_um (not 'auto')")
+                raise SettingsError(
+                    "GridSettings.stride_um needs a numeric GridSettings.patch_um (not 'auto')"
+                )
             if self.auto_inside < 1 or self.auto_max_patches < 1:
-                raise SettingsError("auto_inside and auto_max_patches must be positive")
+                raise SettingsError(
+                    "GridSettings.auto_inside and GridSettings.auto_max_patches must be positive"
+                )
         elif not math.isfinite(self.patch_um) or self.patch_um <= 0:
-            raise SettingsError(f"patch_um must be a positive size in µm, not {self.patch_um!r}")
+            raise SettingsError(
+                f"GridSettings.patch_um must be a positive size in µm, not {self.patch_um!r}"
+            )
         if not (math.isfinite(self.mpp) and self.mpp > 0):
-            raise SettingsError("mpp must be a positive number of µm per pixel")
+            raise SettingsError("GridSettings.mpp must be a positive number of µm per pixel")
         if self.stride_um is not None and not (
             math.isfinite(self.stride_um) and 0 < self.stride_um <= self.side_um
         ):
             raise SettingsError(
-                "stride_um must be positive and not exceed the patch size (patches would leave "
-                "gaps)"
+                "GridSettings.stride_um must be positive and not exceed the patch size (patches "
+                "would leave gaps)"
             )
         if not 0 <= self.min_tissue <= 1:
-            raise SettingsError("min_tissue is a fraction between 0 and 1")
+            raise SettingsError("GridSettings.min_tissue is a fraction between 0 and 1")
         if self.max_patches < 1:
-            raise SettingsError("max_patches, the patch budget, must be at least 1")
+            raise SettingsError("GridSettings.max_patches, the patch budget, must be at least 1")
 
 
 def auto_patch_um(coarse_um2: float, tissue_um2: float, g: GridSettings) -> float:
@@ -157,9 +165,9 @@ def check_patch_budget(width: int, height: int, slide_mpp: float, g: GridSetting
         raise SlideError(
             f"{label}: {g.side_um:g} µm patches every {g.step_um:g} µm over {w_um / 1000:g} x "
             f"{h_um / 1000:g} mm ({width} x {height} px at {slide_mpp:g} µm/px) make {n:,} grid "
-            f"positions, over the budget of {g.max_patches:,}. Check the pixel size (--mpp "
-            "overrides the file's), or use larger patches (--patch-um, --stride-um) or a larger "
-            "--max-patches."
+            f"positions, over the budget of {g.max_patches:,}. Check the pixel size "
+            "(SlideInput.mpp overrides the file's), or use larger patches (GridSettings.patch_um, "
+            "GridSettings.stride_um) or a larger GridSettings.max_patches."
         )
 
 

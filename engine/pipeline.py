@@ -234,7 +234,8 @@ def tissue_grid(
     if len(grid) == 0:
         raise TissueError(
             f"No tissue found on {label}: no {g.side_um:g} µm patch holds "
-            f"{g.min_tissue:.0%} tissue. Check the slide, or lower the minimum tissue share."
+            f"{g.min_tissue:.0%} tissue. Check the slide, or lower the minimum tissue share "
+            "(GridSettings.min_tissue)."
         )
     return grid
 
@@ -313,7 +314,7 @@ def check_training_data(coarse: npt.NDArray[np.int8], need: int) -> None:
             f"Too few patches to learn from: {n_in} tissue patches inside the coarse "
             f"annotations and {n_out} outside (need at least {need} of each). "
             + (
-                "Annotate more tumour or use a smaller --patch-um."
+                "Annotate more tumour or use a smaller GridSettings.patch_um."
                 if n_in < need
                 else "Leave some tissue outside the annotation, or add slides."
             )
@@ -324,7 +325,6 @@ def refine(
     items: Sequence[SlideInput],
     settings: RefineSettings = RefineSettings(),
     progress: bool | ProgressFactory = True,
-    on_stage: Callable[[str], None] | None = None,
 ) -> RefineResult:
     """Refine the coarse annotations of ``items`` together.
 
@@ -336,7 +336,6 @@ def refine(
     settings.pseudolabels.validate()
     settings.regions.validate()
     settings.classifier.validate()
-    say = on_stage or (lambda msg: log.info(msg))
     timings = dict.fromkeys(STAGES, 0.0)
     cache_dir = settings.cache_dir or default_cache_dir()
     device = resolve_device(settings.device)
@@ -363,10 +362,10 @@ def refine(
 
     for k, d in enumerate(data, 1):
         if d.features is None:
-            say(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
+            log.info(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
             embed_slide(d, settings, encoder, timings, progress)
         else:
-            say(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
+            log.info(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
 
     all_feats = np.concatenate([d.features for d in data])
     negatives = np.concatenate(hard_neg)
@@ -376,7 +375,7 @@ def refine(
         # The paper's route: prototype pseudo-labels for the patch classifier. MIL learns
         # from the coarse labels themselves: bags drawn from the prototype pseudo-labels lost
         # 0.005-0.04 Dice against bags from the coarse labels on every benchmark cell.
-        say("prototypes")
+        log.info("prototypes")
         t0 = time.perf_counter()
         protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
             [d.features for d in data]
@@ -388,7 +387,7 @@ def refine(
         timings["prototypes"] = time.perf_counter() - t0
     labels = pl.labels if pl is not None else np.where(negatives, 0, all_coarse).astype(np.int8)
 
-    say("classifier")
+    log.info("classifier")
     t0 = time.perf_counter()
     if settings.classifier.model == "mil":
         proba = slide_mil_proba([d.features for d in data], labels, negatives, settings)
@@ -403,7 +402,7 @@ def refine(
     proba[negatives] = 0.0
     timings["train"] = time.perf_counter() - t0
 
-    say("regions")
+    log.info("regions")
     t0 = time.perf_counter()
     results = []
     start = 0

@@ -160,8 +160,9 @@ class Slide:
         if override is not None:
             if not (lo <= override <= hi):
                 raise SlideError(
-                    f"--mpp {override:g} is not a slide's pixel size: give µm per pixel at full "
-                    f"resolution, from {lo:g} to {hi:g} (e.g. 0.25 for 40x or 0.5 for 20x scans)."
+                    f"SlideInput.mpp {override:g} is not a slide's pixel size: give µm per pixel "
+                    f"at full resolution, from {lo:g} to {hi:g} (e.g. 0.25 for 40x or 0.5 for 20x "
+                    "scans)."
                 )
             return float(override)
         try:
@@ -169,8 +170,8 @@ class Slide:
             my = float(props.get("openslide.mpp-y", mx))
         except (KeyError, ValueError):
             raise SlideError(
-                f"Slide {self.path.name} records no pixel size; pass --mpp (µm per pixel at full "
-                "resolution, e.g. 0.25 for 40x or 0.5 for 20x scans)."
+                f"Slide {self.path.name} records no pixel size; pass SlideInput.mpp (µm per pixel "
+                "at full resolution, e.g. 0.25 for 40x or 0.5 for 20x scans)."
             ) from None
         # QuPath stores one value per axis; square pixels are the norm and all we need.
         mpp = (mx + my) / 2
@@ -178,7 +179,8 @@ class Slide:
             raise SlideError(
                 f"Slide {self.path.name} records a pixel size of {mpp:g} µm/px, outside the "
                 f"{lo:g}-{hi:g} µm/px of slide scans (a TIFF saved at 72 dpi records 352.8): "
-                "pass --mpp with the scan's real pixel size (e.g. 0.25 for 40x, 0.5 for 20x)."
+                "pass SlideInput.mpp with the scan's real pixel size (e.g. 0.25 for 40x, 0.5 for "
+                "20x)."
             )
         return mpp
 

@@ -256,7 +256,7 @@ Map exportProject(def project, File projectFile, File exportDir, def liveImageDa
 }
 
 List<String> rememberedClasses(File memoryDir, String id) {
-    // qupath_bridge/project_runner.py writes memory/<id>.json: the refined class it put into the image
+    // qupath_bridge/memory.py writes memory/<id>.json: the refined class it put into the image
     File f = new File(memoryDir, "${id}.json")
     if (!f.isFile()) {
         return []

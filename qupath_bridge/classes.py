@@ -3,7 +3,7 @@
 Refined objects get the derived class ``<coarse>: refined`` (so they never mix with the user's
 own objects) and tiles carry the measurement ``p_<coarse>``. The Groovy menu script does not
 re-derive these names: Python writes the refined class into each image's entry of the results
-manifest and into the memory files the script reads (see :mod:`qupath_bridge.project_runner`).
+manifest and into the memory files the script reads (see :mod:`qupath_bridge.memory`).
 """
 
 from __future__ import annotations

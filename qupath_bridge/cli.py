@@ -1,4 +1,4 @@
-"""The ``qupath-refine`` command line: a thin click layer over :mod:`qupath_bridge.runner`."""
+"""The ``qupath-refine`` command line: a thin click layer over :mod:`qupath_bridge.jobs`."""
 
 from __future__ import annotations
 
@@ -9,20 +9,22 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
-from engine.errors import RefineError, SettingsError
+from engine.errors import RefineError
 
 if TYPE_CHECKING:
     from engine.pipeline import RefineSettings
-    from qupath_bridge.runner import ClassNames
+    from qupath_bridge.classes import ClassNames
 
 log = logging.getLogger("qupath_refine")
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class _LineProgress:
@@ -72,19 +74,21 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-#: engine setting names and the options that set them
+#: engine settings (as engine messages name them) and the options that set them
 _FLAGS = {
-    "patch_um": "--patch-um",
-    "stride_um": "--stride-um",
-    "min_tissue": "--min-tissue",
-    "mpp": "--target-mpp",
+    "GridSettings.patch_um": "--patch-um",
+    "GridSettings.stride_um": "--stride-um",
+    "GridSettings.min_tissue": "--min-tissue",
+    "GridSettings.max_patches": "--max-patches",
+    "GridSettings.mpp": "--target-mpp",
+    "SlideInput.mpp": "--mpp",
 }
+_SETTING = re.compile("|".join(re.escape(name) + r"\b" for name in _FLAGS))
 
 
 def _as_flags(message: str) -> str:
-    for name, flag in _FLAGS.items():
-        message = re.sub(rf"\b{name}\b", flag, message)
-    return message
+    """An engine message in the user's words: the settings it names become flags."""
+    return _SETTING.sub(lambda m: _FLAGS[m.group(0)], message)
 
 
 def _friendly(fn):
@@ -94,10 +98,8 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SettingsError as e:  # engine messages name settings; the user typed flags
+        except RefineError as e:  # engine messages name settings; the user typed flags
             _fail(_as_flags(str(e)), e.exit_code)
-        except RefineError as e:
-            _fail(str(e), e.exit_code)
         except ValueError as e:  # settings rejected by a stage's validate()
             _fail(f"invalid setting: {e}")
         except KeyboardInterrupt:
@@ -126,8 +128,9 @@ SLIDE_COLUMNS = ["slide", "patch_um", *_AREAS, "regions", "relabelled", "outline
 IMAGE_COLUMNS = ["image", "patch_um", *_AREAS, "relabelled", "outline", "seconds", "written"]
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
-    cells = [[str(r[c]) for c in columns] for r in rows]
+def _table(rows: Sequence[object], columns: list[str]) -> str:
+    """``rows`` (result dataclasses or dicts) as a plain-text table of ``columns``."""
+    cells = [[str(r[c] if isinstance(r, dict) else getattr(r, c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     head = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -137,16 +140,6 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 ENCODER_HELP = (
     f"Feature encoder: {', '.join(BUILTIN)}, or a local model: {', '.join(PLUGINS)}. "
     f"Default {DEFAULT_ENCODER}."
-)
-
-
-DEVICE_OPTION = click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Where encoders and training run: auto (a CUDA GPU when torch sees one, else "
-    "Apple MPS, else the CPU), cpu, cuda, cuda:N or mps. GPUs need torch's CUDA build; "
-    "ONNX encoders also need onnxruntime-gpu (README).",
 )
 
 
@@ -186,7 +179,7 @@ def _run(
     from engine.features import FeatureSettings
     from engine.patches import GridSettings
     from engine.pipeline import RefineSettings
-    from qupath_bridge.runner import ClassNames
+    from qupath_bridge.classes import ClassNames
 
     _setup_logging(quiet)
     s = RefineSettings.for_method(
@@ -308,114 +301,139 @@ def main() -> None:
     """
 
 
-def common_options(fn):
-    opts = [
-        click.option(
-            "--class",
-            "class_name",
-            default="Tumor",
-            show_default=True,
-            help="Class of the coarse annotations.",
-        ),
-        click.option(
-            "--negative-class",
-            default="Ignore*",
-            show_default=True,
-            help="Class of annotations over tissue that is not tumour: hard negatives.",
-        ),
-        click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
-        click.option(
-            "--mpp",
-            type=POSITIVE,
-            default=None,
-            help="Pixel size (µm) for slides that do not record one.",
-        ),
-        click.option(
-            "--target-mpp",
-            type=POSITIVE,
-            default=0.5,
-            show_default=True,
-            help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
-        ),
-        click.option(
-            "--patch-um",
-            type=Number(0, low_open=True, words=("auto",)),
-            default="auto",
-            show_default=True,
-            help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
-            "1,000 patches inside the coarse outline (16-128 µm).",
-        ),
-        click.option(
-            "--stride-um",
-            type=POSITIVE,
-            default=None,
-            help="Step between patches in µm; below --patch-um gives finer outlines.",
-        ),
-        click.option(
-            "--max-patches",
-            type=Number(1, integer=True),
-            default=2_000_000,
-            show_default=True,
-            help="Most grid positions a slide may have; more is refused before any work "
-            "(a wrong pixel size or a tiny --patch-um).",
-        ),
-        click.option(
-            "--min-tissue",
-            type=Number(0, 1),
-            default=0.25,
-            show_default=True,
-            help="Tissue share a patch needs to be used.",
-        ),
-        click.option(
-            "--context",
-            type=Number(1),
-            default=1.0,
-            show_default=True,
-            help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
-        ),
-        click.option(
-            "--method",
-            type=click.Choice(["mil", "prototype"]),
-            default="mil",
-            show_default=True,
-            help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
-            "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
-            "and patch classifier.",
-        ),
-        click.option(
-            "--outline",
-            type=click.Choice(["auto", "edit", "redraw"]),
-            default="auto",
-            show_default=True,
-            help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
-            "the scores say it was drawn loosely (with --method mil); edit: always edit; "
-            "redraw: always re-draw (outlines you know are rough).",
-        ),
-        click.option(
-            "--tau",
-            type=Number(-1, 1, words=("auto", "off", "none")),
-            default=None,
-            help="With --method prototype: cosine threshold for outside patches to become "
-            "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
-        ),
-        click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed."),
-        click.option(
-            "--cache-dir",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="Feature cache folder (default ~/.cache/qupath-refine).",
-        ),
-        DEVICE_OPTION,
-        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
-        click.option(
-            "--progress-lines",
-            is_flag=True,
-            help="Progress as plain lines (for logs) instead of bars.",
-        ),
-    ]
-    for o in reversed(opts):
-        fn = o(fn)
-    return fn
+#: options more than one command takes, declared once so that the commands cannot drift
+SEED_OPTION = click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+CACHE_DIR_OPTION = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Feature cache folder (default ~/.cache/qupath-refine).",
+)
+QUIET_OPTION = click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+DEVICE_OPTION = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where encoders and training run: auto (a CUDA GPU when torch sees one, else "
+    "Apple MPS, else the CPU), cpu, cuda, cuda:N or mps. GPUs need torch's CUDA build; "
+    "ONNX encoders also need onnxruntime-gpu (README).",
+)
+NO_TILES_OPTION = click.option(
+    "--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles."
+)
+
+
+def _options(*opts: Callable[[F], F]) -> Callable[[F], F]:
+    """The decorators ``opts`` as one, applied so that ``--help`` lists them in order."""
+
+    def apply(fn: F) -> F:
+        for o in reversed(opts):
+            fn = o(fn)
+        return fn
+
+    return apply
+
+
+#: the options of every command that refines (slide, project)
+common_options = _options(
+    click.option(
+        "--class",
+        "class_name",
+        default="Tumor",
+        show_default=True,
+        help="Class of the coarse annotations.",
+    ),
+    click.option(
+        "--negative-class",
+        default="Ignore*",
+        show_default=True,
+        help="Class of annotations over tissue that is not tumour: hard negatives.",
+    ),
+    click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, help=ENCODER_HELP),
+    click.option(
+        "--mpp",
+        type=POSITIVE,
+        default=None,
+        help="Pixel size (µm) for slides that do not record one.",
+    ),
+    click.option(
+        "--target-mpp",
+        type=POSITIVE,
+        default=0.5,
+        show_default=True,
+        help="Resolution patches are read at (µm/px; 0.5 is about 20x).",
+    ),
+    click.option(
+        "--patch-um",
+        type=Number(0, low_open=True, words=("auto",)),
+        default="auto",
+        show_default=True,
+        help="Patch side in µm (128 µm = 256 px at 0.5 µm/px), or auto: per slide, about "
+        "1,000 patches inside the coarse outline (16-128 µm).",
+    ),
+    click.option(
+        "--stride-um",
+        type=POSITIVE,
+        default=None,
+        help="Step between patches in µm; below --patch-um gives finer outlines.",
+    ),
+    click.option(
+        "--max-patches",
+        type=Number(1, integer=True),
+        default=2_000_000,
+        show_default=True,
+        help="Most grid positions a slide may have; more is refused before any work "
+        "(a wrong pixel size or a tiny --patch-um).",
+    ),
+    click.option(
+        "--min-tissue",
+        type=Number(0, 1),
+        default=0.25,
+        show_default=True,
+        help="Tissue share a patch needs to be used.",
+    ),
+    click.option(
+        "--context",
+        type=Number(1),
+        default=1.0,
+        show_default=True,
+        help="Also embed a window this many times the patch (e.g. 2); 1 = off.",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice(["mil", "prototype"]),
+        default="mil",
+        show_default=True,
+        help="mil: attention MIL on bags drawn inside/outside the coarse outline (best "
+        "on the real-tissue benchmark); prototype: the paper's prototype pseudo-labels "
+        "and patch classifier.",
+    ),
+    click.option(
+        "--outline",
+        type=click.Choice(["auto", "edit", "redraw"]),
+        default="auto",
+        show_default=True,
+        help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
+        "the scores say it was drawn loosely (with --method mil); edit: always edit; "
+        "redraw: always re-draw (outlines you know are rough).",
+    ),
+    click.option(
+        "--tau",
+        type=Number(-1, 1, words=("auto", "off", "none")),
+        default=None,
+        help="With --method prototype: cosine threshold for outside patches to become "
+        "tumour: a number, 'auto' (set from the data) or 'off' (the default).",
+    ),
+    SEED_OPTION,
+    CACHE_DIR_OPTION,
+    DEVICE_OPTION,
+    QUIET_OPTION,
+    click.option(
+        "--progress-lines",
+        is_flag=True,
+        help="Progress as plain lines (for logs) instead of bars.",
+    ),
+)
 
 
 def dask_options(fn):
@@ -454,7 +472,7 @@ def dask_options(fn):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the refined GeoJSON, overlay pictures and summary.json.",
 )
-@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@NO_TILES_OPTION
 @dask_options
 @common_options
 @_friendly
@@ -467,27 +485,26 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
     SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
     File > Import objects.
     """
-    from qupath_bridge.runner import refine_slides
+    from qupath_bridge.jobs.slide import refine_slides
 
     run = _run(**common)
     args = (list(slides), list(coarse_files), out_dir, run.settings)
     kw = {"classes": run.classes, "mpp": run.mpp, "tiles": not no_tiles, "progress": run.progress}
-    summary = _slide_on_dask(args, kw, workers, dask_address) or refine_slides(*args, **kw)
-    if summary["slides"]:  # on a cluster, every slide may have failed
-        click.echo(_table(summary["slides"], SLIDE_COLUMNS))
-    t = summary["timings"]
-    click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    for o in summary["outputs"]:
-        click.echo(f"wrote {o['geojson']}\n      {o['overlay']}")
+    done = _slide_on_dask(args, kw, workers, dask_address) or refine_slides(*args, **kw)
+    if done.slides:  # on a cluster, every slide may have failed
+        click.echo(_table(done.slides, SLIDE_COLUMNS))
+    click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in done.timings.items()))
+    for o in done.outputs:
+        click.echo(f"wrote {o.geojson}\n      {o.overlay}")
     click.echo(f"summary: {out_dir / 'summary.json'}")
-    if summary.get("failed"):  # the other slides' outputs are written
-        n, total = len(summary["failed"]), len(slides)
+    if done.failed:  # the other slides' outputs are written
+        n, total = len(done.failed), len(slides)
         _fail(f"{n} of {total} slides not refined (why: the warnings above, summary.json)", 1)
 
 
-def _slide_on_dask(args: tuple, kw: dict, workers, address) -> dict | None:
-    """The ``slide`` command's summary from a Dask run, or None when no cluster is asked for
-    (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
+def _slide_on_dask(args: tuple, kw: dict, workers, address):
+    """The ``slide`` command's :class:`SlideRun` from a Dask run, or None when no cluster is
+    asked for (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
     from engine.cluster import DaskSettings
 
     dask = DaskSettings.from_options(address, workers)
@@ -524,7 +541,7 @@ def _slide_on_dask(args: tuple, kw: dict, workers, address) -> dict | None:
     help="Write results as GeoJSON under <project>/qupath-refine/results only; never "
     "touch the project's data (for machines without QuPath).",
 )
-@click.option("--no-tiles", is_flag=True, help="Write regions only, not per-patch tiles.")
+@NO_TILES_OPTION
 @common_options
 @_friendly
 def project_cmd(
@@ -539,7 +556,7 @@ def project_cmd(
     first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the
     QuPath menu script, which handles the open image itself.
     """
-    from qupath_bridge.project_runner import ProjectOptions, refine_project
+    from qupath_bridge.jobs.project import ProjectOptions, ProjectPlan, refine_project
 
     run = _run(**common)
     opts = ProjectOptions(
@@ -552,20 +569,20 @@ def project_cmd(
         tiles=not no_tiles,
     )
     report = refine_project(project, opts, run.settings, run.classes, progress=run.progress)
-    if report.get("dry_run"):
+    if isinstance(report, ProjectPlan):
         click.echo("dry run, nothing written:")
         click.echo(
             _table(
-                report["images"],
+                report.images,
                 ["image", "patch_um", "patches", "inside", "hard_negative", "coarse_mm2", "mpp"],
             )
         )
         return
-    click.echo(_table(report["images"], IMAGE_COLUMNS))
-    click.echo(f"results: {report['results']}")
-    if report["backup"]:
+    click.echo(_table(report.images, IMAGE_COLUMNS))
+    click.echo(f"results: {report.results}")
+    if report.backup:
         click.echo(
-            f"backup of the data files before writing: {report['backup']} "
+            f"backup of the data files before writing: {report.backup} "
             "(restore: copy a folder back over <project>/data/<id>/ with the image closed)"
         )
 
@@ -617,13 +634,13 @@ def evaluate_cmd(
     """Dice, IoU, F1, PPV, NPV, TPR, TNR and accuracy of --pred against --truth, as JSON."""
     import json
 
-    from qupath_bridge.runner import evaluate_files
+    from qupath_bridge.jobs.evaluate import evaluate_files
 
     _setup_logging(True)
     res = evaluate_files(
         slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
     )
-    click.echo(json.dumps(_nan_to_null(res), indent=2, allow_nan=False))
+    click.echo(json.dumps(_nan_to_null(res.to_json()), indent=2, allow_nan=False))
 
 
 def _nan_to_null(v):
@@ -647,15 +664,10 @@ def _nan_to_null(v):
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the results.",
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Feature cache folder (default ~/.cache/qupath-refine).",
-)
+@SEED_OPTION
+@CACHE_DIR_OPTION
 @DEVICE_OPTION
-@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@QUIET_OPTION
 @_friendly
 def demo_cmd(out_dir, seed, cache_dir, device, quiet):
     """Refine a synthetic slide with a known truth: no QuPath and no data needed.
@@ -664,7 +676,7 @@ def demo_cmd(out_dir, seed, cache_dir, device, quiet):
     picture (amber coarse, green refined, blue truth) and prints coarse vs refined metrics.
     """
     from engine.devices import resolve_device
-    from qupath_bridge.runner import run_demo
+    from qupath_bridge.jobs.demo import run_demo
 
     _setup_logging(quiet)
     s = run_demo(
@@ -679,16 +691,16 @@ def demo_cmd(out_dir, seed, cache_dir, device, quiet):
         rows.append(
             {
                 "metric": m,
-                "coarse": _fmt(s["coarse"]["pixel"][m]),
-                "refined": _fmt(s["refined"]["pixel"][m]),
+                "coarse": _fmt(s.coarse.pixel[m]),
+                "refined": _fmt(s.refined.pixel[m]),
             }
         )
-    click.echo(f"pixel-level inside tissue at {s['refined']['pixel_um']:.1f} µm/px:")
+    click.echo(f"pixel-level inside tissue at {s.refined.pixel_um:.1f} µm/px:")
     click.echo(_table(rows, ["metric", "coarse", "refined"]))
-    gain = s["refined"]["pixel"]["dice"] - s["coarse"]["pixel"]["dice"]
+    gain = s.refined.pixel["dice"] - s.coarse.pixel["dice"]
     click.echo(f"Dice {'+' if gain >= 0 else ''}{gain:.3f} over the coarse annotation")
-    click.echo(f"coarse outline: {s['rows'][0]['outline']}")
-    for k, v in s["outputs"].items():
+    click.echo(f"coarse outline: {s.rows[0].outline}")
+    for k, v in asdict(s.outputs).items():
         click.echo(f"{k}: {v}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -24,14 +25,9 @@ from engine.cluster import (
 from engine.features import ProgressFactory, default_cache_dir
 from engine.pipeline import STAGES, RefineResult, RefineSettings, SlideInput, SlideResult
 from qupath_bridge.classes import ClassNames
-from qupath_bridge.outputs import check_out_dir, locked_out_dir, write_files
-from qupath_bridge.runner import (
-    json_bytes,
-    load_inputs,
-    output_names,
-    render_outputs,
-    slide_summary,
-)
+from qupath_bridge.jobs.slide import SlideRun, slide_run
+from qupath_bridge.outputs import check_out_dir, json_bytes, locked_out_dir, write_files
+from qupath_bridge.slide_io import SlideFiles, load_inputs, output_names, render_outputs
 
 log = logging.getLogger("qupath_refine")
 
@@ -52,9 +48,9 @@ def refine_slides_dask(
     mpp: float | None = None,
     tiles: bool = True,
     progress: bool | ProgressFactory = True,
-) -> dict:
-    """The ``slide`` command with the slides spread over Dask workers; the summary has a
-    ``failed`` list (slide, error) of slides that have no outputs."""
+) -> SlideRun:
+    """The ``slide`` command with the slides spread over Dask workers; ``failed`` lists the
+    slides (slide, error) that have no outputs."""
     check_out_dir(out_dir)  # before any work: a bad --out fails in seconds
     check_per_slide(settings)  # before connecting to anything
     t0 = time.perf_counter()
@@ -65,8 +61,8 @@ def refine_slides_dask(
     with dask_client(dask) as client:
         check_shared_cache(client, cache_dir)
         with locked_out_dir(out_dir):
-            done: dict[int, tuple[SlideResult, dict[str, Path]]] = {}
-            failed: list[dict] = []
+            done: dict[int, tuple[SlideResult, SlideFiles]] = {}
+            failed: list[dict[str, str]] = []
             timings = dict.fromkeys(STAGES, 0.0)
             with _slide_bar(progress, len(items)) as bar:
                 for o in refine_on_cluster(client, items, settings):
@@ -89,10 +85,13 @@ def refine_slides_dask(
             ok: list[SlideInput] = [items[k] for k in order]
             result = RefineResult([done[k][0] for k in order], None, None, timings)
             seconds = time.perf_counter() - t0
-            summary = slide_summary(
+            run = slide_run(
                 result, ok, seconds, [done[k][1] for k in order], collisions, settings, classes
             )
-            summary["failed"] = failed
-            summary["dask"] = {"address": dask.address, "workers": dask.workers}
-            write_files({out_dir / "summary.json": json_bytes(summary)})
-    return summary
+            run = replace(
+                run,
+                failed=tuple(failed),
+                dask={"address": dask.address, "workers": dask.workers},
+            )
+            write_files({out_dir / "summary.json": json_bytes(run.to_json())})
+    return run

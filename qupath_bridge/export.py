@@ -15,16 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RefineError
+from qupath_bridge.errors import ProjectError
 
 EXPORT_FORMAT = "qupath-refine-export"
 RESULTS_FORMAT = "qupath-refine-results"
 WORK_DIR = "qupath-refine"
 ENTRY_ID = re.compile(r"[0-9]+")  # QuPath numbers its project entries
-
-
-class ProjectError(RefineError):
-    """A QuPath project, its images or the exchange folder cannot be used as they are."""
 
 
 @dataclass(frozen=True)

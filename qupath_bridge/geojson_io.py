@@ -384,12 +384,18 @@ def classification(name: str, color: tuple[int, int, int]) -> dict[str, Any]:
     return {"name": name, "color": [int(c) for c in color]}
 
 
-def _polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
+def union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
+    """The valid union of ``geoms``; None for none."""
+    return shapely.make_valid(shapely.union_all(geoms)) if geoms else None
+
+
+def polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
+    """The polygons of any geometry, collections flattened; lines and points dropped."""
     if geom.is_empty:
         return []
     if geom.geom_type == "Polygon":
         return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in _polygons(g)]
+    return [p for g in getattr(geom, "geoms", []) for p in polygons(g)]
 
 
 def feature(
@@ -424,7 +430,7 @@ def refined_features(
     and QuPath rejects objects outside the image)."""
     cls = classification(refined_class, color)
     feats = []
-    for poly in _polygons(regions):
+    for poly in polygons(regions):
         m = {"Area µm^2": poly.area * mpp * mpp} if mpp else None
         feats.append(feature(poly, "detection", cls, m))
     if tiles_xy is not None and proba is not None:
@@ -455,4 +461,4 @@ def annotation_features(
 ) -> list[geojson.Feature]:
     """Annotations in QuPath's format (for the demo's coarse input and for tests)."""
     cls = classification(class_name, color or DEFAULT_COLORS.get(class_name, (200, 0, 0)))
-    return [feature(p, "annotation", cls) for p in _polygons(geom)]
+    return [feature(p, "annotation", cls) for p in polygons(geom)]

@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import secrets
 import signal
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
-from engine.errors import RefineError
+from qupath_bridge.errors import OutputError
 
 LOCK_NAME = ".qupath-refine.lock"
 #: suffix of temporary files, so that the next run can tell its own leftovers from the user's
 TMP_SUFFIX = ".qupath-refine.tmp"
-
-
-class OutputError(RefineError):
-    """The output folder cannot be written (not a folder, read-only, full, in use)."""
 
 
 def _why(e: OSError) -> str:
@@ -194,3 +192,14 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
             "choose another --out, then run again."
         ) from None
     return [target for _, target in temps]
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the indented JSON our summaries and manifests are written in."""
+    return (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """One JSON file, written atomically (an :class:`OutputError` when it cannot be)."""
+    write_files({Path(path): json_bytes(data)})
+    return path

@@ -38,7 +38,8 @@ from urllib.parse import unquote, urlparse
 import shapely
 
 from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
-from qupath_bridge.export import WORK_DIR, ImageRecord, ProjectError
+from qupath_bridge.errors import ProjectError
+from qupath_bridge.export import WORK_DIR, ImageRecord
 from qupath_bridge.geojson_io import QuPathObject
 
 log = logging.getLogger("qupath_refine")

@@ -12,9 +12,10 @@ import pytest
 import shapely
 
 from engine.errors import AnnotationError
+from qupath_bridge.classes import ClassNames
 from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
-from qupath_bridge.project_runner import sort_objects
-from qupath_bridge.runner import ClassNames, load_inputs
+from qupath_bridge.jobs.project import sort_objects
+from qupath_bridge.slide_io import load_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 SQUARE = [[[0, 0], [100, 0], [100, 100], [0, 100], [0, 0]]]
@@ -335,7 +336,9 @@ def test_implausible_pixel_sizes_are_refused_up_front(demo_slide, coarse_file, t
 
     # What a TIFF saved at 72 dpi records: 2.54 cm / 72 = 352.8 µm per pixel.
     p = write_pyramidal_tiff(tmp_path / "72dpi.tif", np.full((600, 800, 3), 200, np.uint8), 352.8)
-    with pytest.raises(SlideError, match=r"records a pixel size of 352\.8 µm/px.*pass --mpp"):
+    with pytest.raises(
+        SlideError, match=r"records a pixel size of 352\.8 µm/px.*pass SlideInput\.mpp"
+    ):
         Slide(p)
     assert Slide(p, mpp=0.5).mpp == 0.5  # the fix the message gives
     for mpp in ("1e8", "30", "0.01"):
@@ -406,3 +409,27 @@ def test_checkpoints_are_loaded_as_tensors_only(tmp_path):
     torch.save([torch.ones(2)], tmp_path / "list.pt")
     with pytest.raises(EncoderError, match="holds no state dict"):
         _load_state_dict(tmp_path / "list.pt", "conch:list.pt")
+
+
+def test_engine_names_settings_and_the_cli_names_flags():
+    """A Python caller reads the setting it passed; the CLI's user reads the flag."""
+    from engine.errors import SettingsError, SlideError
+    from engine.patches import GridSettings, check_patch_budget
+    from qupath_bridge.cli import _as_flags
+
+    with pytest.raises(SettingsError) as bad:
+        GridSettings(patch_um=64.0, stride_um=128.0).validate()
+    engine_says = str(bad.value)
+    assert (
+        engine_says.startswith("GridSettings.stride_um must be positive")
+        and "--" not in engine_says
+    )
+    assert _as_flags(engine_says).startswith("--stride-um must be positive")
+    with pytest.raises(SlideError) as big:
+        check_patch_budget(100_000, 100_000, 0.25, GridSettings(patch_um=1.0), "s.svs")
+    assert "--" not in str(big.value)
+    cli_says = _as_flags(str(big.value))
+    for flag in ("--mpp overrides", "--patch-um, --stride-um", "a larger --max-patches"):
+        assert flag in cli_says
+    # only settings named in full are translated: a file called mpp.svs keeps its name
+    assert _as_flags("mpp.svs: GridSettings.mpp 0") == "mpp.svs: --target-mpp 0"

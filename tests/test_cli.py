@@ -293,3 +293,21 @@ def test_console_script_prints_one_line_not_a_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: Slide not found")
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_commands_declare_shared_options_once():
+    """An option two commands take is one declaration: same help, type and default."""
+    import click
+
+    def options(cmd: str) -> dict[str, dict]:
+        return {
+            p.name: p.to_info_dict()
+            for p in main.commands[cmd].params
+            if isinstance(p, click.Option) and p.name != "help"
+        }
+
+    slide, project, demo = options("slide"), options("project"), options("demo")
+    shared = set(slide) & set(project)
+    assert {"no_tiles", "patch_um", "method", "outline", "seed"} <= shared
+    assert all(slide[n] == project[n] for n in shared)
+    assert all(demo[n] == slide[n] for n in ("seed", "cache_dir", "quiet"))

@@ -34,7 +34,7 @@ from engine.pipeline import RefineSettings, refine, refine_one  # noqa: E402
 from qupath_bridge.classes import ClassNames  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
 from qupath_bridge.geojson_io import annotation_features, write_features  # noqa: E402
-from qupath_bridge.runner import load_inputs, render_outputs  # noqa: E402
+from qupath_bridge.slide_io import load_inputs, render_outputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: 96 µm patches: ~460 on the demo slide and ~150 on the CMU slide, enough for each slide's

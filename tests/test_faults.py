@@ -31,7 +31,7 @@ from engine.slide import Slide, SlideInfo
 from engine.synthetic import make_demo_slide
 from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
 from qupath_bridge.outputs import LOCK_NAME, TMP_SUFFIX, OutputError, check_out_dir
-from qupath_bridge.runner import _stem, output_names
+from qupath_bridge.slide_io import _stem, output_names
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300

@@ -10,9 +10,12 @@ import pytest
 import shapely
 from click.testing import CliRunner
 
+from qupath_bridge.classes import ClassNames
 from qupath_bridge.cli import main
-from qupath_bridge.export import ImageRecord, ProjectError, read_export
+from qupath_bridge.errors import ProjectError
+from qupath_bridge.export import ImageRecord, read_export
 from qupath_bridge.geojson_io import QuPathObject, annotation_features, read_objects, write_features
+from qupath_bridge.jobs.project import check_slides, select_images, sort_objects
 from qupath_bridge.project import (
     backup_image_data,
     image_metadata,
@@ -22,8 +25,6 @@ from qupath_bridge.project import (
     uri_to_path,
     version_tuple,
 )
-from qupath_bridge.project_runner import check_slides, select_images, sort_objects
-from qupath_bridge.runner import ClassNames
 
 OPENSLIDE_BUILDER = "qupath.lib.images.servers.openslide.OpenslideServerBuilder"
 

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 from qupath_bridge.classes import ClassNames, class_matches, probability_key, refined_class
 from qupath_bridge.cli import main
-from qupath_bridge.export import ProjectError, read_export
+from qupath_bridge.errors import ProjectError
+from qupath_bridge.export import read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
     annotation_features,
@@ -30,6 +31,14 @@ from qupath_bridge.geojson_io import (
     read_objects,
     write_features,
 )
+from qupath_bridge.memory import (
+    Memory,
+    annotation_keys,
+    read_memory,
+    remembered_negative,
+    vanished_regions,
+    write_memory,
+)
 from qupath_bridge.project import (
     QPDATA_END,
     backup_image_data,
@@ -37,14 +46,6 @@ from qupath_bridge.project import (
     project_lock,
     qpdata_complete,
     repair_image_data,
-)
-from qupath_bridge.project_runner import (
-    Memory,
-    annotation_keys,
-    read_memory,
-    remembered_negative,
-    vanished_regions,
-    write_memory,
 )
 from tests.conftest import REPO
 from tests.test_project import demo_image, export_folder, qpproj
@@ -85,9 +86,9 @@ def test_one_home_for_the_class_rules():
     assert class_matches("Carcinoma: grade 2", "Carcinoma")
     assert not class_matches("Carcinoma: refined", "Carcinoma")
     assert not class_matches("Carcinomas", "Carcinoma")
-    from qupath_bridge.runner import ClassNames as FromRunner
+    from qupath_bridge.jobs.slide import ClassNames as FromJob
 
-    assert FromRunner is ClassNames
+    assert FromJob is ClassNames
 
 
 def test_groovy_script_never_derives_the_refined_class():
