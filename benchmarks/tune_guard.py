@@ -53,6 +53,8 @@ EDITS = {
     "e30/80": (0.3, 0.8),
     "e40/noadd": (0.4, 1.0),
 }
+#: re-draws tried with stricter additions outside the outline (RegionSettings.redraw_add_above)
+REDRAW_ADDS = (0.8, 1.0)
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given)
 GUARDS: dict[str, tuple[float, float | None, float | None]] = {
@@ -155,6 +157,13 @@ def slide_cases(
                             row["deep_kept"] = kept
                             row["area_kept"] = float(lab.sum() / max(1, c.sum()))
                             row.update(redraw_move(c, lab, depth))
+                            for add in REDRAW_ADDS:  # stricter additions outside the outline
+                                g, lab = redraw_outline(
+                                    coarse, d.grid, p, c, d.info.mpp, rim,
+                                    replace(base, redraw_add_above=add), frame,
+                                )  # fmt: skip
+                                row[f"redraw_add{add:g}"] = dice(g)
+                                row[f"agree_add{add:g}"] = redraw_move(c, lab, depth)["agree"]
                         if skip_self_test:
                             rows.append(row)
                             print(json.dumps(row), flush=True)

@@ -38,9 +38,8 @@ from engine.errors import TrainingDataError
 class MilSettings:
     """Attention MIL on pseudo bags: ``epochs`` passes over ``n_bags`` freshly drawn bags of
     ``bag_size`` patches (half inside, half outside), ``bags_per_step`` bags a step, Adam at
-    LCMIL's ``lr``. One bag a step (LCMIL's) took about 4x as long on the GlaS benchmark
-    slides for the same Dice (within 0.01); by the 5th epoch the mean focal loss has fallen
-    from 0.051 (1st epoch) to 0.007 and is flattening."""
+    LCMIL's ``lr``. Several bags a step, not LCMIL's one: the same Dice in a fraction of the
+    time, and the loss has flattened by the last epoch (BENCHMARKS.md, issue 4)."""
 
     n_bags: int = 1000
     bag_size: int = 10

@@ -10,10 +10,8 @@ leaves the rule open. Ours, explicit and configurable:
   times the cohort's base rate (the share of all patches inside). The share test keeps rare
   patterns out; the enrichment test rejects patterns the annotation merely brushes, e.g.
   stroma that runs across its border. Enrichment, not an absolute purity, because tumour is
-  a small share of most slides: on the region benchmark no prototype had half its patches
-  inside, and an absolute 50% rule relabelled most true tumour as normal (pseudo-label
-  accuracy -0.08 to -0.10 against the coarse labels; the relative rule +0.02 to +0.05 on
-  GlaS and -0.01 to +0.01 at region level, 32 local / 16 global prototypes). If no prototype
+  a small share of most slides: where no prototype has half its patches inside, an absolute
+  50% rule relabels most true tumour as normal (measured in BENCHMARKS.md). If no prototype
   passes, the most enriched among those passing the share test is taken alone (a warning is
   recorded), so a cohort always has a positive pattern.
 * **inside patches** on G+ are positive; inside patches on other prototypes are the
