@@ -15,7 +15,6 @@ from engine.regions import (
     clean,
     edit_masks,
     edit_outline,
-    label_agreement,
     mask_to_polygons,
     outline_depth,
     patch_labels,
@@ -214,31 +213,23 @@ def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
     np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
 
 
-def test_guard_redraws_only_a_redraw_that_departs_from_the_outline():
-    """A re-draw that moves a loose outline by about a patch agrees with it by more than
-    ``redraw_max_agreement``: that is within a re-draw's own error, so the outline is edited;
-    a wide departure is re-drawn. The self-test is asked only when the departure is wide."""
+def test_redraw_adds_outside_the_outline_only_on_the_edits_evidence():
+    """A loose rim says the outline was drawn too far out, nothing about tumour beyond it:
+    a re-draw adds tissue outside the outline only where the smoothed score exceeds
+    ``redraw_add_above`` (0.8, the edit's bar), not where it is merely above one half."""
     s = RegionSettings()
-    asked = []
-
-    def confirm() -> bool:
-        asked.append(True)
-        return True
-
-    grid, truth, p, coarse, c = _disc_case(950)  # loose by 2.5 patches
-    assert label_agreement(c, patch_labels(grid, truth)) < s.redraw_max_agreement
-    assert refine_outline(coarse, grid, p, c, 1.0, s, confirm=confirm).redrawn and asked
-    asked.clear()
-    grid, truth, p, coarse, c = _disc_case(780)  # loose by under one patch
-    rim = rim_scores(p, c, outline_depth(grid, coarse))
-    assert rim is not None and rim.level < s.redraw_below  # the rim alone would re-draw it
-    assert label_agreement(c, patch_labels(grid, truth)) > s.redraw_max_agreement
-    out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=confirm)
-    assert not out.redrawn and out.verdict(s) in ("edited", "unchanged (no confident edit)")
-    assert not asked
-    # Asked for, a re-draw happens whatever it agrees with.
-    assert refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="redraw")).redrawn
-    assert label_agreement(c, c) == 1.0 and label_agreement(c * 0, c * 0) == 1.0
+    grid, truth, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 1) & (i < 7) & (j >= 1) & (j < 7)] = 0.7  # 6 x 6 patches: likely, not confident
+    p[(i >= 22) & (i < 28) & (j >= 22) & (j < 28)] = 0.95  # confident
+    likely, confident = shapely.box(100, 100, 700, 700), shapely.box(2200, 2200, 2800, 2800)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert out.redrawn
+    assert not out.regions.intersects(likely)
+    assert out.regions.intersection(confident).area > 0.3 * confident.area
+    looser = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_add_above=0.6))
+    assert looser.regions.intersection(likely).area > 0.3 * likely.area
 
 
 def test_lone_patch_edits_are_dropped_and_wider_ones_drawn():
