@@ -55,28 +55,41 @@ EDITS = {
 }
 #: re-draws tried with stricter additions outside the outline (RegionSettings.redraw_add_above)
 REDRAW_ADDS = (0.8, 1.0)
+
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
-#: Dice with the outline <= agree (each when given)
-GUARDS: dict[str, tuple[float, float | None, float | None]] = {
-    "rim<0.6 (issue 4)": (0.6, None, None),
-    "rim<0.6 & self-test>=0.5": (0.6, 0.5, None),
-    "rim<0.6 & self-test>=0.7": (0.6, 0.7, None),
-    "rim<0.75 & self-test>=0.5": (0.75, 0.5, None),
+#: Dice with the outline <= agree (each when given); the re-draw's additions outside the
+#: outline at a smoothed score above add (0.6: issue 4's; 0.8: the edit's bar)
+GUARDS: dict[str, tuple[float, float | None, float | None, float]] = {
+    "rim<0.6 (issue 4)": (0.6, None, None, 0.6),
+    "rim<0.6 & self-test>=0.5": (0.6, 0.5, None, 0.6),
+    "rim<0.6 & self-test>=0.7": (0.6, 0.7, None, 0.6),
+    "rim<0.75 & self-test>=0.5": (0.75, 0.5, None, 0.6),
     **{
-        f"rim<0.6 & self-test>=0.5 & agree<={a:.2f}": (0.6, 0.5, a)
+        f"rim<0.6 & self-test>=0.5 & agree<={a:.2f}": (0.6, 0.5, a, 0.6)
         for a in (0.76, 0.78, 0.8, 0.82, 0.84, 0.86, 0.88)
     },
-    "never re-draw": (-1.0, None, None),
+    "rim<0.6 & self-test>=0.5, adds>0.8 (chosen)": (0.6, 0.5, None, 0.8),
+    "rim<0.6 & self-test>=0.5, adds>0.8 & agree<=0.80": (0.6, 0.5, 0.8, 0.8),
+    "rim<0.6, adds>0.8": (0.6, None, None, 0.8),
+    "rim<0.75 & self-test>=0.5, adds>0.8": (0.75, 0.5, None, 0.8),
+    "rim<0.6 & self-test>=0.5, no adds": (0.6, 0.5, None, 1.0),
+    "never re-draw": (-1.0, None, None, 0.6),
 }
 
 
-def redraws(r: dict[str, Any], rim_below: float, st_min: float | None, agree: float | None) -> bool:
+def _key(name: str, add: float) -> str:
+    return name if add == 0.6 else f"{name}_add{add:g}"
+
+
+def redraws(
+    r: dict[str, Any], rim_below: float, st_min: float | None, agree: float | None, add: float
+) -> bool:
     """Would this guard rule re-draw slide case ``r``?"""
     if r["rim"] is None or r["rim"] >= rim_below:
         return False
     if st_min is not None and (r["self_test"] is None or r["self_test"] < st_min):
         return False
-    return agree is None or r["agree"] <= agree
+    return agree is None or r[_key("agree", add)] <= agree
 
 
 def redraw_move(coarse: np.ndarray, redrawn: np.ndarray, depth: np.ndarray) -> dict[str, float]:
@@ -139,7 +152,8 @@ def slide_cases(
                         rim = rim_scores(p, c, outline_depth(d.grid, coarse))
                         row["rim"] = None if rim is None else rim.level
                         row["separation"] = None if rim is None else rim.deep - rim.outside
-                        base = RegionSettings(min_separation=0.0)
+                        # "redraw": issue 4's re-draw (adds above 0.6); REDRAW_ADDS: the others
+                        base = RegionSettings(min_separation=0.0, redraw_add_above=0.6)
                         for name, (cut, add) in EDITS.items():
                             rs = replace(base, outline="edit", remove_below=cut, add_above=add)
                             out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
@@ -186,7 +200,7 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
         for gname, rule in GUARDS.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
             for r in rows:
-                v = r["redraw"] if redraws(r, *rule) else r[edit]
+                v = r[_key("redraw", rule[3])] if redraws(r, *rule) else r[edit]
                 cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
             gains = [g for v in cells.values() for g in v]
             lines.append(
