@@ -7,7 +7,8 @@ measured (in brackets, 2-core CPU, default settings) so that a real regression f
 
 * region-level slide (malignant GlaS texture in random blobs), severe noise, seed 0: the
   guard judges the outline loose, its self-test agrees, and it is re-drawn, refined >=
-  coarse + 0.10; moderate noise: edited, >= coarse + 0.02 (0.787 -> 0.813, +0.026; with the
+  coarse + 0.04 (0.727 -> 0.779; with re-draws adding tissue above 0.6 instead of the edit's
+  0.8 it was +0.10, at a cost of up to 0.067 on single tuning slides); moderate noise: edited, >= coarse + 0.02 (0.787 -> 0.813, +0.026; with the
   issue-4 edit thresholds, add above 0.7, it was +0.100, at a cost of up to 0.04 on single
   tuning slides at mild noise, see BENCHMARKS.md);
 * gland-level GlaS mosaic, severe noise, seed 1: edited, refined >= coarse + 0.01 (0.654 ->
@@ -30,7 +31,7 @@ from tests.conftest import GLAS, need
 
 CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict
-    ("region", 80.0, "severe", 0, 0.10, "re-drawn (loose)"),
+    ("region", 80.0, "severe", 0, 0.04, "re-drawn (loose)"),
     ("region", 80.0, "moderate", 0, 0.02, "edited"),
     ("glas", 40.0, "severe", 1, 0.01, "edited"),
     ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
