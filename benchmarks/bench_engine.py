@@ -1,7 +1,9 @@
 """Engine throughput on a slide of 10,000+ tissue patches: the figures the engine issue asks for.
 
-    python benchmarks/bench_engine.py [--dir /tmp/qupath-refine-bench] [--repeats 3]
+    python -m benchmarks.bench_engine [--dir /tmp/qupath-refine-bench] [--repeats 3]
                                       [--json DIR/bench-engine.json]
+
+(from the repository root, like ``python -m benchmarks.run``).
 
 Needs ``pip install -e '.[bench]'`` (imagecodecs: tifffile's JPEG tile codec) unless run with
 ``--compression zlib``.
@@ -18,7 +20,8 @@ What it measures, with the default encoder and the default grid (0.5 µm/px, 128
     process (interpreter start and imports included);
 (d) peak memory: the maximum RSS of the cold-run process.
 
-Every measurement runs in a fresh process (this script re-invokes itself with ``--worker``),
+Every measurement runs in a fresh process (this module re-invokes itself as
+``python -m benchmarks.bench_engine --worker``, in the same working directory and environment),
 so one run's memory or caches never flatter the next. Medians over ``--repeats`` rounds.
 
 The slide is built once and cached in ``--dir``: a tiled pyramidal TIFF (JPEG/YCbCr tiles, as
@@ -51,8 +54,6 @@ T_START = time.perf_counter()
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 GLAS = ROOT.parent / "shared" / "data" / "glas-train"
 TILE = 256  # TIFF tile side = patch side at the default grid, px
@@ -427,7 +428,7 @@ def _run_worker(args: argparse.Namespace, mode: str, meta_path: Path) -> tuple[d
     if args.wait_quiet > 0:
         _wait_quiet(args.wait_quiet)
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--meta", str(meta_path),
+        sys.executable, "-m", "benchmarks.bench_engine", "--worker", mode, "--meta", str(meta_path),
         "--dir", str(args.dir), "--encoder", args.encoder,
         "--encoder-patches", str(args.encoder_patches),
     ]  # fmt: skip
@@ -650,7 +651,9 @@ def _report(paths: list[Path], limit: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_engine", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument(
         "--dir",
         type=Path,
@@ -728,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
     cold: list[dict] = []
     warm: list[dict] = []
     max_runs = args.max_runs or 3 * args.repeats
-    command = "python benchmarks/bench_engine.py " + " ".join(
+    command = "python -m benchmarks.bench_engine " + " ".join(
         a for a in (argv if argv is not None else sys.argv[1:])
     )
 

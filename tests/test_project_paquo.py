@@ -3,8 +3,9 @@
 These tests run when paquo finds a QuPath (``PAQUO_QUPATH_DIR`` or a ``.paquo.toml``) and are
 skipped otherwise, saying how to enable them. paquo starts one JVM per process and cannot
 switch QuPath afterwards, so everything that needs the JVM runs in child processes: the CLI
-itself, and a small paquo helper script (written to a temporary folder) that builds projects,
-edits them the way a pathologist would in QuPath, and snapshots their hierarchies as JSON.
+itself, and a small paquo helper (``tests/paquo_helper.py``, run with ``python -m``) that builds
+projects, edits them the way a pathologist would in QuPath, and snapshots their hierarchies as
+JSON.
 
 The main project holds the synthetic slide (known tumour) and, when the shared data is there,
 the real Aperio slide, each with coarse ``Tumor`` annotations and user objects that must never
@@ -41,118 +42,6 @@ SKIP_HOW = (
     "paquo finds no QuPath: set PAQUO_QUPATH_DIR=/path/to/QuPath (the folder with QuPath's "
     "lib/ or app/) or run `paquo get_qupath --install-path DIR 0.6.0` to run these tests"
 )
-
-# The paquo side of the tests, run as `python helper.py COMMAND SPEC.json OUT.json`.
-HELPER = r"""
-import json
-import sys
-
-import shapely
-import paquo.java
-from paquo.classes import QuPathPathClass
-from paquo.projects import QuPathProject
-
-COLORS = {
-    "Tumor": "#c80000", "Tumor: refined": "#ff8800", "Stroma": "#96c896",
-    "Immune cells": "#a05aa0", "Ignore*": "#b4b4b4",
-}
-_classes = {}
-
-
-def pclass(name):
-    if name is None:
-        return None
-    if name not in _classes:
-        *parents, last = name.split(": ")
-        parent = pclass(": ".join(parents)) if parents else None
-        _classes[name] = QuPathPathClass(last, parent=parent, color=COLORS.get(name, "#808080"))
-    return _classes[name]
-
-
-def add(h, o):
-    geom = shapely.from_wkb(bytes.fromhex(o["wkb"]))
-    fn = {"annotation": h.add_annotation, "detection": h.add_detection, "tile": h.add_tile}
-    obj = fn[o["type"]](roi=geom, path_class=pclass(o.get("cls")),
-                        measurements=o.get("meas") or None)
-    if o.get("locked"):
-        obj.locked = True
-    if o.get("name"):
-        obj.name = o["name"]
-
-
-def build(spec):
-    ids = {}
-    for p in spec["projects"]:
-        with QuPathProject(p["project"], mode="x") as qp:
-            qp.path_classes = [pclass(c) for c in p.get("classes", [])]
-            for im in p["images"]:
-                e = qp.add_image(im["slide"], allow_duplicates=True)
-                for o in im.get("objects", []):
-                    add(e.hierarchy, o)
-                ids.setdefault(p["project"], []).append(str(e.entry_id))
-    return ids
-
-
-def record(o, kind):
-    pc = o.path_class
-    return {
-        "type": kind,
-        "cls": pc.id if pc is not None else None,
-        "color": pc.color.to_hex() if pc is not None and pc.color is not None else None,
-        "locked": bool(o.locked),
-        "name": o.name,
-        "uid": str(o.java_object.getID()),
-        "wkb": shapely.to_wkb(o.roi, hex=True),
-        "meas": {k: float(v) for k, v in o.measurements.items()},
-    }
-
-
-def snapshot(spec):
-    qp = QuPathProject(spec["project"], mode="r")
-    images = []
-    for e in qp.images:
-        h = e.hierarchy
-        objs = [record(a, "annotation") for a in h.annotations]
-        objs += [record(d, "tile" if d.java_object.isTile() else "detection")
-                 for d in h.detections]
-        images.append({"id": str(e.entry_id), "name": e.image_name, "uri": e.uri,
-                       "objects": objs})
-    classes = [[c.id, c.color.to_hex() if c.color is not None else None]
-               for c in qp.path_classes]
-    return {"version": qp.version, "qupath": str(paquo.java.qupath_version),
-            "classes": classes, "images": images}
-
-
-def edit(spec):
-    with QuPathProject(spec["project"], mode="r+") as qp:
-        entries = {str(e.entry_id): e for e in qp.images}
-        for op in spec["ops"]:
-            h = entries[op["image"]].hierarchy
-            if op["op"] == "add":
-                add(h, op)
-                continue
-            for coll in (h.annotations, h.detections):
-                hit = [o for o in coll if str(o.java_object.getID()) == op["uid"]]
-                if hit:
-                    break
-            assert len(hit) == 1, op
-            if op["op"] == "remove":
-                coll.discard(hit[0])
-            elif op["op"] == "lock":
-                hit[0].locked = True
-            else:
-                raise ValueError(op["op"])
-    return {}
-
-
-if __name__ == "__main__":
-    cmd, spec_file, out_file = sys.argv[1:]
-    with open(spec_file, encoding="utf-8") as f:
-        out = globals()[cmd](json.load(f))
-    with open(out_file, "w", encoding="utf-8") as f:
-        json.dump(out, f)
-"""
-
 
 # --- processes ---------------------------------------------------------------------------
 
@@ -222,12 +111,10 @@ def error_line(r: subprocess.CompletedProcess, code: int = 2) -> str:
 
 
 class Paquo:
-    """Runs the helper script in a child process (the JVM lives there)."""
+    """Runs ``tests/paquo_helper.py`` in a child process (the JVM lives there)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.script = folder / "paquo_helper.py"
-        self.script.write_text(HELPER, encoding="utf-8")
         self.n = 0
 
     def __call__(self, cmd: str, spec: dict) -> dict:
@@ -236,7 +123,7 @@ class Paquo:
         out_file = self.folder / f"out{self.n}.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
         r = subprocess.run(
-            [sys.executable, str(self.script), cmd, str(spec_file), str(out_file)],
+            [sys.executable, "-m", "tests.paquo_helper", cmd, str(spec_file), str(out_file)],
             capture_output=True,
             text=True,
             cwd=self.folder,
