@@ -502,18 +502,25 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
         _fail(f"{n} of {total} slides not refined (why: the warnings above, summary.json)", 1)
 
 
-def _slide_on_dask(args: tuple, kw: dict, workers, address):
-    """The ``slide`` command's :class:`SlideRun` from a Dask run, or None when no cluster is
-    asked for (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
+def _dask_settings(workers, address):
+    """The cluster ``--workers``, ``--dask`` or $QUPATH_REFINE_DASK ask for, or None."""
     from engine.cluster import DaskSettings
 
     dask = DaskSettings.from_options(address, workers)
+    if dask is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            _fail("--workers and --dask need Dask: pip install 'qupath-refine[dask]'")
+    return dask
+
+
+def _slide_on_dask(args: tuple, kw: dict, workers, address):
+    """The ``slide`` command's :class:`SlideRun` from a Dask run, or None when no cluster is
+    asked for (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
+    dask = _dask_settings(workers, address)
     if dask is None:
         return None
-    try:
-        import distributed  # noqa: F401
-    except ImportError:
-        _fail("--workers and --dask need Dask: pip install 'qupath-refine[dask]'")
     from qupath_bridge.dask_runner import refine_slides_dask
 
     return refine_slides_dask(*args, dask=dask, **kw)
@@ -542,10 +549,20 @@ def _slide_on_dask(args: tuple, kw: dict, workers, address):
     "touch the project's data (for machines without QuPath).",
 )
 @NO_TILES_OPTION
+@dask_options
 @common_options
 @_friendly
 def project_cmd(
-    project, images, from_export, dry_run, skip_missing, geojson_only, no_tiles, **common
+    project,
+    images,
+    from_export,
+    dry_run,
+    skip_missing,
+    geojson_only,
+    no_tiles,
+    workers,
+    dask_address,
+    **common,
 ):
     """Refine the coarse annotations of a QuPath project and write the result into it.
 
@@ -554,7 +571,9 @@ def project_cmd(
     image, unlocked '<class>: refined' detections and tiles are replaced; annotations, other
     objects and locked objects are never touched, and each image's data file is backed up
     first under <project>/qupath-refine/backup/. Close the images in QuPath first, or use the
-    QuPath menu script, which handles the open image itself.
+    QuPath menu script, which handles the open image itself. With --workers/--dask the
+    images are refined on Dask workers (no QuPath there) and this process writes each into
+    the project as its result arrives.
     """
     from qupath_bridge.jobs.project import ProjectOptions, ProjectPlan, refine_project
 
@@ -568,7 +587,8 @@ def project_cmd(
         mpp=run.mpp,
         tiles=not no_tiles,
     )
-    report = refine_project(project, opts, run.settings, run.classes, progress=run.progress)
+    dask = _dask_settings(workers, dask_address)
+    report = refine_project(project, opts, run.settings, run.classes, run.progress, dask)
     if isinstance(report, ProjectPlan):
         click.echo("dry run, nothing written:")
         click.echo(
@@ -578,13 +598,17 @@ def project_cmd(
             )
         )
         return
-    click.echo(_table(report.images, IMAGE_COLUMNS))
+    if report.images:  # on a cluster, every image may have failed
+        click.echo(_table(report.images, IMAGE_COLUMNS))
     click.echo(f"results: {report.results}")
     if report.backup:
         click.echo(
             f"backup of the data files before writing: {report.backup} "
             "(restore: copy a folder back over <project>/data/<id>/ with the image closed)"
         )
+    if report.failed:  # on a cluster: the other images are written
+        n, total = len(report.failed), len(report.failed) + len(report.images)
+        _fail(f"{n} of {total} images not refined (why: the warnings above, summary.json)", 1)
 
 
 @main.command("evaluate")

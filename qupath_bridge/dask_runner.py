@@ -1,15 +1,18 @@
-"""The ``slide`` command on a Dask cluster (``--workers N`` or ``--dask ADDRESS``).
+"""The ``slide`` and project commands on a Dask cluster (``--workers N`` or ``--dask ADDRESS``).
 
 Workers refine one slide each (:mod:`engine.cluster`); this process (the driver) reads the
 GeoJSON, checks that the workers share the feature cache, and writes each slide's GeoJSON
 and overlay as soon as its result arrives: the same files as a single-process run, all or
-none per slide, then summary.json with the slides that failed and why.
+none per slide, then summary.json with the slides that failed and why. A project run's
+images are written into the project by its own job as they arrive (:func:`images_on_dask`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -95,3 +98,43 @@ def refine_slides_dask(
             )
             write_files({out_dir / "summary.json": json_bytes(run.to_json())})
     return run
+
+
+@contextmanager
+def images_on_dask(
+    items: list[SlideInput],
+    settings: RefineSettings,
+    dask: DaskSettings,
+    progress: bool | ProgressFactory,
+    timings: dict[str, float],
+    failed: dict[int, str],
+) -> Iterator[Iterator[tuple[int, SlideResult, float]]]:
+    """A project run's images on Dask workers (see :func:`qupath_bridge.jobs.project.
+    refine_and_write`): connects and checks the shared cache on entry, then gives each
+    refined image as (index in ``items``, result, seconds) as it arrives, for the driver to
+    write into the project. Workers get only the SlideInputs (slide paths, geometry): no
+    project, no JVM. An image not refined goes into ``failed`` (index: why) with a warning;
+    worker seconds per stage add up in ``timings``."""
+    check_per_slide(settings)
+    cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
+    log.info(f"refining {len(items)} images on {dask.where}")
+    with dask_client(dask) as client:
+        check_shared_cache(client, cache_dir)
+
+        def arrivals() -> Iterator[tuple[int, SlideResult, float]]:
+            with _slide_bar(progress, len(items)) as bar:
+                for o in refine_on_cluster(client, items, settings):
+                    if o.result is None:
+                        why = str(o.error)
+                        why = why if o.item.label in why else f"{o.item.label}: {why}"
+                        log.warning(f"not refined: {why}")
+                        failed[o.index] = why
+                    else:
+                        for stage, s in o.timings.items():
+                            timings[stage] += s  # worker seconds, summed over images
+                        # the slide's own read and embed, plus its own model and regions
+                        shared = o.timings.get("train", 0.0) + o.timings.get("regions", 0.0)
+                        yield o.index, o.result, o.result.seconds + shared
+                    bar.update(1)
+
+        yield arrivals()

@@ -33,9 +33,18 @@ from typing import Any
 import shapely
 import shapely.geometry
 
+from engine.cluster import DaskSettings, check_per_slide
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
-from engine.pipeline import RefineSettings, SlideInput, SlideResult, open_slide, plan, refine
+from engine.pipeline import (
+    STAGES,
+    RefineSettings,
+    SlideInput,
+    SlideResult,
+    open_slide,
+    plan,
+    refine,
+)
 from engine.regions import clean
 from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
 from qupath_bridge.errors import ProjectError
@@ -136,9 +145,16 @@ class ProjectRun:
     results: str
     backup: str | None  # the data files' backups of this run; None when none were written
     errors: tuple[str, ...]
+    #: on a Dask cluster: the images not refined and why ({"image", "error"}), and where it
+    #: ran ({"address", "workers"}); neither is in a single-process summary.json
+    failed: tuple[dict[str, str], ...] = ()
+    dask: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.dask is None:
+            del d["failed"], d["dask"]
+        return d
 
 
 @dataclass
@@ -292,18 +308,22 @@ def refine_project(
     settings: RefineSettings,
     classes: ClassNames | None = None,
     progress: bool | ProgressFactory = True,
+    dask: DaskSettings | None = None,
 ) -> ProjectRun | ProjectPlan:
     """Run the whole project command; returns the report (also written as JSON), or with
-    ``options.dry_run`` the plan.
+    ``options.dry_run`` the plan. ``dask``: refine the images on a Dask cluster, one task per
+    image (a dry run ignores it).
 
     Holds the project's lock for the run (a dry run writes nothing and takes none)."""
     pfile = project_file(project)
     classes = classes or ClassNames()
     if options.dry_run:
         return plan_project(read_project(pfile, options, classes), settings)
+    if dask is not None:
+        check_per_slide(settings)  # before reading the project or connecting to anything
     with project_lock(pfile), signals_interrupt():
         inputs = read_project(pfile, options, classes)
-        return refine_and_write(pfile, inputs, options, settings, classes, progress)
+        return refine_and_write(pfile, inputs, options, settings, classes, progress, dask)
 
 
 @dataclass(frozen=True)
@@ -390,40 +410,67 @@ def refine_and_write(
     settings: RefineSettings,
     classes: ClassNames,
     progress: bool | ProgressFactory,
+    dask: DaskSettings | None = None,
 ) -> ProjectRun:
     """Refine, write each image back (through paquo unless it is open in QuPath or
     ``--geojson-only``), then the results folder; a :class:`ProjectError` if any image
-    could not be written."""
+    could not be written.
+
+    With ``dask`` the images are refined on the cluster's workers and each is written here,
+    by :meth:`WriteBack.image` as in a single-process run, as soon as its result arrives;
+    an image that could not be refined is in the report's ``failed`` and the manifest."""
     write_paquo = not options.geojson_only and any(not r.live for r in got.records)
     if write_paquo:
         check_version(pfile)  # no QuPath, or too old: say so now, not after embedding
     t0 = time.perf_counter()
-    result = refine(got.items, settings, progress=progress)
-    shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
     results_dir = work_dir(pfile) / "results"
     stamp = timestamp()
-    if write_paquo:
-        repair_images(pfile, [r.id for r in got.records if not r.live])
-    outcomes: list[ImageOutcome] = []
+    outcomes: dict[int, ImageOutcome] = {}
+    failed: dict[int, str] = {}
     with ExitStack() as stack:
+        if dask is None:
+            result = refine(got.items, settings, progress=progress)
+            timings = result.timings
+            shared = sum(timings[k] for k in ("prototypes", "train", "regions"))
+            each = shared / len(got.records)
+            done: Iterator[tuple[int, SlideResult, float]] = (
+                (k, res, res.seconds + each) for k, res in enumerate(result.slides)
+            )
+        else:
+            from qupath_bridge.dask_runner import images_on_dask
+
+            # connected, and the shared cache checked, before any data file is touched
+            timings = dict.fromkeys(STAGES, 0.0)
+            done = stack.enter_context(
+                images_on_dask(got.items, settings, dask, progress, timings, failed)
+            )
+        if write_paquo:
+            repair_images(pfile, [r.id for r in got.records if not r.live])
         qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
         back = WriteBack(pfile, qp, classes, options.tiles, stamp)
-        for r, inp, res in zip(got.records, got.inputs, result.slides, strict=True):
-            seconds = round(res.seconds + shared / len(got.records), 1)
-            outcomes.append(back.image(r, inp, res, got, results_dir, seconds))
-        if qp is not None and any(o.written for o in outcomes):
+        for k, res, seconds in done:
+            r, inp = got.records[k], got.inputs[k]
+            outcomes[k] = back.image(r, inp, res, got, results_dir, round(seconds, 1))
+        if qp is not None and any(o.written for o in outcomes.values()):
             save_project(qp)
             prune_backups(pfile, keep=BACKUPS_KEPT)
-    write_results(results_dir, got, outcomes, classes)
-    errors = tuple(o.error for o in outcomes if o.error)
+    write_results(results_dir, got, outcomes, failed, classes)
+    errors = tuple(o.error for _, o in sorted(outcomes.items()) if o.error)
     report = ProjectRun(
-        images=tuple(o.row for o in outcomes),
-        timings=rounded(result.timings, 2),
+        images=tuple(o.row for _, o in sorted(outcomes.items())),
+        timings=rounded(timings, 2),
         seconds=round(time.perf_counter() - t0, 1),
         results=str(results_dir),
         backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
         errors=errors,
     )
+    if dask is not None:
+        why = tuple({"image": got.records[k].name, "error": e} for k, e in sorted(failed.items()))
+        report = replace(
+            report,
+            failed=why,
+            dask={"address": dask.address, "workers": dask.workers},
+        )
     write_json(results_dir / "summary.json", report.to_json())
     if errors:
         raise ProjectError(
@@ -552,24 +599,31 @@ class WriteBack:
 
 
 def write_results(
-    results_dir: Path, got: ProjectInputs, outcomes: list[ImageOutcome], classes: ClassNames
+    results_dir: Path,
+    got: ProjectInputs,
+    outcomes: dict[int, ImageOutcome],
+    failed: dict[int, str],
+    classes: ClassNames,
 ) -> None:
     """Each image's results GeoJSON, then the manifest the menu script reads back. Written
     after every image, so that an interrupted run leaves the last run's results as they
-    were."""
-    for o in outcomes:
+    were. ``outcomes`` and ``failed`` (images not refined: why) are by index in
+    ``got.records``; a failed image has no results GeoJSON."""
+    for _, o in sorted(outcomes.items()):
         write_features(o.geojson, o.features)
     entries = []
-    for r, o in zip(got.records, outcomes, strict=True):
+    for k, r in enumerate(got.records):
+        o = outcomes.get(k)
         entry = {
             "id": r.id,
             "name": r.name,
-            "geojson": o.geojson.name,
-            "written_by_paquo": o.written,
+            "geojson": o.geojson.name if o else None,
+            "written_by_paquo": o is not None and o.written,
             "refined_class": classes.refined,
         }
-        if o.error:
-            entry["error"] = o.error
+        error = o.error if o else failed[k]
+        if error:
+            entry["error"] = error
         entries.append(entry)
     manifest = {
         "format": RESULTS_FORMAT,
