@@ -35,6 +35,14 @@ from qupath_bridge.slide_io import SlideFiles, load_inputs, output_names, render
 log = logging.getLogger("qupath_refine")
 
 
+def _not_refined(item: SlideInput, error: str | None) -> str:
+    """Why a slide came back without a result, naming it once; logged as a warning."""
+    why = str(error)
+    why = why if item.label in why else f"{item.label}: {why}"
+    log.warning(f"not refined: {why}")
+    return why
+
+
 def _slide_bar(progress: bool | ProgressFactory, total: int):
     if callable(progress):
         return progress("slides", total)
@@ -70,9 +78,7 @@ def refine_slides_dask(
             with _slide_bar(progress, len(items)) as bar:
                 for o in refine_on_cluster(client, items, settings):
                     if o.result is None:
-                        why = str(o.error)
-                        why = why if o.item.label in why else f"{o.item.label}: {why}"
-                        log.warning(f"not refined: {why}")
+                        why = _not_refined(o.item, o.error)
                         failed.append({"slide": str(o.item.path), "error": why})
                     else:
                         one = RefineResult([o.result], None, None, {})
@@ -125,10 +131,7 @@ def images_on_dask(
             with _slide_bar(progress, len(items)) as bar:
                 for o in refine_on_cluster(client, items, settings):
                     if o.result is None:
-                        why = str(o.error)
-                        why = why if o.item.label in why else f"{o.item.label}: {why}"
-                        log.warning(f"not refined: {why}")
-                        failed[o.index] = why
+                        failed[o.index] = _not_refined(o.item, o.error)
                     else:
                         for stage, s in o.timings.items():
                             timings[stage] += s  # worker seconds, summed over images
