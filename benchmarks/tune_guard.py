@@ -187,7 +187,6 @@ def slide_cases(
                             seed * 100 + 50,
                         )  # fmt: skip
                         row["self_test"] = test.recovered
-                        row["self_test_deep_kept"] = test.deep_kept
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     return rows

@@ -22,7 +22,6 @@ import shapely
 from engine.classifier import ClassifierSettings, mil_proba
 from engine.patches import PatchGrid, coarse_labels
 from engine.regions import (
-    DEEP,
     MIN_PATCHES,
     RegionSettings,
     outline_depth,
@@ -34,12 +33,10 @@ from engine.regions import (
 @dataclass(frozen=True)
 class SelfTest:
     """The result: ``recovered`` is the share of the added band's patches the re-draw took
-    back out (None: too few patches in the band, or no rim to judge); ``deep_kept`` the
-    share of the outline's deep inside (two patches or more from it) the re-draw kept."""
+    back out (None: too few patches in the band, or no rim to judge)."""
 
     band_patches: int
     recovered: float | None
-    deep_kept: float | None = None
 
     def passed(self, at_least: float) -> bool:
         return self.recovered is not None and self.recovered >= at_least
@@ -72,6 +69,4 @@ def redraw_self_test(
     if rim is None:
         return SelfTest(n_band, None)
     _, labels = redraw_outline(loose, grid, p, c_loose, mpp, rim, regions, frame)
-    deep = c & (outline_depth(grid, coarse) >= DEEP)
-    deep_kept = float(np.mean(labels[deep] == 1)) if deep.sum() >= MIN_PATCHES else None
-    return SelfTest(n_band, float(np.mean(labels[band] == 0)), deep_kept)
+    return SelfTest(n_band, float(np.mean(labels[band] == 0)))

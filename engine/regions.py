@@ -55,8 +55,7 @@ class RegionSettings:
     at the midpoint of the outside and deep-inside levels, at least 0.5), and tissue outside
     it whose smoothed score exceeds ``redraw_add_above`` is added. A loose rim says the
     outline was drawn too far out, nothing about tumour beyond it: additions keep the edit's
-    bar (0.8). At 0.6 they added false tumour on fine grids and cost up to 0.067 Dice on a
-    tuning slide at moderate noise (BENCHMARKS.md, issue 9).
+    bar (0.8); lower, they added false tumour on fine grids (BENCHMARKS.md, issue 9).
 
     Before the guard re-draws, the slide's scores must pass a self-test (``self_test``,
     :mod:`engine.guard`): the outline loosened by ``self_test_dilate`` patches, a model
