@@ -24,9 +24,9 @@ _TEMP = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
 STALE_AFTER_S = 3600.0
 
 
-def temp_beside(target: Path) -> Path:
+def temp_beside(target: Path, suffix: str = ".tmp") -> Path:
     """A temporary name in ``target``'s folder, unique across processes, hosts and calls."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:

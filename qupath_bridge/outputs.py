@@ -17,7 +17,6 @@ import contextlib
 import errno
 import json
 import os
-import secrets
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from engine.files import temp_beside
 from qupath_bridge.errors import OutputError
 
 LOCK_NAME = ".qupath-refine.lock"
@@ -147,11 +147,6 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
-def temp_name(target: Path) -> Path:
-    """A temporary name beside ``target``, unique across processes and calls."""
-    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
-
-
 def write_files(files: Mapping[Path, bytes]) -> list[Path]:
     """Write every file to a temporary beside its target, then rename them all into place.
 
@@ -163,7 +158,7 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
     try:
         for target, data in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = str(temp_name(target))
+            tmp = str(temp_beside(target, TMP_SUFFIX))
             temps.append((tmp, target))  # before it exists: a Ctrl-C right after still cleans
             # Not mkstemp: its files are private (0600); outputs get the user's umask.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
