@@ -515,6 +515,18 @@ def part_markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rejudge(results: dict[str, Any]) -> None:
+    """Judge every cell's targets again from its methods (both grids)."""
+    nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
+    for b in results["benchmarks"].values():
+        for e in b["encoders"].values():
+            grids = [e["levels"], *([e["default_grid"]["levels"]] if "default_grid" in e else [])]
+            for levels in grids:
+                for level, lv in levels.items():
+                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
+                        lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
+
+
 def reuse_methods(results: dict[str, Any], earlier: dict[str, Any], source: str) -> None:
     """Copy the methods ``results`` lacks from ``earlier`` (same part, seeds, levels, slides)
     and re-judge the targets. Refuses a mismatch: a method's numbers from other slides or
@@ -524,7 +536,6 @@ def reuse_methods(results: dict[str, Any], earlier: dict[str, Any], source: str)
         if results["config"].get(k) != earlier["config"].get(k):
             raise SystemExit(f"error: --reuse {source}: its {k} differs from this run's")
     taken: set[str] = set()
-    nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
     for b, bench in results["benchmarks"].items():
         old_bench = earlier["benchmarks"][b]
         if [s["name"] for s in bench["slides"]] != [s["name"] for s in old_bench["slides"]]:
@@ -540,8 +551,7 @@ def reuse_methods(results: dict[str, Any], earlier: dict[str, Any], source: str)
                         if m not in lv["methods"]:
                             lv["methods"][m] = v
                             taken.add(m)
-                    if "engine" in lv["methods"] and "coarse" in lv["methods"]:
-                        lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
+    rejudge(results)
     methods = set(results["config"]["methods"]) | taken
     results["config"]["methods"] = [m for m in PART_METHODS if m in methods] + sorted(
         methods - set(PART_METHODS)
@@ -605,17 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         src = Path(args.render)
         results = json.loads(src.read_text())
-        nw = H.PART_NEVER_WORSE if results["config"].get("part") else H.NEVER_WORSE
-        for b in results["benchmarks"].values():
-            for e in b["encoders"].values():
-                grids = [
-                    e["levels"],
-                    *([e["default_grid"]["levels"]] if "default_grid" in e else []),
-                ]
-                for levels in grids:
-                    for level, lv in levels.items():
-                        if "engine" in lv["methods"] and "coarse" in lv["methods"]:
-                            lv["targets"] = H.targets(lv["methods"], level, never_worse=nw)
+        rejudge(results)
         H.write_json(results, src)
         src.with_suffix(".md").write_text(render(results, results.get("command", "")))
         return 0
