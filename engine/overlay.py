@@ -49,6 +49,8 @@ def render_overlay(
         d = ImageDraw.Draw(heat)
         s = grid.stride / downsample
         for (x, y), p in zip(grid.xy / downsample, proba, strict=True):
+            if not np.isfinite(p):  # a slide no model scored
+                continue
             a = int(110 * float(p))
             d.rectangle((x, y, x + s, y + s), fill=(220, 0, 0, a))
         base = Image.alpha_composite(base, heat)

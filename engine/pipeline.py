@@ -24,7 +24,7 @@ import shapely
 from engine.classifier import ClassifierSettings, cross_fit_proba, mil_proba, standardise
 from engine.devices import resolve_device
 from engine.encoders import Encoder, build_encoder
-from engine.errors import TissueError, TrainingDataError
+from engine.errors import TissueError
 from engine.features import (
     FeatureSettings,
     ProgressFactory,
@@ -306,19 +306,19 @@ def embed_slide(
     d.seconds += time.perf_counter() - t0
 
 
-def check_training_data(coarse: npt.NDArray[np.int8], need: int) -> None:
-    """Fail before the slow part when the coarse labels cannot train a classifier."""
-    n_in, n_out = int(coarse.sum()), int((coarse == 0).sum())
-    if n_in < need or n_out < need:
-        raise TrainingDataError(
-            f"Too few patches to learn from: {n_in} tissue patches inside the coarse "
-            f"annotations and {n_out} outside (need at least {need} of each). "
-            + (
-                "Annotate more tumour or use a smaller GridSettings.patch_um."
-                if n_in < need
-                else "Leave some tissue outside the annotation, or add slides."
-            )
+def untrainable(labels: npt.NDArray[np.int8], side_um: float, need: int) -> str | None:
+    """Why ``labels`` cannot train a model (fewer than ``need`` patches inside or outside the
+    outline), in the user's words, or None."""
+    n_in, n_out = int((labels == 1).sum()), int((labels == 0).sum())
+    if min(n_in, n_out) >= need:
+        return None
+    side = f"{side_um:g} µm"
+    if n_in < need:
+        return (
+            f"only {n_in} patches of {side} inside the outline; outline more of the tumour "
+            "or choose smaller patches"
         )
+    return f"only {n_out} patches of {side} outside the outline; leave more tissue outside it"
 
 
 def refine(
@@ -358,7 +358,15 @@ def refine(
         coarse.append(c)
         hard_neg.append(neg)
     all_coarse = np.concatenate(coarse)
-    check_training_data(all_coarse, settings.classifier.min_per_class)
+    need = settings.classifier.min_per_class
+    if min(int((all_coarse == 1).sum()), int((all_coarse == 0).sum())) < need:
+        # Nothing on these slides can train a model: every outline comes back as drawn, with
+        # the reason, before any slide is embedded ("keep" is an answer, not an error).
+        results = [
+            kept_result(d, c, hn, untrainable(c, d.grid_settings.side_um, need))
+            for d, c, hn in zip(data, coarse, hard_neg, strict=True)
+        ]
+        return RefineResult(results, None, None, timings)
 
     for k, d in enumerate(data, 1):
         if d.features is None:
@@ -474,10 +482,12 @@ def refine_one(
     labels = np.where(negatives, 0, coarse).astype(np.int8)
     few = too_few_to_learn(labels, d, settings)
     if few is not None:
-        raise TrainingDataError(
-            f"{item.label}: {few} (in a run without --workers/--dask such a slide borrows a "
-            "model trained on all the run's slides)"
-        )
+        # In a run of several slides in one process such a slide is scored by a model pooled
+        # over all of them; its outline is kept either way, so a worker keeps it unscored.
+        t0 = time.perf_counter()
+        result = kept_result(d, coarse, negatives, few)
+        timings["regions"] = time.perf_counter() - t0
+        return result, timings
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
@@ -538,17 +548,38 @@ def too_few_to_learn(
     Such a slide is scored by the model pooled over all slides, but its outline is kept."""
     if settings.classifier.model != "mil":
         return None
-    n_in, n_out = int((labels == 1).sum()), int((labels == 0).sum())
-    need = settings.classifier.min_per_class
-    if min(n_in, n_out) >= need:
-        return None
-    side = f"{d.grid_settings.side_um:g} µm"
-    if n_in < need:
-        return (
-            f"only {n_in} patches of {side} inside the outline; outline more of the tumour "
-            "or choose smaller patches"
-        )
-    return f"only {n_out} patches of {side} outside the outline; leave more tissue outside it"
+    return untrainable(labels, d.grid_settings.side_um, settings.classifier.min_per_class)
+
+
+def kept_result(
+    d: SlideFeatures,
+    coarse: npt.NDArray[np.int8],
+    hard_negative: npt.NDArray[np.bool_],
+    reason: str | None,
+) -> SlideResult:
+    """Slide ``d`` with no model to score it: its outline as drawn, the verdict saying why,
+    and no scores (NaN: the overlay and tiles show none rather than invented ones)."""
+    item = d.item
+    frame = (d.info.width, d.info.height)
+    regions = valid_polygons(item.coarse, frame)
+    if item.negative is not None and not item.negative.is_empty:
+        regions = valid_polygons(regions.difference(item.negative))
+    outline = Outline(regions, coarse, False, None, kept=reason or "no model could be trained")
+    return SlideResult(
+        name=item.label,
+        info=d.info,
+        grid=d.grid,
+        coarse=coarse,
+        hard_negative=hard_negative,
+        pseudo=coarse,
+        proba=np.full(len(d.grid), np.nan, np.float32),
+        refined=coarse,
+        regions=regions,
+        cached=d.cached,
+        seconds=d.seconds,
+        outline=outline.verdict(RegionSettings()),
+        grid_settings=d.grid_settings,
+    )
 
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:

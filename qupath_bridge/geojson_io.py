@@ -441,7 +441,8 @@ def refined_features(
         boxes = shapely.box(x, y, x1, y1)
         key = probability_key(class_name)
         for b, p in zip(boxes, proba, strict=True):
-            feats.append(feature(b, "tile", cls, {key: float(p)}))
+            if np.isfinite(p):  # NaN: a slide no model scored has no tiles
+                feats.append(feature(b, "tile", cls, {key: float(p)}))
     return feats
 
 

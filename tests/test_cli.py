@@ -181,7 +181,6 @@ CASES = {
     "no such class": (lambda s, c, d: [s, d / "stroma.geojson"], "Classes present: Stroma"),
     "outside slide": (lambda s, c, d: [s, d / "outside.geojson"], "outside the slide"),
     "no tissue": (lambda s, c, d: [d / "blank.tif", d / "blank.geojson"], "No tissue found"),
-    "too few inside": (lambda s, c, d: [s, d / "tiny.geojson"], "Too few patches to learn from"),
 }
 
 
@@ -211,6 +210,25 @@ def test_bad_input(case, bad_inputs, tmp_path, cache_dir):
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_too_few_patches_keeps_the_outline(bad_inputs, tmp_path, cache_dir):
+    # A 100 px outline holds no 64 µm patch: no model can learn from it. The pathologist's
+    # outline comes back as drawn, with the reason and what would help, and exit 0.
+    slide, _, d = bad_inputs
+    out = tmp_path / "out"
+    r = run("slide", slide, "--coarse", d / "tiny.geojson", "--out", out, "--patch-um", "64",
+            "--cache-dir", cache_dir, "--quiet")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    row = json.loads((out / "summary.json").read_text())["slides"][0]
+    assert row["outline"].startswith("kept (weak evidence: only 0 patches of 64 µm inside")
+    assert "choose smaller patches" in row["outline"]
+    feats = json.loads((out / f"{Path(slide).stem}.refined.geojson").read_text())["features"]
+    # no tiles: nothing scored them; the one region is the drawn box, unchanged
+    assert [f["properties"]["objectType"] for f in feats] == ["detection"]
+    got = shapely.geometry.shape(feats[0]["geometry"])
+    assert got.equals(shapely.box(3000, 2000, 3100, 2100))
+    assert (out / f"{Path(slide).stem}.overlay.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize(

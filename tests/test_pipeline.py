@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.patches import GridSettings
-from engine.pipeline import RefineSettings, SlideInput, refine
+from engine.pipeline import RefineSettings, SlideInput, refine, refine_one
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,15 @@ def test_prototype_route_and_hard_negatives(demo_slide, settings):
             replace(settings, classifier=replace(settings.classifier, model="svm")),
             progress=False,
         )
+
+
+def test_a_slide_too_small_to_learn_from_is_kept_on_a_worker_too(demo_slide, settings):
+    # One process pools a model for such a slide; a cluster worker has only this slide.
+    # Either way the outline comes back as drawn and says why; the worker invents no scores.
+    tiny = demo_slide.coarse.centroid.buffer(40)
+    res, timings = refine_one(SlideInput(demo_slide.path, tiny), settings)
+    assert res.outline.startswith("kept (weak evidence: only 0 patches of 64 µm inside")
+    assert res.regions.equals(tiny) and np.isnan(res.proba).all()
+    assert timings["embed"] == 0.0 and timings["train"] == 0.0
+    alone = refine([SlideInput(demo_slide.path, tiny)], settings, progress=False).slides[0]
+    assert alone.outline == res.outline and alone.regions.equals(res.regions)

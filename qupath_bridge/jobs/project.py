@@ -21,6 +21,7 @@ again:
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -559,7 +560,11 @@ class WriteBack:
         log.info(f"writing {r.name}")
         tiles = []
         if self.tiles:
-            tiles = list(zip(res.grid.boxes(), res.proba.tolist(), strict=True))
+            tiles = [
+                (box, p)
+                for box, p in zip(res.grid.boxes(), res.proba.tolist(), strict=True)
+                if math.isfinite(p)  # NaN: a slide no model scored has no tiles
+            ]
         refined = self.classes.refined
         # Until the save is confirmed, which regions the image holds is unknown.
         self.remember(r, Memory(refined, "pending", polys, inp.rejected, notes))
