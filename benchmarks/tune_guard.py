@@ -58,7 +58,10 @@ REDRAW_ADDS = (0.8, 1.0)
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
-#: outline at a smoothed score above add (0.6: issue 4's; 0.8: the edit's bar)
+#: outline at a smoothed score above add (0.6: issue 4's; 0.8: the edit's bar). Rules in
+#: SELF_TEST_BALANCE add a bar on the self-test's ``retained`` (share of the outline's own
+#: patches its re-draw kept) or on recovered - (1 - retained) (band taken out minus outline
+#: taken out: a re-draw that cuts everything scores 0 there).
 GUARDS: dict[str, tuple[float, float | None, float | None, float]] = {
     "rim<0.6 (issue 4)": (0.6, None, None, 0.6),
     "rim<0.6 & self-test>=0.5": (0.6, 0.5, None, 0.6),
@@ -74,6 +77,17 @@ GUARDS: dict[str, tuple[float, float | None, float | None, float]] = {
     "rim<0.75 & self-test>=0.5, adds>0.8": (0.75, 0.5, None, 0.8),
     "rim<0.6 & self-test>=0.5, no adds": (0.6, 0.5, None, 1.0),
     "never re-draw": (-1.0, None, None, 0.6),
+}
+#: name -> (guard rule it extends, bar on retained, bar on recovered - (1 - retained))
+SELF_TEST_BALANCE: dict[str, tuple[str, float | None, float | None]] = {
+    **{
+        f"chosen & retained>={t:.1f}": ("rim<0.6 & self-test>=0.5, adds>0.8 (chosen)", t, None)
+        for t in (0.5, 0.6, 0.7, 0.8)
+    },
+    **{
+        f"chosen & balance>={t:.1f}": ("rim<0.6 & self-test>=0.5, adds>0.8 (chosen)", None, t)
+        for t in (0.2, 0.3, 0.4, 0.5)
+    },
 }
 
 
@@ -187,19 +201,32 @@ def slide_cases(
                             seed * 100 + 50,
                         )  # fmt: skip
                         row["self_test"] = test.recovered
+                        row["self_test_retained"] = test.retained
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     return rows
 
 
+def balanced(r: dict[str, Any], retain: float | None, balance: float | None) -> bool:
+    """Does slide case ``r``'s self-test clear the bars on what its re-draw kept?"""
+    st, kept = r.get("self_test"), r.get("self_test_retained")
+    if st is None or kept is None:
+        return retain is None and balance is None
+    return (retain is None or kept >= retain) and (balance is None or st - (1 - kept) >= balance)
+
+
 def judge(rows: list[dict[str, Any]]) -> list[str]:
     """Per edit x guard rule: per cell and overall mean / worst gain over coarse."""
     lines = []
+    rules = {name: (rule, None, None) for name, rule in GUARDS.items()}
+    if any("self_test_retained" in r for r in rows):
+        rules |= {n: (GUARDS[g], t, b) for n, (g, t, b) in SELF_TEST_BALANCE.items()}
     for edit in EDITS:
-        for gname, rule in GUARDS.items():
+        for gname, (rule, retain, balance) in rules.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
             for r in rows:
-                v = r[_key("redraw", rule[3])] if redraws(r, *rule) else r[edit]
+                redraw = redraws(r, *rule) and balanced(r, retain, balance)
+                v = r[_key("redraw", rule[3])] if redraw else r[edit]
                 cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
             gains = [g for v in cells.values() for g in v]
             lines.append(

@@ -33,10 +33,13 @@ from engine.regions import (
 @dataclass(frozen=True)
 class SelfTest:
     """The result: ``recovered`` is the share of the added band's patches the re-draw took
-    back out (None: too few patches in the band, or no rim to judge)."""
+    back out (None: too few patches in the band, or no rim to judge); ``retained`` the share
+    of the pathologist's own outline's patches it kept (a re-draw that cuts everything also
+    takes the band out: this says whether it did)."""
 
     band_patches: int
     recovered: float | None
+    retained: float | None = None
 
     def passed(self, at_least: float) -> bool:
         return self.recovered is not None and self.recovered >= at_least
@@ -69,4 +72,4 @@ def redraw_self_test(
     if rim is None:
         return SelfTest(n_band, None)
     _, labels = redraw_outline(loose, grid, p, c_loose, mpp, rim, regions, frame)
-    return SelfTest(n_band, float(np.mean(labels[band] == 0)))
+    return SelfTest(n_band, float(np.mean(labels[band] == 0)), float(np.mean(labels[c] == 1)))
