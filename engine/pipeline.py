@@ -601,10 +601,12 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
             seed=c.random_state * 100 + 50 + k,
         )
         log.info(
-            "%s: the outline looks loose; self-test took back %s of a %d-patch test band",
+            "%s: the outline looks loose; self-test took back %s of a %d-patch test band "
+            "and kept %s of the outline",
             d.item.label,
             "n/a" if test.recovered is None else f"{test.recovered:.0%}",
             test.band_patches,
+            "n/a" if test.retained is None else f"{test.retained:.0%}",
         )
         return test.passed(r.self_test_recovered)
 
