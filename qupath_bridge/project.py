@@ -283,14 +283,16 @@ def project_lock(project: Path) -> Iterator[None]:
 
     The lock is an OS file lock (``filelock``), so the kernel releases it when its holder dies,
     even by SIGKILL; ``lock.json`` beside it names the holder (PID, start time, command) and is
-    what a later run finds of a run that died: it takes over with a warning.
+    what a later run finds of a run that died: it takes over with a warning. A run that ends
+    leaves neither file in the project.
     """
     from filelock import FileLock, Timeout
 
     root = work_dir(project)
     root.mkdir(parents=True, exist_ok=True)
     info = root / "lock.json"
-    lock = FileLock(root / "lock", timeout=0)
+    lock_file = root / "lock"
+    lock = FileLock(lock_file, timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -313,6 +315,11 @@ def project_lock(project: Path) -> Iterator[None]:
         yield
     finally:
         info.unlink(missing_ok=True)
+        # filelock keeps the file on Unix; a run stopped by bad input must leave the project as
+        # it found it. Unlinked while still held: a run that locks the old inode after our
+        # release finds it unlinked and does not count it as held (filelock checks st_nlink),
+        # so two runs never both hold the lock.
+        lock_file.unlink(missing_ok=True)
         lock.release()
 
 

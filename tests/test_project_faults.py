@@ -302,6 +302,7 @@ def test_lock_is_released_after_a_run_and_after_an_error(project):
     with pytest.raises(RuntimeError), project_lock(project):
         raise RuntimeError("boom")
     assert not (project.parent / "qupath-refine" / "lock.json").exists()
+    assert not (project.parent / "qupath-refine" / "lock").exists()  # nothing left in the project
     holder = hold_lock(project)  # another process can take it at once
     holder.kill()
     holder.wait()
