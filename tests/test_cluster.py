@@ -31,6 +31,7 @@ from engine.encoders import DEFAULT_ENCODER, build_encoder  # noqa: E402
 from engine.errors import ClusterError  # noqa: E402
 from engine.patches import GridSettings  # noqa: E402
 from engine.pipeline import RefineSettings, refine, refine_one  # noqa: E402
+from engine.tiff import write_pyramidal_tiff  # noqa: E402
 from qupath_bridge.classes import ClassNames  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
 from qupath_bridge.geojson_io import annotation_features, write_features  # noqa: E402
@@ -195,21 +196,24 @@ def test_slide_command_on_the_cluster_writes_what_one_process_writes(
 
 
 def test_a_slide_that_cannot_be_refined_is_reported_and_the_command_exits_1(
-    client, inputs, single, demo_slide, tmp_path
+    client, single, tmp_path
 ):
-    slides, _ = inputs
-    w, h = demo_slide.size  # an outline over the whole slide: nothing outside to learn from
-    everything = annotation_features(shapely.box(0, 0, w, h), "Tumor")
-    coarse = write_features(tmp_path / "all.geojson", everything)
+    # A slide with no tissue under a valid outline: found on the worker, reported, exit 1.
+    # (An outline with nothing outside it is no failure: its slide is kept, as in one process.)
+    blank = tmp_path / "blank.tif"
+    write_pyramidal_tiff(blank, np.full((1024, 1024, 3), 246, np.uint8), mpp=0.5)
+    coarse = write_features(
+        tmp_path / "box.geojson", annotation_features(shapely.box(0, 0, 500, 500), "Tumor")
+    )
     out = tmp_path / "out"
-    args = ["slide", slides[0], "--coarse", coarse, "--out", out, "--patch-um", "96"]
+    args = ["slide", blank, "--coarse", coarse, "--out", out, "--patch-um", "96"]
     args += ["--cache-dir", single[1].cache_dir, "-q", "--dask", client.scheduler.address]
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 1, r.output
-    assert "warning: not refined: demo.tif: only 0 patches of 96 µm outside" in r.stderr
+    assert "warning: not refined: No tissue found on blank.tif" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 slides not refined")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["slides"] == [] and "only 0 patches" in summary["failed"][0]["error"]
+    assert summary["slides"] == [] and "No tissue found" in summary["failed"][0]["error"]
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import shapely
 
@@ -16,6 +17,7 @@ pytest.importorskip("distributed")
 from click.testing import CliRunner  # noqa: E402
 
 from engine.cluster import DaskSettings, dask_client  # noqa: E402
+from engine.tiff import write_pyramidal_tiff  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
 from qupath_bridge.geojson_io import annotation_features  # noqa: E402
 from tests.test_cluster import without_ids  # noqa: E402
@@ -73,17 +75,20 @@ def test_project_on_the_cluster_writes_what_one_process_writes(client, images, c
 
 
 def test_an_image_that_cannot_be_refined_is_reported_and_the_others_written(
-    client, images, demo_slide, cache_dir, tmp_path
+    client, images, cache_dir, tmp_path
 ):
-    w, h = demo_slide.size  # an outline over the whole slide: nothing outside to learn from
-    everything = annotation_features(shapely.box(0, 0, w, h), "Tumor")
-    bad = {**images[0], "name": "all tumour", "features": everything, "live": False}
+    # An image with no tissue under a valid outline fails on its worker; the other is written.
+    blank = tmp_path / "blank.tif"
+    write_pyramidal_tiff(blank, np.full((1024, 1024, 3), 246, np.uint8), mpp=0.5)
+    box = annotation_features(shapely.box(0, 0, 500, 500), "Tumor")
+    bad = {"name": "blank", "slide": blank, "mpp": 0.5, "width": 1024, "height": 1024}
+    bad |= {"features": box, "live": False}
     r, work = run(tmp_path / "p", [bad, images[0]], cache_dir, "--dask", client.scheduler.address)
     assert r.exit_code == 1, r.output
-    assert "warning: not refined: all tumour: only 0 patches of 96 µm outside" in r.stderr
+    assert "warning: not refined: No tissue found on blank" in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 images not refined")
     failed, ok = manifest(work)
-    assert failed["geojson"] is None and "only 0 patches" in failed["error"]
+    assert failed["geojson"] is None and "No tissue found" in failed["error"]
     assert ok["name"] == "demo" and "error" not in ok
     assert (work / "results" / ok["geojson"]).is_file()
     assert sorted(p.name for p in (work / "results").iterdir()) == [
@@ -93,5 +98,5 @@ def test_an_image_that_cannot_be_refined_is_reported_and_the_others_written(
     ]
     summary = json.loads((work / "results" / "summary.json").read_text())
     assert [row["image"] for row in summary["images"]] == ["demo"]
-    assert summary["failed"] == [{"image": "all tumour", "error": failed["error"]}]
+    assert summary["failed"] == [{"image": "blank", "error": failed["error"]}]
     assert not (work / "lock.json").exists()
