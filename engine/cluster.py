@@ -21,8 +21,8 @@ takes its pseudo-labels from them and trains a classifier on **that slide's patc
 (cross-fitted within the slide) and draws its regions. That classifier differs by design
 from one process's, which pools every slide's patches: the summary calls it ``per slide``.
 With ``patch_um="auto"`` a cheap task per slide first reads its thumbnail, and the run uses
-the median side, as one process does. A slide that fails a phase is reported at once; the
-global prototypes are fitted from the others.
+the median side, as one process does. A slide that fails phase 1 is reported when phase 1
+ends (the global prototypes are then fitted from the others'), one that fails phase 2 at once.
 
 Needs ``pip install 'qupath-refine[dask]'``.
 """
@@ -387,7 +387,7 @@ def _prototype_route(
         f"classifier {PER_SLIDE}"
     )
     one = prototypes_on_cluster(client, items, settings, local_task)
-    yield from one.failed  # at once: the others go on
+    yield from one.failed  # before phase 2: the others go on
     if one.global_prototypes is None:
         return
     todo = {k: items[k] for k in sorted(one.local)}
