@@ -221,10 +221,11 @@ def paper_pseudo_labels(case: Case, local: bool, tau: float | str | None = PAPER
     protos.fit(case.features)
     settings = PseudoLabelSettings(tau=tau)
     if not local:
-        return pseudo_labels(protos.similarity(case.x), case.y, settings).labels
+        sim = np.concatenate([protos.similarity(x, j) for j, x in enumerate(case.features)])
+        return pseudo_labels(sim, case.y, settings).labels
     out = []
     for j, (x, c) in enumerate(zip(case.features, case.coarse_labels, strict=True)):
-        sim = protos.transform(x) @ protos.local_prototypes_[j].T
+        sim = protos.transform(x, j) @ protos.local_prototypes_[j].T
         out.append(pseudo_labels(sim, c, settings).labels)
     return np.concatenate(out)
 

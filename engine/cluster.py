@@ -12,8 +12,19 @@ while refining a slide has the slide rescheduled by the scheduler up to its
 ``distributed.scheduler.allowed-failures`` (:data:`SCHEDULER_CONFIG` on the clusters
 :func:`dask_client` starts), after which the slide is reported failed. Other slides go on.
 
-The prototype route (one set of global prototypes and one classifier over all slides) is
-not split here; it runs in one process. Needs ``pip install 'qupath-refine[dask]'``.
+``--method prototype`` (``model="mlp"``) runs in two phases around one step on the driver
+(:mod:`engine.prototype_slides`): one task per slide reads, embeds into the shared feature
+cache and returns the slide's local prototypes (small, not its features); the driver fits
+the global prototypes from all of them, with the very function and seed a single process
+uses, so they are identical to one process's for the same slides; then one task per slide
+takes its pseudo-labels from them and trains a classifier on **that slide's patches alone**
+(cross-fitted within the slide) and draws its regions. That classifier differs by design
+from one process's, which pools every slide's patches: the summary calls it ``per slide``.
+With ``patch_um="auto"`` a cheap task per slide first reads its thumbnail, and the run uses
+the median side, as one process does. A slide that fails phase 1 is reported when phase 1
+ends (the global prototypes are then fitted from the others'), one that fails phase 2 at once.
+
+Needs ``pip install 'qupath-refine[dask]'``.
 """
 
 from __future__ import annotations
@@ -25,12 +36,31 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
 
 from engine.encoders import PLUGINS, build_encoder
 from engine.errors import ClusterError, RefineError
 from engine.features import default_cache_dir
-from engine.pipeline import RefineSettings, SlideInput, SlideResult, refine_one
+from engine.pipeline import (
+    RefineSettings,
+    SlideInput,
+    SlideResult,
+    refine_one,
+    with_shared_grid,
+)
+from engine.prototype_slides import (
+    PER_SLIDE,
+    SlideLocal,
+    check_prototype_settings,
+    grid_side,
+    local_step,
+    slide_step,
+    with_local,
+)
+from engine.prototypes import global_prototypes
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -54,6 +84,8 @@ SCHEDULER_CONFIG = {
 }
 
 SlideTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideResult, dict[str, float]]]
+#: phase 1 of ``--method prototype`` (:func:`engine.prototype_slides.local_step`)
+LocalTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideLocal, dict[str, float]]]
 
 
 @dataclass(frozen=True)
@@ -80,6 +112,11 @@ class DaskSettings:
     @property
     def where(self) -> str:
         return self.address or f"a local cluster of {self.workers} processes"
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's ``dask``: where the run went, and that every slide had a classifier
+        of its own (with --method prototype one process pools them; see the module)."""
+        return {"address": self.address, "workers": self.workers, "classifier": PER_SLIDE}
 
 
 def _worker_env(workers: int) -> dict[str, str]:
@@ -168,15 +205,6 @@ def check_shared_cache(client: Client, cache_dir: Path, wait_s: float = 60.0) ->
             )
 
 
-def check_per_slide(settings: RefineSettings) -> None:
-    """Only the MIL route splits into one task per slide."""
-    if settings.classifier.model != "mil":
-        raise ClusterError(
-            "--method prototype shares prototypes and one classifier between all slides and "
-            "runs in one process for now: drop --workers/--dask, or use --method mil."
-        )
-
-
 @dataclass
 class SlideOutcome:
     """Slide ``index`` of the run: its result, or why it failed."""
@@ -190,12 +218,16 @@ class SlideOutcome:
 
 
 def _run_slide(
-    task: SlideTask, item: SlideInput, settings: RefineSettings, index: int
-) -> tuple[SlideResult | None, dict[str, float], str | None]:
+    task: Callable[..., tuple[Any, dict[str, float]]],
+    item: SlideInput,
+    settings: RefineSettings,
+    index: int,
+    *extra: Any,
+) -> tuple[Any, dict[str, float], str | None]:
     """On a worker. The slide's own bad input comes back as its error, not raised: Dask
     would retry it, and it would fail the same way again."""
     try:
-        result, timings = task(item, settings, index)
+        result, timings = task(item, settings, index, *extra)
     except RefineError as e:
         return None, {}, str(e)
     return result, timings, None
@@ -212,32 +244,18 @@ def _why_failed(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def refine_on_cluster(
+def _each_slide(
     client: Client,
-    items: Sequence[SlideInput],
+    task: Callable[..., tuple[Any, dict[str, float]]],
+    items: dict[int, SlideInput],
     settings: RefineSettings,
-    task: SlideTask = refine_one,
-) -> Iterator[SlideOutcome]:
-    """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
-    outcome as it completes (not in input order). ``task`` does one slide on a worker.
-
-    Slide paths and the feature cache are made absolute here, so that workers use the
-    driver's files and folder rather than their own default; check first that they share the
-    cache (:func:`check_shared_cache`).
-    """
+    name: str,
+    *extra: Any,
+) -> Iterator[tuple[int, Any, dict[str, float], str | None]]:
+    """``task(item, settings, index, *extra)`` on the workers for each slide ``index`` of
+    ``items``, retried once; (index, result, timings, error) as each completes."""
     from distributed import as_completed
 
-    check_per_slide(settings)
-    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
-        s.validate()
-    cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
-    settings = replace(settings, cache_dir=cache_dir)
-    spec = settings.features.encoder.strip()
-    if spec.partition(":")[0] not in {p.partition(":")[0] for p in PLUGINS}:
-        # A built-in encoder is exported to the cache here, once, rather than by every worker
-        # at the same time; an unknown spec fails here. A local model (timm:, hf:, ...) is
-        # not built here: its weights would load on the driver for nothing.
-        build_encoder(spec, cache_dir)
     futures = {
         client.submit(
             _run_slide,
@@ -246,11 +264,12 @@ def refine_on_cluster(
             replace(item, path=Path(item.path).expanduser().absolute()),
             settings,
             k,
-            key=f"refine-slide-{k}-{secrets.token_hex(4)}",
+            *extra,
+            key=f"{name}-{k}-{secrets.token_hex(4)}",
             retries=RETRIES,
             pure=False,
         ): k
-        for k, item in enumerate(items)
+        for k, item in items.items()
     }
     for fut in as_completed(futures):
         k = futures.pop(fut)
@@ -259,4 +278,124 @@ def refine_on_cluster(
         except Exception as e:  # the retry failed too, or the worker died again
             result, timings, error = None, {}, _why_failed(e)
         fut.release()  # the result is the caller's now: free the worker's copy
+        yield k, result, timings, error
+
+
+def _prepared(settings: RefineSettings) -> RefineSettings:
+    """``settings`` checked, with the feature cache as an absolute path (workers use the
+    driver's folder, not their own default); the encoder exported there once."""
+    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
+        s.validate()
+    if settings.classifier.model == "mlp":
+        settings.prototypes.validate()
+        settings.pseudolabels.validate()
+    cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
+    settings = replace(settings, cache_dir=cache_dir)
+    spec = settings.features.encoder.strip()
+    if spec.partition(":")[0] not in {p.partition(":")[0] for p in PLUGINS}:
+        # A built-in encoder is exported to the cache here, once, rather than by every worker
+        # at the same time; an unknown spec fails here. A local model (timm:, hf:, ...) is
+        # not built here: its weights would load on the driver for nothing.
+        build_encoder(spec, cache_dir)
+    return settings
+
+
+def refine_on_cluster(
+    client: Client,
+    items: Sequence[SlideInput],
+    settings: RefineSettings,
+    task: SlideTask = refine_one,
+    local_task: LocalTask = local_step,
+) -> Iterator[SlideOutcome]:
+    """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
+    outcome as it completes (not in input order). ``task`` does one slide on a worker with
+    MIL; with ``model="mlp"`` (--method prototype) ``local_task`` is phase 1 and phase 2 is
+    :func:`engine.prototype_slides.slide_step` (see the module's docstring).
+
+    Slide paths and the feature cache are made absolute here, so that workers use the
+    driver's files and folder rather than their own default; check first that they share the
+    cache (:func:`check_shared_cache`).
+    """
+    settings = _prepared(settings)
+    if settings.classifier.model == "mlp":
+        yield from _prototype_route(client, items, settings, local_task)
+        return
+    for k, result, timings, error in _each_slide(
+        client, task, dict(enumerate(items)), settings, "refine-slide"
+    ):
         yield SlideOutcome(k, items[k], result, error, timings)
+
+
+@dataclass
+class PhaseOne:
+    """``--method prototype``'s first phase on a cluster, and the driver's step after it."""
+
+    #: the run's settings: the feature cache absolute, ``patch_um`` resolved for all slides
+    settings: RefineSettings
+    #: fitted on the driver from the local prototypes of ``local``'s slides, in index order;
+    #: None when no slide got through
+    global_prototypes: npt.NDArray[np.float32] | None
+    #: each slide that got through: its local prototypes and phase-1 stage timings
+    local: dict[int, tuple[SlideLocal, dict[str, float]]]
+    #: the slides that did not, each with its error
+    failed: list[SlideOutcome]
+
+
+def prototypes_on_cluster(
+    client: Client,
+    items: Sequence[SlideInput],
+    settings: RefineSettings,
+    local_task: LocalTask = local_step,
+) -> PhaseOne:
+    """Phase 1 of ``--method prototype`` on the workers (with ``patch_um="auto"``, after a
+    thumbnail task per slide), then the global prototypes here: with every slide through,
+    identical to :func:`engine.pipeline.refine`'s for the same slides and seed."""
+    settings = _prepared(settings)
+    failed: list[SlideOutcome] = []
+    todo = dict(enumerate(items))
+    if settings.grid.is_auto:
+        sides: dict[int, float] = {}
+        for k, side, _, error in _each_slide(client, grid_side, todo, settings, "grid-side"):
+            if side is None:
+                failed.append(SlideOutcome(k, items[k], error=error))
+            else:
+                sides[k] = side
+        if not sides:
+            return PhaseOne(settings, None, {}, failed)
+        settings = with_shared_grid(settings, list(sides.values()))
+        todo = {k: items[k] for k in sorted(sides)}
+    check_prototype_settings(settings)
+    local: dict[int, tuple[SlideLocal, dict[str, float]]] = {}
+    for k, one, timings, error in _each_slide(
+        client, local_task, todo, settings, "local-prototypes"
+    ):
+        if one is None:
+            failed.append(SlideOutcome(k, items[k], error=error))
+        else:
+            local[k] = (one, timings)
+    if not local:
+        return PhaseOne(settings, None, {}, failed)
+    ordered = [local[k][0].prototypes for k in sorted(local)]
+    return PhaseOne(settings, global_prototypes(ordered, settings.prototypes), local, failed)
+
+
+def _prototype_route(
+    client: Client, items: Sequence[SlideInput], settings: RefineSettings, local_task: LocalTask
+) -> Iterator[SlideOutcome]:
+    log.info(
+        "--method prototype on a cluster: global prototypes shared by all slides, a "
+        f"classifier {PER_SLIDE}"
+    )
+    one = prototypes_on_cluster(client, items, settings, local_task)
+    yield from one.failed  # before phase 2: the others go on
+    if one.global_prototypes is None:
+        return
+    todo = {k: items[k] for k in sorted(one.local)}
+    for k, result, timings, error in _each_slide(
+        client, slide_step, todo, one.settings, "refine-slide", one.global_prototypes
+    ):
+        local, phase1 = one.local[k]
+        both = {stage: phase1.get(stage, 0.0) + timings.get(stage, 0.0) for stage in phase1}
+        if result is not None:
+            result = with_local(result, local)
+        yield SlideOutcome(k, items[k], result, error, both)

@@ -7,6 +7,8 @@ inside and outside its coarse outline, then the outline is edited where the scor
 With ``model="mlp"`` (``--method prototype``, the paper's route) slides refined together
 share the global prototypes and one patch classifier, trained on the slides it refines (each
 patch scored by a model trained on the other cross-fitting folds, see :mod:`engine.classifier`).
+On a cluster the same global prototypes are shared, but each slide gets a classifier of its
+own (:mod:`engine.prototype_slides`).
 """
 
 from __future__ import annotations
@@ -214,6 +216,13 @@ def resolve_grid(g: GridSettings, item: SlideInput, tissue: Tissue, mpp: float) 
     return g.resolved(coarse_um2, tissue_um2)
 
 
+def with_shared_grid(settings: RefineSettings, sides: Sequence[float]) -> RefineSettings:
+    """``settings`` with the one patch side of a prototype run (the median of the slides'
+    own ``sides``, µm): the slides share prototypes, so they share a grid."""
+    ordered = sorted(sides)
+    return replace(settings, grid=replace(settings.grid, patch_um=ordered[len(ordered) // 2]))
+
+
 def slide_grid_settings(item: SlideInput, settings: RefineSettings) -> GridSettings:
     """The grid settings a run would use for ``item`` (``patch_um`` resolved)."""
     if not settings.grid.is_auto:
@@ -347,9 +356,8 @@ def refine(
 
     encoder = build_encoder(settings.features.encoder, cache_dir, device)
     if settings.grid.is_auto and settings.classifier.model == "mlp":
-        # The paper's route shares prototypes and one classifier between slides: one grid.
-        sides = sorted(slide_grid_settings(item, settings).side_um for item in items)
-        settings = replace(settings, grid=replace(settings.grid, patch_um=sides[len(sides) // 2]))
+        sides = [slide_grid_settings(item, settings).side_um for item in items]
+        settings = with_shared_grid(settings, sides)
     data = [slide_grid(item, settings, encoder, timings) for item in items]
 
     coarse, hard_neg = [], []
@@ -385,10 +393,11 @@ def refine(
         # 0.005-0.04 Dice against bags from the coarse labels on every benchmark cell.
         log.info("prototypes")
         t0 = time.perf_counter()
+        # the same local and global steps as a cluster's two phases (engine.cluster)
         protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
             [d.features for d in data]
         )
-        sim = protos.similarity(all_feats)
+        sim = np.concatenate([protos.similarity(d.features, k) for k, d in enumerate(data)])
         pl = pseudo_labels(sim, all_coarse, settings.pseudolabels, negatives)
         for w in pl.warnings:
             log.warning(w)

@@ -480,7 +480,8 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
     """Refine the coarse annotations of one or more slides.
 
     Several slides are refined in one run (each with its own MIL model; with --method
-    prototype they share the global prototypes and one classifier). Writes
+    prototype they share the global prototypes and one classifier, or with --workers/--dask
+    a classifier per slide). Writes
     SLIDE.refined.geojson (detections of class '<class>: refined' plus tiles with p_<class>),
     SLIDE.overlay.png and summary.json into --out; import the GeoJSON in QuPath with
     File > Import objects.

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from engine.cluster import (
     DaskSettings,
-    check_per_slide,
     check_shared_cache,
     dask_client,
     refine_on_cluster,
@@ -63,7 +62,6 @@ def refine_slides_dask(
     """The ``slide`` command with the slides spread over Dask workers; ``failed`` lists the
     slides (slide, error) that have no outputs."""
     check_out_dir(out_dir)  # before any work: a bad --out fails in seconds
-    check_per_slide(settings)  # before connecting to anything
     t0 = time.perf_counter()
     items = load_inputs(slides, coarse_files, classes, mpp)
     names, collisions = output_names([Path(i.path) for i in items])
@@ -100,7 +98,7 @@ def refine_slides_dask(
             run = replace(
                 run,
                 failed=tuple(failed),
-                dask={"address": dask.address, "workers": dask.workers},
+                dask=dask.summary(),
             )
             write_files({out_dir / "summary.json": json_bytes(run.to_json())})
     return run
@@ -121,7 +119,6 @@ def images_on_dask(
     write into the project. Workers get only the SlideInputs (slide paths, geometry): no
     project, no JVM. An image not refined goes into ``failed`` (index: why) with a warning;
     worker seconds per stage add up in ``timings``."""
-    check_per_slide(settings)
     cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
     log.info(f"refining {len(items)} images on {dask.where}")
     with dask_client(dask) as client:
@@ -135,8 +132,10 @@ def images_on_dask(
                     else:
                         for stage, s in o.timings.items():
                             timings[stage] += s  # worker seconds, summed over images
-                        # the slide's own read and embed, plus its own model and regions
-                        shared = o.timings.get("train", 0.0) + o.timings.get("regions", 0.0)
+                        # the slide's own read and embed, plus its own prototype steps,
+                        # model and regions
+                        own = ("prototypes", "train", "regions")
+                        shared = sum(o.timings.get(k, 0.0) for k in own)
                         yield o.index, o.result, o.result.seconds + shared
                     bar.update(1)
 

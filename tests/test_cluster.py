@@ -25,12 +25,14 @@ from engine.cluster import (  # noqa: E402
     DaskSettings,
     check_shared_cache,
     dask_client,
+    prototypes_on_cluster,
     refine_on_cluster,
 )
 from engine.encoders import DEFAULT_ENCODER, build_encoder  # noqa: E402
 from engine.errors import ClusterError  # noqa: E402
 from engine.patches import GridSettings  # noqa: E402
-from engine.pipeline import RefineSettings, refine, refine_one  # noqa: E402
+from engine.pipeline import RefineSettings, refine, refine_one, slide_grid_settings  # noqa: E402
+from engine.prototype_slides import SlideLocal, local_step, refine_per_slide  # noqa: E402
 from engine.tiff import write_pyramidal_tiff  # noqa: E402
 from qupath_bridge.classes import ClassNames  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
@@ -44,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 SETTINGS = RefineSettings(
     grid=GridSettings(patch_um=96.0), classifier=ClassifierSettings(mil=MilSettings(epochs=1))
 )
+#: --method prototype on the same grid (so on the same cached features), the command's defaults
+PROTOTYPE = RefineSettings.for_method("prototype", grid=GridSettings(patch_um=96.0))
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +112,11 @@ def test_cluster_gives_the_single_process_results(client, items, single, encoder
         assert_same(o.result, expected.slides[o.index])
 
 
-def _dies(slide: int, markers: Path | None):
-    """A slide task whose worker process kills itself (SIGKILL) on slide ``slide``: once,
-    after the first batch of patches is embedded, if ``markers`` is a folder to remember it
-    in; else on every try, at the start."""
+def _dies(slide: int, markers: Path | None, step=refine_one):
+    """A slide task (``step``: :func:`refine_one`, or a phase of ``--method prototype``)
+    whose worker process kills itself (SIGKILL) on slide ``slide``: once, after the first
+    batch of patches is embedded, if ``markers`` is a folder to remember it in; else on every
+    try, at the start."""
 
     def task(item, settings, index):
         if index == slide and markers is None:
@@ -133,7 +138,7 @@ def _dies(slide: int, markers: Path | None):
             def __exit__(self, *exc) -> None:
                 pass
 
-        return refine_one(item, settings, index, progress=KillOnce)
+        return step(item, settings, index, progress=KillOnce)
 
     return task
 
@@ -254,7 +259,6 @@ def test_unreachable_scheduler_is_one_error_line(inputs, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "prototype", "--workers", "2"], "--method prototype shares prototypes"),
         (["--workers", "2", "--dask", "tcp://127.0.0.1:9"], "not both"),
     ],
 )
@@ -264,3 +268,85 @@ def test_cluster_options_that_cannot_work_fail_at_once(inputs, tmp_path, extra, 
     r = CliRunner().invoke(main, [str(a) for a in args])
     assert r.exit_code == 2
     assert r.output.startswith("error: ") and message in r.output, r.output
+
+
+# --method prototype: phase 1 (local prototypes) on the workers, the global ones on the
+# driver, phase 2 (pseudo-labels, a classifier per slide, regions) on the workers.
+
+
+@pytest.fixture(scope="module")
+def per_slide(items, single):
+    """What the cluster computes for --method prototype, computed in this process (the
+    features the ``single`` fixture cached): the result and the global prototypes."""
+    settings = replace(PROTOTYPE, cache_dir=single[1].cache_dir)
+    result, g = refine_per_slide(items, settings)
+    return result, g, settings
+
+
+def test_prototype_phase_one_gives_the_global_prototypes_of_one_process(client, items, single):
+    # One process, the prototype route as it always ran (a short classifier: the prototypes
+    # come before it and do not depend on it).
+    short = replace(PROTOTYPE.classifier, iterations=20, refinetune_epochs=0)
+    settings = replace(PROTOTYPE, cache_dir=single[1].cache_dir, classifier=short)
+    pooled = refine(items, settings, progress=False).prototypes
+    one = prototypes_on_cluster(client, items, settings)
+    assert one.failed == [] and sorted(one.local) == [0, 1]
+    np.testing.assert_array_equal(one.global_prototypes, pooled.global_prototypes_)
+    for k in (0, 1):
+        np.testing.assert_array_equal(one.local[k][0].prototypes, pooled.local_prototypes_[k])
+        assert one.local[k][0].cached  # from the cache: phase 1 sends back no features
+
+
+def test_prototype_phase_one_resolves_an_auto_grid_as_one_process(client, items, single):
+    # patch_um "auto": the median of each slide's own choice, as one process takes it. The
+    # phase-1 task here returns at once (a real task on the workers; nothing embedded).
+    def no_embedding(item, settings, index):
+        return SlideLocal(np.eye(2, 8, 2 * index, dtype=np.float32), True, 0.0), {}
+
+    auto = replace(PROTOTYPE, grid=GridSettings(), cache_dir=single[1].cache_dir)
+    one = prototypes_on_cluster(client, items, auto, no_embedding)
+    sides = [slide_grid_settings(i, auto).side_um for i in items]
+    assert one.settings.grid.patch_um == sorted(sides)[1]
+    assert len(one.global_prototypes) == 4
+
+
+def test_prototype_slide_command_on_a_local_cluster(inputs, items, per_slide, tmp_path):
+    expected, _, settings = per_slide
+    slides, coarse = inputs
+    out = tmp_path / "out"
+    args = ["slide", *slides, *sum((["--coarse", c] for c in coarse), [])]
+    args += ["--out", out, "--patch-um", "96", "--cache-dir", settings.cache_dir, "--quiet"]
+    args += ["--method", "prototype", "--workers", "2"]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    # Both slides refined by their own classifiers: what this process computes that way.
+    assert [s.outline for s in expected.slides] == ["edited", "edited"]
+    files, _ = render_outputs(expected, items, out, ClassNames())
+    assert len(files) == 4
+    for path, data in files.items():
+        if path.suffix == ".png":
+            assert path.read_bytes() == data, path.name
+        else:
+            assert without_ids(path.read_bytes()) == without_ids(data), path.name
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["slide"] for s in summary["slides"]] == ["demo.tif", "cmu_small_region.svs"]
+    assert summary["failed"] == []
+    assert summary["dask"] == {"address": None, "workers": 2, "classifier": "per slide"}
+    assert summary["settings"]["classifier"]["model"] == "mlp"
+
+
+def test_a_worker_killed_in_prototype_phase_one_still_yields_every_slide(
+    client, items, per_slide, encoder_cache, tmp_path
+):
+    expected, _, settings = per_slide
+    client.wait_for_workers(2, timeout=60)  # back from the deaths of earlier tests, if any
+    cache = fresh_cache(tmp_path / "cache", encoder_cache)  # phase 1 embeds on the workers
+    settings = replace(settings, cache_dir=cache)
+    dies = _dies(1, tmp_path, step=local_step)
+    got = {o.index: o for o in refine_on_cluster(client, items, settings, local_task=dies)}
+    assert (tmp_path / "died-1").exists()
+    for k in (0, 1):
+        assert got[k].error is None and not got[k].result.cached
+        assert got[k].timings["embed"] > 0 and got[k].timings["train"] > 0
+        assert_same(got[k].result, expected.slides[k])
+    assert len(list((cache / "features").glob("*.npz"))) == 2  # nothing half-written

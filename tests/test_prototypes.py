@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.prototypes import LocalGlobalPrototypes
+from engine.prototypes import (
+    LocalGlobalPrototypes,
+    PrototypeSettings,
+    SlideSpace,
+    global_prototypes,
+    local_prototypes,
+)
 
 
 def _slides(seed: int = 0, d: int = 64):
@@ -25,26 +31,49 @@ def test_global_prototypes_capture_shared_patterns():
     slides, truth = _slides()
     p = LocalGlobalPrototypes(n_local=8, n_global=5, n_components=16, random_state=0).fit(slides)
     assert len(p.local_prototypes_) == 3
-    assert p.global_prototypes_.shape == (5, 16)
+    # Lifted back to the features' 64 dimensions, the space every slide shares.
+    assert p.global_prototypes_.shape == (5, 64)
     np.testing.assert_allclose(np.linalg.norm(p.global_prototypes_, axis=1), 1, atol=1e-5)
-    x, t = np.concatenate(slides), np.concatenate(truth)
-    a = p.assign(x)
-    # Each true pattern maps (almost) entirely to one global prototype.
+    a = np.concatenate([p.assign(x, j) for j, x in enumerate(slides)])
+    t = np.concatenate(truth)
+    # Each true pattern maps (almost) entirely to one global prototype, on every slide.
     for k in range(5):
         counts = np.bincount(a[t == k], minlength=5)
         assert counts.max() / counts.sum() > 0.95
 
 
-def test_similarity_is_cosine_in_projected_space():
+def test_similarity_is_cosine_on_the_slides_own_axes():
     slides, _ = _slides()
     p = LocalGlobalPrototypes(n_local=6, n_global=4, n_components=8).fit(slides)
     x = slides[1][:20]
-    sim = p.similarity(x)
+    sim = p.similarity(x, 1)
     assert sim.shape == (20, 4)
     assert (sim <= 1 + 1e-5).all() and (sim >= -1 - 1e-5).all()
-    z = p.transform(x)
-    np.testing.assert_allclose(sim, z @ p.global_prototypes_.T, rtol=1e-5)
-    np.testing.assert_array_equal(p.assign(x), sim.argmax(1))
+    z = p.transform(x, 1)  # unit vectors of the features' dimensions, on slide 1's 8 axes
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(sim, z @ p.global_prototypes_.T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(p.assign(x, 1), sim.argmax(1))
+    # Slide 1's local prototypes lie in its projected space: its own patches reach them.
+    assert (z @ p.local_prototypes_[1].T).max(1).min() > 0.5
+
+
+def test_the_local_step_needs_one_slide_and_the_global_step_the_local_ones_only():
+    slides, _ = _slides(seed=5)
+    s = PrototypeSettings(n_local=8, n_global=5, n_components=16, random_state=3)
+    together = LocalGlobalPrototypes.from_settings(s).fit(slides)
+    # Slide 0's local prototypes do not depend on the other slides ...
+    alone = [local_prototypes(x, s) for x in slides]
+    for a, b in zip(alone, together.local_prototypes_, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with_more = LocalGlobalPrototypes.from_settings(s).fit([*slides, slides[1] * 1.5])
+    np.testing.assert_array_equal(with_more.local_prototypes_[0], alone[0])
+    # ... and the global ones are those of the local ones alone, bit for bit.
+    np.testing.assert_array_equal(global_prototypes(alone, s), together.global_prototypes_)
+    # A slide's similarity to the global prototypes needs that slide and the prototypes only.
+    g = together.global_prototypes_
+    np.testing.assert_array_equal(
+        SlideSpace.fit(slides[2], s).similarity(slides[2], g), together.similarity(slides[2], 2)
+    )
 
 
 def test_seeded_and_small_inputs():
@@ -58,3 +87,7 @@ def test_seeded_and_small_inputs():
     assert len(p.global_prototypes_) == 5
     with pytest.raises(ValueError):
         LocalGlobalPrototypes().fit([])
+    with pytest.raises(ValueError):
+        global_prototypes([], PrototypeSettings())
+    with pytest.raises(ValueError, match="at least 1"):
+        local_prototypes(slides[0], PrototypeSettings(n_local=0))

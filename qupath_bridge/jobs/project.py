@@ -34,7 +34,7 @@ from typing import Any
 import shapely
 import shapely.geometry
 
-from engine.cluster import DaskSettings, check_per_slide
+from engine.cluster import DaskSettings
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
 from engine.pipeline import (
@@ -320,8 +320,6 @@ def refine_project(
     classes = classes or ClassNames()
     if options.dry_run:
         return plan_project(read_project(pfile, options, classes), settings)
-    if dask is not None:
-        check_per_slide(settings)  # before reading the project or connecting to anything
     with project_lock(pfile), signals_interrupt():
         inputs = read_project(pfile, options, classes)
         return refine_and_write(pfile, inputs, options, settings, classes, progress, dask)
@@ -470,7 +468,7 @@ def refine_and_write(
         report = replace(
             report,
             failed=why,
-            dask={"address": dask.address, "workers": dask.workers},
+            dask=dask.summary(),
         )
     write_json(results_dir / "summary.json", report.to_json())
     if errors:
