@@ -53,7 +53,14 @@ from engine.regions import (
     regions_from_probabilities,
     valid_polygons,
 )
-from engine.scores import TRAINED, cached_mil_proba, combined_digest, features_digest
+from engine.scores import (
+    TRAINED,
+    Derived,
+    cached_mil_proba,
+    cached_self_test,
+    combined_digest,
+    features_digest,
+)
 from engine.slide import Slide, SlideInfo
 
 log = logging.getLogger("qupath_refine")
@@ -581,10 +588,12 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
         return None
 
     def confirm() -> bool:
-        test = redraw_self_test(
+        test = cached_self_test(
+            settings.cache_dir or default_cache_dir(),
+            redraw_self_test,
             d.item.coarse,
             d.grid,
-            standardise(d.features),
+            Derived(standardise, d.features),
             d.info.mpp,
             c,
             r,

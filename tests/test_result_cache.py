@@ -39,9 +39,10 @@ def slide(tmp_path_factory):
     return s, coarse, geom
 
 
-def refine(slide, coarse: Path, out: Path, cache: Path, *extra: str):
+def refine(slide, coarse: Path, out: Path, cache: Path, *extra: str, quiet: bool = True):
     args = [slide.path, "--coarse", coarse, "--out", out, "--cache-dir", cache]
-    args += ["--patch-um", "64", "--encoder", "stain-texture", "--device", "cpu", "-q", *extra]
+    args += ["--patch-um", "64", "--encoder", "stain-texture", "--device", "cpu", *extra]
+    args += ["-q"] if quiet else []
     r = CliRunner().invoke(main, [str(a) for a in ["slide", *args]], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     return r, json.loads((out / "summary.json").read_text())
@@ -172,3 +173,28 @@ def test_the_key_follows_everything_the_scores_depend_on():
     # The same kind of device, another index: the same scores.
     a = score_key("f" * 64, y, replace(s, device="cuda:0"), 0)
     assert a == score_key("f" * 64, y, replace(s, device="cuda:1"), 0)
+
+
+def test_the_guards_self_test_is_cached_too(slide, tmp_path):
+    """A loose outline (the truth dilated by 120 µm) makes the guard run its self-test, which
+    trains the slide's model again: a re-run reuses its result as well; a damaged entry is
+    one warning and the same result."""
+    s, _, _ = slide
+    loose = s.truth.buffer(120 / s.mpp).intersection(shapely.box(0, 0, *s.size))
+    coarse = write_features(tmp_path / "loose.geojson", annotation_features(loose, "Tumor"))
+    cache = tmp_path / "cache"
+    r, first = refine(s, coarse, tmp_path / "a", cache, quiet=False)
+    assert "self-test took back" in r.output, r.output
+    (entry,) = (cache / "self-tests").glob("*.npz")
+    written = entry.stat().st_mtime_ns
+    r, again = refine(s, coarse, tmp_path / "b", cache, quiet=False)
+    assert again["slides"][0]["classifier"] == "cached"
+    assert "self-test took back" in r.output  # the guard still decides, from the cached test
+    assert entry.stat().st_mtime_ns == written  # read, not run and written again
+    assert again["slides"][0]["outline"] == first["slides"][0]["outline"]
+    assert_same_outputs(tmp_path / "a", tmp_path / "b", s.name)
+    entry.write_bytes(entry.read_bytes()[:100])
+    r, _ = refine(s, coarse, tmp_path / "c", cache)
+    warnings = [ln for ln in r.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "self-test cache entry" in warnings[0], r.output
+    assert_same_outputs(tmp_path / "a", tmp_path / "c", s.name)
