@@ -343,7 +343,7 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
     from engine.encoders import build_encoder
     from qupath_bridge.geojson_io import annotation_features, write_features
 
-    cols, rows = (40, 36) if args.quick else (args.cols, args.rows)
+    cols, rows = (24, 20) if args.quick else (args.cols, args.rows)
     print(f"slide in {args.dir} ...", flush=True)
     meta = build_slide(args.dir, cols, rows, args.compression)
     meta_path = args.dir / (Path(meta["path"]).stem + ".json")

@@ -18,6 +18,7 @@ damaged entry deleted and recomputed with one warning, a write failure a warning
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -64,6 +65,8 @@ def _code() -> str:
     except importlib.metadata.PackageNotFoundError:
         torch = "none"
     h = hashlib.sha256()
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        h.update(importlib.metadata.version("qupath-refine").encode())  # if sources are absent
     for path in sorted(Path(__file__).parent.glob("*.py")):
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return f"torch {torch}, engine {h.hexdigest()[:16]}"
