@@ -363,7 +363,7 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
         enc_argv = [
             sys.executable, "-m", "benchmarks.bench_engine", "--worker", "encoder",
             "--meta", str(meta_path), "--dir", str(args.dir), "--encoder", args.encoder,
-            "--encoder-patches", str(args.encoder_patches),
+            "--encoder-patches", str(128 if args.quick else args.encoder_patches),
         ]  # fmt: skip
         p = subprocess.run(enc_argv, capture_output=True, text=True, cwd=ROOT)
         if p.returncode != 0:
