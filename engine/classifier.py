@@ -22,16 +22,23 @@ scores can. Blocks, not single patches, because neighbours share texture and lab
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
 
 from engine.devices import cuda_index, is_cuda
 from engine.errors import TrainingDataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported where a model is trained, not here: a re-run whose scores are cached
+# (engine.scores) trains nothing, and importing torch took 1-1.4 s of it (issue 11).
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ def focal_loss(
     logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.5
 ) -> torch.Tensor:
     """Binary focal loss (Lin et al. 2017), mean over the batch."""
+    import torch
+    from torch import nn
+
     bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p = torch.sigmoid(logits)
     p_t = p * target + (1 - p) * (1 - target)
@@ -112,9 +122,11 @@ def _rng_devices(device: str) -> list[int]:
 
 
 @contextmanager
-def _one_thread():
+def _one_thread() -> Iterator[None]:
     """A 64-unit MLP gains nothing from threads, and torch's spinning worker threads fight
     the JVM (paquo) and onnxruntime for 2 cores: measured 1.2 s on one thread vs 7-35 s."""
+    import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -130,6 +142,8 @@ class PatchClassifier:
         self.settings = settings
 
     def _net(self, dim: int) -> nn.Module:
+        from torch import nn
+
         s = self.settings
         return nn.Sequential(
             nn.Linear(dim, s.hidden), nn.ReLU(), nn.Dropout(s.dropout), nn.Linear(s.hidden, 1)
@@ -152,6 +166,8 @@ class PatchClassifier:
                 f"(need at least {s.min_per_class} of each). Draw the coarse annotation over "
                 "more tissue, leave some tissue outside it, or use a smaller GridSettings.patch_um."
             )
+        import torch
+
         x = np.asarray(x, dtype=np.float32)
         self.mean_ = x.mean(0)
         self.scale_ = x.std(0) + 1e-6
@@ -170,6 +186,8 @@ class PatchClassifier:
         return self
 
     def _train_dds(self, xt: torch.Tensor, y: npt.NDArray[np.int64], rng) -> None:
+        import torch
+
         s = self.settings
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         yt = torch.from_numpy(y.astype(np.float32)).to(s.device)
@@ -185,6 +203,8 @@ class PatchClassifier:
             self.loss_history_.append(loss.item())
 
     def _refinetune(self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng) -> None:
+        import torch
+
         s = self.settings
         yt = torch.from_numpy(labels.astype(np.float32)).to(s.device)
         opt = torch.optim.AdamW(
@@ -204,11 +224,15 @@ class PatchClassifier:
                 opt.step()
 
     def _proba(self, xt: torch.Tensor) -> npt.NDArray[np.float32]:
+        import torch
+
         self.net_.eval()
         with torch.inference_mode():
             return torch.sigmoid(self.net_(xt).squeeze(1)).cpu().numpy().astype(np.float32)
 
     def predict_proba(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        import torch
+
         x = np.asarray(x, dtype=np.float32)
         with _one_thread():
             xt = torch.from_numpy((x - self.mean_) / self.scale_).to(self.settings.device)
@@ -257,25 +281,6 @@ def cross_fit_proba(
     return out
 
 
-class AttentionMIL(nn.Module):
-    """Gated attention MIL (Ilse et al. 2018): instance embedding, gated attention pooling,
-    a bag classifier. A one-patch bag scores that patch."""
-
-    def __init__(self, dim: int, s: MilSettings) -> None:
-        super().__init__()
-        self.embed = nn.Sequential(nn.Linear(dim, s.hidden), nn.ReLU(), nn.Dropout(s.dropout))
-        self.v = nn.Linear(s.hidden, s.attention)
-        self.u = nn.Linear(s.hidden, s.attention)
-        self.w = nn.Linear(s.attention, 1)
-        self.head = nn.Linear(s.hidden, 1)
-
-    def forward(self, bags: torch.Tensor) -> torch.Tensor:  # (B, n, d) -> (B,) logits
-        h = self.embed(bags)
-        a = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
-        z = (torch.softmax(a, dim=1).unsqueeze(-1) * h).sum(1)
-        return self.head(z).squeeze(-1)
-
-
 def standardise(x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """Per-slide standardisation: also evens out stain and scanner differences between
     slides, since every slide's features are centred on its own tissue."""
@@ -300,6 +305,10 @@ def mil_proba(
             f"Too few patches to train: {len(pos)} labelled tumour and {len(neg)} not "
             f"(need at least {s.min_per_class} of each)."
         )
+    import torch
+
+    from engine.mil_net import AttentionMIL
+
     seed = s.random_state if seed is None else seed
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(s.device)
     rng = np.random.default_rng(seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+from pathlib import Path
 
 from engine.errors import SettingsError
 
@@ -32,6 +34,8 @@ def resolve_device(spec: str = "auto") -> str:
     m = re.fullmatch(r"(auto|cuda|mps)(?::(\d+))?", spec)
     if m is None or (m[2] is not None and m[1] != "cuda"):
         raise SettingsError(f"device is one of {', '.join(DEVICES)}, not {spec!r}")
+    if m[1] == "auto" and not _gpu_driver():
+        return "cpu"  # no torch import (1-1.4 s): a re-run from the caches may need none
     import torch
 
     if m[1] == "auto":
@@ -56,6 +60,18 @@ def resolve_device(spec: str = "auto") -> str:
     if index >= count:
         raise SettingsError(f"device {spec}: torch sees {count} CUDA GPU(s), cuda:0 to {count - 1}")
     return f"cuda:{index}"
+
+
+#: what a loaded GPU driver shows on Linux: NVIDIA's, AMD's ROCm (kfd) and WSL2's (dxg)
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
+def _gpu_driver() -> bool:
+    """Whether torch could see a GPU here. False only on Linux with no GPU driver loaded,
+    where CUDA and ROCm cannot run; elsewhere (macOS's MPS, any doubt) torch is asked."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(Path(p).exists() for p in GPU_DRIVER_FILES)
 
 
 def _mps_available(torch) -> bool:

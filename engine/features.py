@@ -7,15 +7,12 @@ fingerprint, the encoder and every grid setting; the annotations are not part of
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,7 +24,7 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from engine.encoders import DEFAULT_ENCODER, Encoder
-from engine.files import remove_stale_temps, temp_beside
+from engine.files import read_entry, write_entry
 from engine.patches import GridSettings, PatchGrid
 from engine.slide import Slide, SlideInfo
 
@@ -92,15 +89,6 @@ def cache_key(info: SlideInfo, encoder_key: str, grid: GridSettings, feat: Featu
 _ENTRY = {"xy": "f", "ij": "iu", "size": "f", "stride": "f", "tissue": "f", "shape": "iu"}
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 def _entry_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / "features" / f"{key}.npz"
 
@@ -108,28 +96,11 @@ def _entry_path(cache_dir: Path, key: str) -> Path:
 def load_cached(cache_dir: Path, key: str) -> tuple[PatchGrid, npt.NDArray[np.float32]] | None:
     """The cached grid and features, or None. An entry that fails any check (unreadable,
     truncated, wrong arrays, shapes or dtypes, checksum) is deleted with one warning and
-    recomputed: a damaged cache must cost time, never a wrong result or a failed run."""
-    path = _entry_path(cache_dir, key)
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in (*_ENTRY, "features")}
-            stored = str(z["checksum"])
-        _check_entry(arrays, stored)
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as e:
-        log.warning(f"feature cache entry {path} is damaged ({_reason(e)}); recomputing it")
-        _remove_if_same(path, st)
+    recomputed (:func:`engine.files.read_entry`)."""
+    arrays = read_entry(
+        _entry_path(cache_dir, key), (*_ENTRY, "features"), _check_entry, "feature cache"
+    )
+    if arrays is None:
         return None
     grid = PatchGrid(
         xy=arrays["xy"],
@@ -142,7 +113,7 @@ def load_cached(cache_dir: Path, key: str) -> tuple[PatchGrid, npt.NDArray[np.fl
     return grid, arrays["features"].astype(np.float32)
 
 
-def _check_entry(arrays: dict[str, np.ndarray], stored: str) -> None:
+def _check_entry(arrays: dict[str, np.ndarray]) -> None:
     for name, kinds in _ENTRY.items():
         if arrays[name].dtype.kind not in kinds:
             raise ValueError(f"{name} has dtype {arrays[name].dtype}")
@@ -153,29 +124,11 @@ def _check_entry(arrays: dict[str, np.ndarray], stored: str) -> None:
         raise ValueError("grid coordinates do not match the patch count")
     if arrays["tissue"].shape != (n,) or arrays["shape"].shape != (2,):
         raise ValueError("grid tissue or lattice shape is wrong")
-    if _checksum(arrays) != stored:
-        raise ValueError("checksum mismatch")
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, ValueError) and "pickle" in str(e):
-        return "not a NumPy archive"  # np.load's long advice about unpickling does not apply
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-def _remove_if_same(path: Path, st: os.stat_result) -> None:
-    """Delete a bad entry unless another process has just replaced it with a new one."""
-    with contextlib.suppress(OSError):
-        if os.path.samestat(path.stat(), st):
-            path.unlink()
 
 
 def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray) -> Path | None:
     """Store a slide's grid and features; None (with a warning) when the cache cannot be
-    written. The cache is optional: a full disk or a read-only folder must not cost the
-    result. A unique temporary file renamed into place keeps concurrent writers and crashes
-    from leaving a half-written entry under the key."""
-    path = _entry_path(cache_dir, key)
+    written (:func:`engine.files.write_entry`)."""
     arrays = {
         "xy": grid.xy,
         "ij": grid.ij,
@@ -185,28 +138,12 @@ def store_cached(cache_dir: Path, key: str, grid: PatchGrid, feats: npt.NDArray)
         "shape": np.array(grid.shape, dtype=np.int64),
         "features": feats.astype(np.float16),
     }
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path.parent)  # what a killed writer left
-        # Unique per process and call: concurrent writers never share a temporary file.
-        tmp = str(temp_beside(path))
-        with open(tmp, "xb") as f:
-            np.savez(f, checksum=np.array(_checksum(arrays)), **arrays)
-        os.replace(tmp, path)
-    except BaseException as e:  # Ctrl-C included: no temporary file outlives the run
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if not isinstance(e, OSError):
-            raise
-        log.warning(
-            f"could not write the feature cache in {path.parent} ({_reason(e)}); "
-            "the result is not affected, but the next run will embed this slide again"
-        )
-        return None
-    return path
+    return write_entry(
+        _entry_path(cache_dir, key),
+        {k: np.asarray(v) for k, v in arrays.items()},
+        "feature cache",
+        "the next run will embed this slide again",
+    )
 
 
 def embed_grid(

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
-from engine.classifier import ClassifierSettings, cross_fit_proba, mil_proba, standardise
+from engine.classifier import ClassifierSettings, cross_fit_proba, standardise
 from engine.devices import resolve_device
 from engine.encoders import Encoder, build_encoder
 from engine.errors import TissueError
@@ -54,6 +54,15 @@ from engine.regions import (
     refined_labels,
     regions_from_probabilities,
     valid_polygons,
+)
+from engine.scores import (
+    TRAINED,
+    UNSCORED,
+    Derived,
+    cached_mil_proba,
+    cached_self_test,
+    combined_digest,
+    features_digest,
 )
 from engine.slide import Slide, SlideInfo
 
@@ -140,6 +149,8 @@ class SlideResult:
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
     grid_settings: GridSettings = field(default_factory=GridSettings)
+    #: the scores: "trained" in this run, or "cached" (see engine.scores)
+    classifier: str = TRAINED
 
     @property
     def relabelled_share(self) -> float:
@@ -407,8 +418,9 @@ def refine(
     log.info("classifier")
     t0 = time.perf_counter()
     if settings.classifier.model == "mil":
-        proba = slide_mil_proba([d.features for d in data], labels, negatives, settings)
+        proba, how = slide_mil_proba([d.features for d in data], labels, negatives, settings)
     else:
+        how = [TRAINED] * len(data)
         groups = np.concatenate(
             [
                 spatial_groups(d.grid, k, settings.classifier.cross_fit_block)
@@ -426,7 +438,7 @@ def refine(
     for k, (d, c, hn) in enumerate(zip(data, coarse, hard_neg, strict=True)):
         n = len(d.grid)
         sl = slice(start, start + n)
-        results.append(slide_result(d, c, hn, labels[sl], proba[sl], settings, k))
+        results.append(slide_result(d, c, hn, labels[sl], proba[sl], settings, k, how[k]))
         start += n
     timings["regions"] = time.perf_counter() - t0
     return RefineResult(results, protos, pl, timings)
@@ -440,8 +452,10 @@ def slide_result(
     proba: npt.NDArray[np.float32],
     settings: RefineSettings,
     k: int,
+    classifier: str = TRAINED,
 ) -> SlideResult:
-    """Slide ``k``'s outline from its patch scores (the last stage, one slide)."""
+    """Slide ``k``'s outline from its patch scores (the last stage, one slide);
+    ``classifier``: whether the scores were "trained" or "cached"."""
     item = d.item
     few = too_few_to_learn(labels, d, settings)
     confirm = self_test_for(d, settings, k)
@@ -463,6 +477,7 @@ def slide_result(
         seconds=d.seconds,
         outline=outline_verdict(outline, settings.regions),
         grid_settings=d.grid_settings,
+        classifier=classifier,
     )
 
 
@@ -500,11 +515,11 @@ def refine_one(
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
-    proba = slide_mil_proba([d.features], labels, negatives, settings, first=index)
+    proba, how = slide_mil_proba([d.features], labels, negatives, settings, first=index)
     proba[negatives] = 0.0
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = slide_result(d, coarse, negatives, labels, proba, settings, index)
+    result = slide_result(d, coarse, negatives, labels, proba, settings, index, how[0])
     timings["regions"] = time.perf_counter() - t0
     return result, timings
 
@@ -520,28 +535,43 @@ def slide_mil_proba(
     negatives: npt.NDArray[np.bool_],
     settings: RefineSettings,
     first: int = 0,
-) -> npt.NDArray[np.float32]:
+) -> tuple[npt.NDArray[np.float32], list[str]]:
     """Attention-MIL scores, one model per slide (LCMIL's setting: a slide's own tissue is
     the best reference for what is normal on it), features standardised per slide. A slide
     with too few patches of either label to draw bags from is scored by a model trained on
     the pooled patches of all slides. The user's hard negatives always go in normal bags.
     ``first`` is the run index of ``features[0]``: slide ``k``'s model is seeded by its index
-    in the run, so a slide refined on its own matches the same slide refined in a run."""
+    in the run, so a slide refined on its own matches the same slide refined in a run.
+    Scores come from the score cache when nothing they depend on changed
+    (:mod:`engine.scores`); also, per slide, whether they were "cached" or "trained"."""
     s = settings.classifier
-    xs = [standardise(x) for x in features]
-    bounds = np.cumsum([len(x) for x in xs])[:-1]
+    cache = settings.cache_dir or default_cache_dir()
+    bounds = np.cumsum([len(x) for x in features])[:-1]
     ys = np.split(np.where(negatives, 0, labels), bounds)
     own = [min(int((y == 1).sum()), int((y == 0).sum())) >= s.min_per_class for y in ys]
+    digests = [features_digest(x) for x in features]
     pooled: list[npt.NDArray[np.float32]] = []
+    pooled_how = TRAINED
     if not all(own):
-        p = mil_proba(np.concatenate(xs), np.concatenate(ys), s, seed=s.random_state * 100 + 99)
+        p, pooled_how = cached_mil_proba(
+            cache,
+            combined_digest(digests),
+            lambda: np.concatenate([standardise(x) for x in features]),
+            np.concatenate(ys),
+            s,
+            seed=s.random_state * 100 + 99,
+        )
         pooled = np.split(p, bounds)
-    return np.concatenate(
-        [
-            mil_proba(x, y, s, seed=s.random_state * 100 + first + k) if ok else pooled[k]
-            for k, (x, y, ok) in enumerate(zip(xs, ys, own, strict=True))
-        ]
-    )
+    scores, how = [], []
+    for k, (x, y, ok) in enumerate(zip(features, ys, own, strict=True)):
+        if ok:
+            seed = s.random_state * 100 + first + k
+            p, h = cached_mil_proba(cache, digests[k], lambda x=x: standardise(x), y, s, seed)
+        else:
+            p, h = pooled[k], pooled_how
+        scores.append(p)
+        how.append(h)
+    return np.concatenate(scores), how
 
 
 def spatial_groups(grid: PatchGrid, slide: int, block: int) -> npt.NDArray[np.int64]:
@@ -588,6 +618,7 @@ def kept_result(
         seconds=d.seconds,
         outline=outline.verdict(RegionSettings()),
         grid_settings=d.grid_settings,
+        classifier=UNSCORED,
     )
 
 
@@ -599,10 +630,12 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
         return None
 
     def confirm() -> bool:
-        test = redraw_self_test(
+        test = cached_self_test(
+            settings.cache_dir or default_cache_dir(),
+            redraw_self_test,
             d.item.coarse,
             d.grid,
-            standardise(d.features),
+            Derived(standardise, d.features),
             d.info.mpp,
             c,
             r,

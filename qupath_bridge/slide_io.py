@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import geojson
 import shapely
 
 from engine.errors import AnnotationError
@@ -23,6 +22,7 @@ from qupath_bridge.classes import REFINED_COLOR, ClassNames
 from qupath_bridge.geojson_io import (
     class_geometry,
     clip_to_frame,
+    collection_json,
     read_objects,
     refined_features,
     select_geometry,
@@ -156,7 +156,7 @@ def render_outputs(
             frame=(r.info.width, r.info.height),
         )
         gj = out_dir / f"{stem}.refined.geojson"
-        files[gj] = geojson.dumps(geojson.FeatureCollection(feats)).encode("utf-8")
+        files[gj] = collection_json(feats).encode("utf-8")
         with open_slide(item) as s:
             thumb, ds = s.thumbnail(s.mpp * max(1.0, max(s.width, s.height) / OVERLAY_SIDE))
         img = render_overlay(thumb, ds, item.coarse, r.regions, truth, r.grid, r.proba)

@@ -24,6 +24,8 @@ class SlideRow:
     outline: str
     regions: int
     cached: bool
+    #: the classifier's scores: "trained" in this run or "cached" from an earlier one
+    classifier: str
     seconds: float
 
 
@@ -55,6 +57,7 @@ def slide_rows(
             **result_fields(r, item.coarse, r.regions),
             regions=len(getattr(r.regions, "geoms", [])),
             cached=r.cached,
+            classifier=r.classifier,
             seconds=round(seconds, 2),
         )
         for item, r in zip(items, result.slides, strict=True)

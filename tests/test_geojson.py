@@ -182,3 +182,29 @@ def test_annotation_round_trip(tmp_path):
     p = write_features(tmp_path / "c.geojson", annotation_features(geom, "Tumor"))
     g = select_geometry(read_objects(p), "Tumor", "c")
     assert g.equals(geom)
+
+
+def test_tile_fast_path_writes_what_the_geojson_package_writes():
+    """Tiles are plain dicts (geojson.Feature's validation took seconds per 10k tiles): the
+    JSON must be the package's own, coordinates rounded alike, for awkward coordinates too."""
+    import geojson
+
+    from qupath_bridge.geojson_io import collection_json, feature, tile_features
+
+    rng = np.random.default_rng(0)
+    x = np.r_[0.0, 1e-7, 4999.99, 123.456789123, rng.uniform(0, 5000, 200)]
+    y = np.r_[0.0, 3.3333333333, 4999.99, 0.1, rng.uniform(0, 5000, 200)]
+    x1, y1 = np.minimum(x + 255.7777777, 5100), np.minimum(y + 255.7777777, 5050)
+    p = rng.uniform(0, 1, len(x)).astype(np.float32)
+    cls = {"name": "Tumor: refined", "color": [1, 2, 3]}
+    fast = tile_features(x, y, x1, y1, p, cls, "p_Tumor")
+    slow = [
+        feature(shapely.box(*b), "tile", cls, {"p_Tumor": float(q)})
+        for b, q in zip(np.c_[x, y, x1, y1], p, strict=True)
+    ]
+    for a, b in zip(fast, slow, strict=True):
+        a["id"] = b["id"]
+    assert collection_json(fast) == geojson.dumps(geojson.FeatureCollection(slow))
+    assert collection_json(fast, ensure_ascii=True) == json.dumps(
+        geojson.FeatureCollection(slow), cls=geojson.GeoJSONEncoder, allow_nan=False
+    )
