@@ -53,6 +53,7 @@ import shapely
 from PIL import Image
 from shapely import affinity
 
+from engine.geometry import polygons
 from engine.patches import tissue_mask
 from engine.slide import Slide
 from engine.tiff import write_pyramidal_tiff
@@ -153,15 +154,6 @@ class WsssMosaicSettings:
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def polygons(geom: shapely.Geometry | None) -> list[shapely.Polygon]:
-    """The non-empty polygons of any geometry."""
-    if geom is None or geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in polygons(g)]
 
 
 def areal(geom: shapely.Geometry) -> shapely.Geometry:

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 #: ``.<target name>.<pid>-<8 hex>.tmp``: what :func:`temp_beside` makes, and all the sweep takes
@@ -27,6 +28,18 @@ STALE_AFTER_S = 3600.0
 def temp_beside(target: Path, suffix: str = ".tmp") -> Path:
     """A temporary name in ``target``'s folder, unique across processes, hosts and calls."""
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def replaced_atomically(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary beside ``target`` to write; renamed over ``target`` when the block ends
+    without an error, removed when it raises (a reader sees the old file or the new one)."""
+    tmp = temp_beside(target, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
