@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import geojson
 import ijson
@@ -31,6 +31,7 @@ import shapely.errors
 from shapely.geometry import mapping, shape
 
 from engine.errors import AnnotationError
+from engine.geometry import polygons
 from qupath_bridge.classes import class_matches, probability_key
 
 log = logging.getLogger("qupath_refine")
@@ -84,7 +85,7 @@ def _classification(props: dict[str, Any]) -> tuple[str | None, tuple[int, int, 
     return str(c), None
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -101,6 +102,7 @@ def _number(v: Any) -> float | None:
 
 def _measurements(props: dict[str, Any]) -> dict[str, float]:
     m = props.get("measurements")
+    pairs: Iterable[tuple[Any, Any]]
     if isinstance(m, dict):
         pairs = m.items()
     elif isinstance(m, list):
@@ -334,7 +336,9 @@ def _areal(geom: shapely.Geometry) -> shapely.Geometry:
 
 
 def class_geometry(
-    objects: Iterable[QuPathObject], class_name: str, object_types=("annotation",)
+    objects: Iterable[QuPathObject],
+    class_name: str,
+    object_types: Collection[str] = ("annotation",),
 ) -> shapely.Geometry | None:
     """Union of the objects of ``class_name`` (derived classes included, see
     :func:`class_matches`), or None if there are none: the one rule for every class option."""
@@ -347,7 +351,10 @@ def class_geometry(
 
 
 def select_geometry(
-    objects: Iterable[QuPathObject], class_name: str, source: str, object_types=("annotation",)
+    objects: Iterable[QuPathObject],
+    class_name: str,
+    source: str,
+    object_types: Collection[str] = ("annotation",),
 ) -> shapely.Geometry:
     """Union of the annotations of ``class_name``; an error listing the classes present."""
     objects = list(objects)
@@ -387,15 +394,6 @@ def classification(name: str, color: tuple[int, int, int]) -> dict[str, Any]:
 def union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
     """The valid union of ``geoms``; None for none."""
     return shapely.make_valid(shapely.union_all(geoms)) if geoms else None
-
-
-def polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
-    """The polygons of any geometry, collections flattened; lines and points dropped."""
-    if geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in polygons(g)]
 
 
 def feature(

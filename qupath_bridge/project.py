@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlparse
 
 import shapely
 
+from engine.files import replaced_atomically
 from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
 from qupath_bridge.errors import ProjectError
 from qupath_bridge.export import WORK_DIR, ImageRecord
@@ -211,12 +212,8 @@ def entry_names(project: Path) -> dict[str, str]:
 
 
 def _copy_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_atomically(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def repair_image_data(
@@ -307,9 +304,8 @@ def project_lock(project: Path) -> Iterator[None]:
             )
         doc = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         doc["command"] = " ".join(sys.argv)
-        tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, info)
+        with replaced_atomically(info) as tmp:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
         yield
     finally:
         info.unlink(missing_ok=True)
@@ -360,7 +356,7 @@ def configure_jvm() -> None:
     settings.set("java_opts", jvm_options(settings.get("java_opts")))
 
 
-def _paquo():
+def _paquo() -> tuple[Any, Any, Any, Any, Any]:
     """Import paquo's project API, turning 'no QuPath' into one clear line."""
     try:
         configure_jvm()
@@ -442,7 +438,10 @@ def _entry(qp: Any, entry_id: str) -> Any:
 
 def _object(o: Any, object_type: str) -> QuPathObject:
     pc = o.path_class
-    color = tuple(int(c) for c in pc.color.to_rgb()) if pc is not None and pc.color else None
+    color = None
+    if pc is not None and pc.color:
+        r, g, b = (int(c) for c in pc.color.to_rgb())
+        color = (r, g, b)
     return QuPathObject(
         geometry=shapely.make_valid(o.roi),
         object_type=object_type,

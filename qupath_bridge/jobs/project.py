@@ -36,6 +36,7 @@ import shapely.geometry
 from engine.cluster import DaskSettings, check_per_slide
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
+from engine.geometry import polygons
 from engine.pipeline import (
     STAGES,
     RefineSettings,
@@ -52,7 +53,6 @@ from qupath_bridge.export import RESULTS_FORMAT, Export, ImageRecord, read_expor
 from qupath_bridge.geojson_io import (
     QuPathObject,
     clip_to_frame,
-    polygons,
     read_objects,
     refined_features,
     union,
@@ -242,6 +242,7 @@ def gather_inputs(
             log.warning("skipping %r: no %r annotation", r.name, classes.coarse)
             continue
         size = (r.width, r.height) if r.width and r.height else None
+        assert r.slide is not None, "check_slides keeps only images with a local slide"
         item = SlideInput(
             path=r.slide,
             coarse=inp.coarse,
@@ -355,7 +356,11 @@ def _read_objects(
     """Every image of the project, and the objects of the selected ones."""
     if options.from_export:
         export = read_export(options.from_export)
-        return export, export.images, {r.id: read_objects(r.geojson) for r in export.images}
+        objects = {}
+        for r in export.images:
+            assert r.geojson is not None, "read_export names every image's GeoJSON"
+            objects[r.id] = read_objects(r.geojson)
+        return export, export.images, objects
     repair_images(pfile, _chosen_ids(pfile, options.images), fix=not options.dry_run)
     with open_project(pfile, write=False) as qp:
         records = list_images(qp, pfile)
@@ -609,8 +614,8 @@ def write_results(
     after every image, so that an interrupted run leaves the last run's results as they
     were. ``outcomes`` and ``failed`` (images not refined: why) are by index in
     ``got.records``; a failed image has no results GeoJSON."""
-    for _, o in sorted(outcomes.items()):
-        write_features(o.geojson, o.features)
+    for _, done in sorted(outcomes.items()):
+        write_features(done.geojson, done.features)
     entries = []
     for k, r in enumerate(got.records):
         o = outcomes.get(k)
