@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import logging
 import math
-import os
 import re
 import uuid
 from collections.abc import Collection, Iterable, Iterator
@@ -31,6 +30,7 @@ import shapely.errors
 from shapely.geometry import mapping, shape
 
 from engine.errors import AnnotationError
+from engine.files import replaced_atomically
 from engine.geometry import polygons
 from qupath_bridge.classes import class_matches, probability_key
 
@@ -273,29 +273,8 @@ def _object(
     object_type = str(props.get("objectType", "annotation")).lower()
     if object_types is not None and object_type not in object_types:
         return None  # skipped before its geometry is built: the cost of a cell export
-    geom_doc = f.get("geometry")
-    if geom_doc is None:
-        return None
-    if not isinstance(geom_doc, dict):
-        raise AnnotationError(f'{source}: feature {i} has a "geometry" that is not a JSON object.')
-    if geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
-        return None  # points and lines have no area to refine
-    try:
-        geom = shape(geom_doc)
-    except (
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        OverflowError,
-        shapely.errors.GEOSException,
-    ) as e:
-        raise AnnotationError(
-            f"{source}: feature {i} has a malformed geometry ({_short(e)})."
-        ) from None
-    geom = _areal(geom)
-    if geom.is_empty:
+    geom = _geometry(f.get("geometry"), i, source)
+    if geom is None:
         return None
     name, color = _classification(props)
     if not geom.is_valid:
@@ -319,6 +298,32 @@ def _object(
         id=None if fid is None else str(fid),
         measurements=_measurements(props),
     )
+
+
+def _geometry(geom_doc: Any, i: int, source: str) -> shapely.Geometry | None:
+    """Feature ``i``'s geometry, its areal part only; None when it has no area."""
+    if geom_doc is None:
+        return None
+    if not isinstance(geom_doc, dict):
+        raise AnnotationError(f'{source}: feature {i} has a "geometry" that is not a JSON object.')
+    if geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
+        return None  # points and lines have no area to refine
+    try:
+        geom = shape(geom_doc)
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        shapely.errors.GEOSException,
+    ) as e:
+        raise AnnotationError(
+            f"{source}: feature {i} has a malformed geometry ({_short(e)})."
+        ) from None
+    geom = _areal(geom)
+    return None if geom.is_empty else geom
 
 
 def _short(e: Exception, limit: int = 120) -> str:
@@ -447,10 +452,8 @@ def write_features(path: str | Path, feats: list[geojson.Feature]) -> Path:
     """A FeatureCollection written atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with replaced_atomically(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         geojson.dump(geojson.FeatureCollection(feats), f)
-    tmp.replace(path)
     return path
 
 

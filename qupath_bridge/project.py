@@ -483,28 +483,11 @@ def write_refined(
     Touches nothing else: annotations, other detections, other classes and locked objects stay
     as they were. A backup of the data file is taken first and put back if anything fails.
     """
-    _, _, PathClass, Detection, Tile = _paquo()
-    entry = _entry(qp, entry_id)
-    if not entry.is_readable():
-        # paquo's save() would silently skip the write: say so instead.
-        raise ProjectError(
-            f"Image {entry.image_name!r}: QuPath cannot open its slide, so its data cannot be "
-            "saved. Fix the slide path (File > Project > Check URIs in QuPath) and run again."
-        )
+    _, _, _, Detection, Tile = _paquo()
+    entry = _writable_entry(qp, project, entry_id)
     h = entry.hierarchy
-    expected = summary_object_count(project, entry_id)
-    if expected and len(h) == 0:
-        raise ProjectError(
-            f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
-            "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
-        )
     refined_id = refined_class(coarse_class)
-    parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
-    parent = parent or PathClass(coarse_class)
-    refined = next((c for c in qp.path_classes if c.id == refined_id), None)
-    if refined is None:
-        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
-        qp.path_classes = [*qp.path_classes, refined]
+    refined = _refined_path_class(qp, coarse_class, color)
     backup = backup_image_data(project, entry_id, stamp)
     try:
         victims = [
@@ -533,6 +516,37 @@ def write_refined(
             f"from {backup}."
         ) from None
     return WriteReport(entry_id, len(victims), len(new), backup)
+
+
+def _writable_entry(qp: Any, project: Path, entry_id: str) -> Any:
+    """The image's project entry, or a :class:`ProjectError` when writing it would lose data."""
+    entry = _entry(qp, entry_id)
+    if not entry.is_readable():
+        # paquo's save() would silently skip the write: say so instead.
+        raise ProjectError(
+            f"Image {entry.image_name!r}: QuPath cannot open its slide, so its data cannot be "
+            "saved. Fix the slide path (File > Project > Check URIs in QuPath) and run again."
+        )
+    expected = summary_object_count(project, entry_id)
+    if expected and len(entry.hierarchy) == 0:
+        raise ProjectError(
+            f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
+            "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
+        )
+    return entry
+
+
+def _refined_path_class(qp: Any, coarse_class: str, color: tuple[int, int, int]) -> Any:
+    """The project's ``<coarse>: refined`` class, added (in ``color``) when it has none."""
+    PathClass = _paquo()[2]
+    refined_id = refined_class(coarse_class)
+    refined = next((c for c in qp.path_classes if c.id == refined_id), None)
+    if refined is None:
+        parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
+        parent = parent or PathClass(coarse_class)
+        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
+        qp.path_classes = [*qp.path_classes, refined]
+    return refined
 
 
 def save_project(qp: Any) -> None:

@@ -433,22 +433,8 @@ def refine_and_write(
     outcomes: dict[int, ImageOutcome] = {}
     failed: dict[int, str] = {}
     with ExitStack() as stack:
-        if dask is None:
-            result = refine(got.items, settings, progress=progress)
-            timings = result.timings
-            shared = sum(timings[k] for k in ("prototypes", "train", "regions"))
-            each = shared / len(got.records)
-            done: Iterator[tuple[int, SlideResult, float]] = (
-                (k, res, res.seconds + each) for k, res in enumerate(result.slides)
-            )
-        else:
-            from qupath_bridge.dask_runner import images_on_dask
-
-            # connected, and the shared cache checked, before any data file is touched
-            timings = dict.fromkeys(STAGES, 0.0)
-            done = stack.enter_context(
-                images_on_dask(got.items, settings, dask, progress, timings, failed)
-            )
+        # on a cluster: connected, and the shared cache checked, before any data file is touched
+        done, timings = _refined(stack, got, settings, progress, dask, failed)
         if write_paquo:
             repair_images(pfile, [r.id for r in got.records if not r.live])
         qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
@@ -460,14 +446,13 @@ def refine_and_write(
             save_project(qp)
             prune_backups(pfile, keep=BACKUPS_KEPT)
     write_results(results_dir, got, outcomes, failed, classes)
-    errors = tuple(o.error for _, o in sorted(outcomes.items()) if o.error)
     report = ProjectRun(
         images=tuple(o.row for _, o in sorted(outcomes.items())),
         timings=rounded(timings, 2),
         seconds=round(time.perf_counter() - t0, 1),
         results=str(results_dir),
         backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
-        errors=errors,
+        errors=tuple(o.error for _, o in sorted(outcomes.items()) if o.error),
     )
     if dask is not None:
         why = tuple({"image": got.records[k].name, "error": e} for k, e in sorted(failed.items()))
@@ -477,12 +462,38 @@ def refine_and_write(
             dask={"address": dask.address, "workers": dask.workers},
         )
     write_json(results_dir / "summary.json", report.to_json())
-    if errors:
+    if report.errors:
         raise ProjectError(
-            f"{len(errors)} image(s) could not be written (each was restored from its backup): "
-            + " | ".join(errors)
+            f"{len(report.errors)} image(s) could not be written (each was restored from its "
+            "backup): " + " | ".join(report.errors)
         )
     return report
+
+
+def _refined(
+    stack: ExitStack,
+    got: ProjectInputs,
+    settings: RefineSettings,
+    progress: bool | ProgressFactory,
+    dask: DaskSettings | None,
+    failed: dict[int, str],
+) -> tuple[Iterator[tuple[int, SlideResult, float]], dict[str, float]]:
+    """The images' results (index, result, seconds) as they become ready, and the run's stage
+    timings. In this process every result is ready at once, each image charged its share of
+    the shared stages; on Dask (the client held open by ``stack``) they arrive one by one, the
+    timings add up as they do, and images that fail go to ``failed``."""
+    done: Iterator[tuple[int, SlideResult, float]]
+    if dask is None:
+        result = refine(got.items, settings, progress=progress)
+        shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
+        each = shared / len(got.records)
+        done = ((k, res, res.seconds + each) for k, res in enumerate(result.slides))
+        return done, result.timings
+    from qupath_bridge.dask_runner import images_on_dask
+
+    timings = dict.fromkeys(STAGES, 0.0)
+    done = stack.enter_context(images_on_dask(got.items, settings, dask, progress, timings, failed))
+    return done, timings
 
 
 def without_kept(regions: shapely.Geometry, inp: ImageInputs, res: SlideResult) -> shapely.Geometry:
