@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,7 @@ import shapely
 from PIL import Image
 from shapely import affinity
 
+from engine.files import replaced_atomically
 from engine.geometry import polygons
 from engine.patches import tissue_mask
 from engine.slide import Slide
@@ -426,15 +426,13 @@ def _meta(kind: str, data_dir: Path, seed: int, settings: Any) -> dict[str, Any]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _save_mask(path: Path, mask: BoolArray) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", optimize=False)
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", optimize=False)
     return path
 
 
