@@ -22,6 +22,7 @@ scores can. Blocks, not single patches, because neighbours share texture and lab
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -112,7 +113,7 @@ def _rng_devices(device: str) -> list[int]:
 
 
 @contextmanager
-def _one_thread():
+def _one_thread() -> Iterator[None]:
     """A 64-unit MLP gains nothing from threads, and torch's spinning worker threads fight
     the JVM (paquo) and onnxruntime for 2 cores: measured 1.2 s on one thread vs 7-35 s."""
     n = torch.get_num_threads()
@@ -169,7 +170,9 @@ class PatchClassifier:
                 self._refinetune(xt, self.refined_labels_, rng)
         return self
 
-    def _train_dds(self, xt: torch.Tensor, y: npt.NDArray[np.int64], rng) -> None:
+    def _train_dds(
+        self, xt: torch.Tensor, y: npt.NDArray[np.integer], rng: np.random.Generator
+    ) -> None:
         s = self.settings
         pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         yt = torch.from_numpy(y.astype(np.float32)).to(s.device)
@@ -184,7 +187,9 @@ class PatchClassifier:
             opt.step()
             self.loss_history_.append(loss.item())
 
-    def _refinetune(self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng) -> None:
+    def _refinetune(
+        self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng: np.random.Generator
+    ) -> None:
         s = self.settings
         yt = torch.from_numpy(labels.astype(np.float32)).to(s.device)
         opt = torch.optim.AdamW(

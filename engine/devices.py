@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from types import ModuleType
 
 from engine.errors import SettingsError
 
@@ -58,7 +59,7 @@ def resolve_device(spec: str = "auto") -> str:
     return f"cuda:{index}"
 
 
-def _mps_available(torch) -> bool:
+def _mps_available(torch: ModuleType) -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
