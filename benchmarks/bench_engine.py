@@ -47,11 +47,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 T_START = time.perf_counter()
 
 import numpy as np  # noqa: E402
+
+from engine.files import replaced_atomically  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,7 +182,6 @@ def _layout(cols: int, rows: int, seed: int):
 def build_slide(folder: Path, cols: int, rows: int, compression: str, seed: int = 0) -> dict:
     """Write (or reuse) the benchmark slide; returns its metadata (paths, geometry as WKT)."""
     import shapely
-    import tifffile
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"bench-slide-{cols}x{rows}-{compression}-s{seed}-v{SLIDE_VERSION}"
@@ -194,90 +196,11 @@ def build_slide(folder: Path, cols: int, rows: int, compression: str, seed: int 
         sources = _synthetic_sources(folder)
     pyr = {2: _pyramids(sources[0]), 1: _pyramids(sources[1])}
     kind, truth, coarse = _layout(cols, rows, seed)
-
-    # Each tissue tile: a source image, an offset (multiple of 64 so every pyramid level crops
-    # the same tissue) and one of 8 rotations/mirrors.
-    rng = np.random.default_rng(seed + 1)
-    src = np.zeros((rows, cols), dtype=np.int64)
-    offs = np.zeros((rows, cols, 2), dtype=np.int64)
-    trans = rng.integers(0, 8, (rows, cols))
-    step = 1 << MAX_K
-    for k in (1, 2):
-        rr, cc = np.nonzero(kind == k)
-        idx = rng.integers(0, len(pyr[k]), len(rr))
-        src[rr, cc] = idx
-        hw = np.array([pyr[k][i][0].shape[:2] for i in idx])
-        offs[rr, cc, 0] = rng.integers(0, (hw[:, 0] - TILE) // step + 1) * step
-        offs[rr, cc, 1] = rng.integers(0, (hw[:, 1] - TILE) // step + 1) * step
-    glass_rng = np.random.default_rng(seed + 2)
-    glass0 = np.clip(
-        np.array([243, 241, 244]) + glass_rng.normal(0, 1.5, (TILE, TILE, 3)), 0, 255
-    ).astype(np.uint8)
-    glass = [glass0]
-    from PIL import Image
-
-    for _ in range(MAX_K):
-        glass.append(np.asarray(Image.fromarray(glass[-1]).reduce(2)))
-
-    def block(k: int, r: int, c: int) -> np.ndarray:
-        kd = kind[r, c]
-        if kd == 0:
-            return glass[k]
-        b = TILE >> k
-        y, x = offs[r, c] >> k
-        a = pyr[kd][src[r, c]][k][y : y + b, x : x + b]
-        t = trans[r, c]
-        a = np.rot90(a, t % 4)
-        return a[:, ::-1] if t >= 4 else a
-
-    def tiles(k: int, lw: int, lh: int):
-        n, b = 1 << k, TILE >> k
-        for ty in range(math.ceil(lh / TILE)):
-            for tx in range(math.ceil(lw / TILE)):
-                tile = np.full((TILE, TILE, 3), 255, dtype=np.uint8)
-                for dy in range(n):
-                    r = ty * n + dy
-                    if r >= rows:
-                        break
-                    for dx in range(n):
-                        c = tx * n + dx
-                        if c >= cols:
-                            break
-                        tile[dy * b : (dy + 1) * b, dx * b : (dx + 1) * b] = block(k, r, c)
-                yield tile
-
-    width, height = cols * TILE, rows * TILE
-    if compression == "jpeg":
-        # RGB in, stored as YCbCr 4:2:0 JPEG (tifffile's default for photometric="rgb").
-        codec = dict(
-            compression="jpeg", compressionargs={"level": 85}, photometric="rgb",
-            subsampling=(2, 2),
-        )  # fmt: skip
-    else:
-        codec = dict(compression="zlib", photometric="rgb")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        for k in range(MAX_K + 1):
-            lw, lh = width >> k, height >> k
-            res = 1e4 / (SLIDE_MPP * (1 << k))  # pixels per cm: OpenSlide's mpp
-            tw.write(
-                tiles(k, lw, lh),
-                shape=(lh, lw, 3),
-                dtype=np.uint8,
-                tile=(TILE, TILE),
-                resolution=(res, res),
-                resolutionunit="CENTIMETER",
-                subfiletype=0 if k == 0 else 1,
-                maxworkers=os.cpu_count(),
-                **codec,
-            )
-            if max(lw, lh) <= 512:
-                break
-    tmp.replace(path)
+    _write_slide(path, _Mosaic(kind, pyr, seed), compression)
     meta = {
         "path": str(path),
-        "width": width,
-        "height": height,
+        "width": cols * TILE,
+        "height": rows * TILE,
         "mpp": SLIDE_MPP,
         "tiles": {"glass": int((kind == 0).sum()), "normal": int((kind == 1).sum()),
                   "tumour": int((kind == 2).sum())},
@@ -290,6 +213,102 @@ def build_slide(folder: Path, cols: int, rows: int, compression: str, seed: int 
     }  # fmt: skip
     meta_path.write_text(json.dumps(meta))
     return meta
+
+
+class _Mosaic:
+    """The slide's pixels, tile by tile: glass where ``kind`` is 0, else a crop of a tissue
+    pyramid of that kind (2 tumour, 1 normal)."""
+
+    def __init__(self, kind: np.ndarray, pyr: dict[int, list], seed: int) -> None:
+        from PIL import Image
+
+        self.kind, self.pyr = kind, pyr
+        self.rows, self.cols = kind.shape
+        # Each tissue tile: a source image, an offset (multiple of 64 so every pyramid level
+        # crops the same tissue) and one of 8 rotations/mirrors.
+        rng = np.random.default_rng(seed + 1)
+        self.src = np.zeros(kind.shape, dtype=np.int64)
+        self.offs = np.zeros((*kind.shape, 2), dtype=np.int64)
+        self.trans = rng.integers(0, 8, kind.shape)
+        step = 1 << MAX_K
+        for k in (1, 2):
+            rr, cc = np.nonzero(kind == k)
+            idx = rng.integers(0, len(pyr[k]), len(rr))
+            self.src[rr, cc] = idx
+            hw = np.array([pyr[k][i][0].shape[:2] for i in idx])
+            self.offs[rr, cc, 0] = rng.integers(0, (hw[:, 0] - TILE) // step + 1) * step
+            self.offs[rr, cc, 1] = rng.integers(0, (hw[:, 1] - TILE) // step + 1) * step
+        glass_rng = np.random.default_rng(seed + 2)
+        glass0 = np.clip(
+            np.array([243, 241, 244]) + glass_rng.normal(0, 1.5, (TILE, TILE, 3)), 0, 255
+        ).astype(np.uint8)
+        self.glass = [glass0]
+        for _ in range(MAX_K):
+            self.glass.append(np.asarray(Image.fromarray(self.glass[-1]).reduce(2)))
+
+    def block(self, k: int, r: int, c: int) -> np.ndarray:
+        """Layout cell (r, c) at pyramid level ``k``."""
+        kd = self.kind[r, c]
+        if kd == 0:
+            return self.glass[k]
+        b = TILE >> k
+        y, x = self.offs[r, c] >> k
+        a = self.pyr[kd][self.src[r, c]][k][y : y + b, x : x + b]
+        t = self.trans[r, c]
+        a = np.rot90(a, t % 4)
+        return a[:, ::-1] if t >= 4 else a
+
+    def tiles(self, k: int, lw: int, lh: int) -> Iterator[np.ndarray]:
+        """The TIFF tiles of level ``k`` (``lw`` x ``lh`` px), row by row."""
+        n, b = 1 << k, TILE >> k
+        for ty in range(math.ceil(lh / TILE)):
+            for tx in range(math.ceil(lw / TILE)):
+                tile = np.full((TILE, TILE, 3), 255, dtype=np.uint8)
+                for dy in range(n):
+                    r = ty * n + dy
+                    if r >= self.rows:
+                        break
+                    for dx in range(n):
+                        c = tx * n + dx
+                        if c >= self.cols:
+                            break
+                        tile[dy * b : (dy + 1) * b, dx * b : (dx + 1) * b] = self.block(k, r, c)
+                yield tile
+
+
+def _write_slide(path: Path, mosaic: _Mosaic, compression: str) -> None:
+    """The mosaic as a pyramidal tiled TIFF, written beside ``path`` and renamed into place."""
+    import tifffile
+
+    width, height = mosaic.cols * TILE, mosaic.rows * TILE
+    if compression == "jpeg":
+        # RGB in, stored as YCbCr 4:2:0 JPEG (tifffile's default for photometric="rgb").
+        codec = dict(
+            compression="jpeg", compressionargs={"level": 85}, photometric="rgb",
+            subsampling=(2, 2),
+        )  # fmt: skip
+    else:
+        codec = dict(compression="zlib", photometric="rgb")
+    with (
+        replaced_atomically(path) as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=True) as tw,
+    ):
+        for k in range(MAX_K + 1):
+            lw, lh = width >> k, height >> k
+            res = 1e4 / (SLIDE_MPP * (1 << k))  # pixels per cm: OpenSlide's mpp
+            tw.write(
+                mosaic.tiles(k, lw, lh),
+                shape=(lh, lw, 3),
+                dtype=np.uint8,
+                tile=(TILE, TILE),
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if k == 0 else 1,
+                maxworkers=os.cpu_count(),
+                **codec,
+            )
+            if max(lw, lh) <= 512:
+                break
 
 
 # --------------------------------------------------------------------------- workers
@@ -622,9 +641,8 @@ def _write_json(
         "runs": {"encoder": enc, "cold": cold, "warm": warm},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -650,7 +668,7 @@ def _report(paths: list[Path], limit: float) -> None:
     print(markdown(summary))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_engine", description=__doc__.split("\n\n")[0]
     )
@@ -699,8 +717,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--worker", choices=("encoder", "cold", "warm"), help=argparse.SUPPRESS)
     ap.add_argument("--meta", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)  # fmt: skip
+    return ap
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     cache = args.dir / "cache"
     if args.json is None:
         args.json = args.dir / "bench-engine.json"
@@ -717,7 +738,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.report:
         _report(args.report, args.quiet_cores)
         return
+    _measure(args, argv, cache)
 
+
+def _measure(args: argparse.Namespace, argv: list[str] | None, cache: Path) -> None:
+    """Build the slide, then measure rounds until ``args.repeats`` quiet ones of each kind."""
     print(f"slide in {args.dir} ...", flush=True)
     meta = build_slide(args.dir, args.cols, args.rows, args.compression)
     meta_path = args.dir / (Path(meta["path"]).stem + ".json")
@@ -738,30 +763,13 @@ def main(argv: list[str] | None = None) -> None:
     def quiet_count(runs: list[dict]) -> int:
         return sum(r["other_load_cores"] < args.quiet_cores for r in runs)
 
-    flag = {True: "quiet", False: "busy"}
     for i in range(max_runs):
         if min(quiet_count(enc), quiet_count(cold), quiet_count(warm)) >= args.repeats:
             break
-        e, _ = _run_worker(args, "encoder", meta_path)
-        if e["grid_patches"] < args.min_patches:
-            raise SystemExit(f"only {e['grid_patches']} tissue patches (< {args.min_patches})")
-        shutil.rmtree(cache / "features", ignore_errors=True)
-        c, _ = _run_worker(args, "cold", meta_path)
-        w, w_wall = _run_worker(args, "warm", meta_path)
-        w["process_s"] = w_wall
+        e, c, w = _round(args, meta_path, cache, i)
         enc.append(e)
         cold.append(c)
         warm.append(w)
-        print(
-            f"run {i + 1}: encoder {e['encoder_patches_per_s']:.0f}/s, "
-            f"read {e['read_patches_per_s_1thread']:.0f}/s "
-            f"({flag[e['other_load_cores'] < args.quiet_cores]}); end to end "
-            f"{c['patches_per_s']:.0f}/s ({c['refine_s']:.1f} s, {c['patches']} patches, "
-            f"peak {c['peak_rss_mib']:.0f} MiB; {flag[c['other_load_cores'] < args.quiet_cores]}"
-            f"); warm {w['refine_s']:.2f} s, process {w_wall:.2f} s "
-            f"({flag[w['other_load_cores'] < args.quiet_cores]})",
-            flush=True,
-        )
         _write_json(args.json, command, meta, enc, cold, warm, args.quiet_cores)
 
     result = _write_json(args.json, command, meta, enc, cold, warm, args.quiet_cores)
@@ -774,6 +782,31 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(markdown(summary))
     print(f"\nresults: {args.json}")
+
+
+def _round(
+    args: argparse.Namespace, meta_path: Path, cache: Path, i: int
+) -> tuple[dict, dict, dict]:
+    """One round: the encoder alone, a cold refine (no feature cache) and a warm one."""
+    flag = {True: "quiet", False: "busy"}
+    e, _ = _run_worker(args, "encoder", meta_path)
+    if e["grid_patches"] < args.min_patches:
+        raise SystemExit(f"only {e['grid_patches']} tissue patches (< {args.min_patches})")
+    shutil.rmtree(cache / "features", ignore_errors=True)
+    c, _ = _run_worker(args, "cold", meta_path)
+    w, w_wall = _run_worker(args, "warm", meta_path)
+    w["process_s"] = w_wall
+    print(
+        f"run {i + 1}: encoder {e['encoder_patches_per_s']:.0f}/s, "
+        f"read {e['read_patches_per_s_1thread']:.0f}/s "
+        f"({flag[e['other_load_cores'] < args.quiet_cores]}); end to end "
+        f"{c['patches_per_s']:.0f}/s ({c['refine_s']:.1f} s, {c['patches']} patches, "
+        f"peak {c['peak_rss_mib']:.0f} MiB; {flag[c['other_load_cores'] < args.quiet_cores]}"
+        f"); warm {w['refine_s']:.2f} s, process {w_wall:.2f} s "
+        f"({flag[w['other_load_cores'] < args.quiet_cores]})",
+        flush=True,
+    )
+    return e, c, w
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +52,8 @@ import shapely
 from PIL import Image
 from shapely import affinity
 
+from engine.files import replaced_atomically
+from engine.geometry import polygons
 from engine.patches import tissue_mask
 from engine.slide import Slide
 from engine.tiff import write_pyramidal_tiff
@@ -153,15 +154,6 @@ class WsssMosaicSettings:
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def polygons(geom: shapely.Geometry | None) -> list[shapely.Polygon]:
-    """The non-empty polygons of any geometry."""
-    if geom is None or geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in polygons(g)]
 
 
 def areal(geom: shapely.Geometry) -> shapely.Geometry:
@@ -434,15 +426,13 @@ def _meta(kind: str, data_dir: Path, seed: int, settings: Any) -> dict[str, Any]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _save_mask(path: Path, mask: BoolArray) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", optimize=False)
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG", optimize=False)
     return path
 
 

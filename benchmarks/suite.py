@@ -52,6 +52,7 @@ from benchmarks.methods import (
 )
 from benchmarks.slides import NOISE_LEVELS, BenchSlide
 from benchmarks.throughput import best_throughput
+from engine.files import replaced_atomically
 from engine.patches import GridSettings
 
 
@@ -160,29 +161,7 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
     dict that ``benchmarks.run`` writes as JSON. The benchmark grid's cells are under
     ``encoders.<enc>.levels``, the CLI default grid's under ``encoders.<enc>.default_grid``."""
     t_start = time.perf_counter()
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "config": {
-            "part": cfg.part,
-            "grids": list(cfg.grids),
-            "cli_default_patch_um": GridSettings().patch_um,
-            "levels": list(cfg.levels),
-            "seeds": list(cfg.seeds),
-            "encoder_seeds": list(cfg.encoder_seeds or cfg.seeds),
-            "encoders": {e: vars(ENCODERS[e]) for e in cfg.encoders},
-            "methods": list(cfg.methods),
-            "per_encoder": list(cfg.per_encoder),
-            "noise": {lv: NOISE_LEVELS[lv].as_dict() for lv in cfg.levels},
-            "lcmil": asdict(LcmilSettings()),
-            "knn_k": KNN_K,
-            "paper_tau": PAPER_TAU,
-            "memory": "peak RSS above the method's start, sampled every 10 ms",
-        },
-        "benchmarks": {},
-    }
-    if cfg.part:
-        results["config"]["part_definition"] = asdict(PARTS[cfg.part])
-        results["config"]["part_data"] = part_summary(cfg.data_root, PARTS[cfg.part])
+    results: dict[str, Any] = {"machine": machine(), "config": _config(cfg), "benchmarks": {}}
     for bname, spec in cfg.benchmarks.items():
         cfg.log(f"== {bname}: building {spec.n_slides} slides")
         slides = build_cohort(cfg.data_root, cfg.work, spec)
@@ -193,47 +172,13 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
             "encoders": {},
         }
         for ename in cfg.encoders:
-            enc = ENCODERS[ename]
-            cohort = load_cohort(slides, spec, enc, cfg.cache_dir, truths)
+            cohort = load_cohort(slides, spec, ENCODERS[ename], cfg.cache_dir, truths)
             grid0 = cohort.grids[0]
             cfg.log(
                 f"-- {bname} / {ename}: {cohort.n_patches} patches "
                 f"({cohort.embed_seconds:.0f} s embedding)"
             )
-            default = ename == DEFAULT_ENCODER
-            methods = [m for m in cfg.methods if default or m in cfg.per_encoder]
-            seeds = cfg.seeds if default else (cfg.encoder_seeds or cfg.seeds)
-            eres: dict[str, Any] = {
-                "patches": [len(g) for g in cohort.grids],
-                "embed_seconds_this_run": 0.0,
-                "levels": {},
-            }
-            for gname in cfg.grids:
-                ms = methods if gname == "benchmark" else [
-                    m for m in methods if m in DEFAULT_GRID_METHODS
-                ]  # fmt: skip
-                # the oracle and the ceilings ignore the coarse outline: run once per seed
-                free: dict[tuple[str, int], MethodRun] = {}
-                levels: dict[str, Any] = {}
-                for level in cfg.levels:
-                    runs, notes = run_level(cohort, level, seeds, ms, gname, free)
-                    cell = {m: aggregate(r) for m, r in runs.items()}
-                    line = "  ".join(f"{m} {cell[m]['dice']['mean']:.3f}" for m in ms)
-                    cfg.log(f"   {gname} grid, {level}: {line}")
-                    nw = PART_NEVER_WORSE if cfg.part else NEVER_WORSE
-                    levels[level] = {
-                        "methods": cell,
-                        "targets": targets(cell, level, never_worse=nw)
-                        if "engine" in cell and "coarse" in cell
-                        else None,
-                        "notes": notes,
-                    }
-                if gname == "benchmark":
-                    eres["levels"] = levels
-                else:
-                    eres["default_grid"] = {"patch_um": GridSettings().patch_um, "levels": levels}
-            eres["embed_seconds_this_run"] = round(cohort.embed_seconds, 1)
-            bres["encoders"][ename] = eres
+            bres["encoders"][ename] = _encoder_results(cfg, cohort, ename)
         if cfg.throughput:
             best = best_throughput(slides[0], grid0, spec, cfg.encoders, cfg)
             for ename, tp in best.items():
@@ -245,6 +190,69 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
         results["benchmarks"][bname] = bres
     results["seconds"] = round(time.perf_counter() - t_start, 1)
     return results
+
+
+def _config(cfg: SuiteConfig) -> dict[str, Any]:
+    """The run's configuration as the results JSON records it."""
+    config: dict[str, Any] = {
+        "part": cfg.part,
+        "grids": list(cfg.grids),
+        "cli_default_patch_um": GridSettings().patch_um,
+        "levels": list(cfg.levels),
+        "seeds": list(cfg.seeds),
+        "encoder_seeds": list(cfg.encoder_seeds or cfg.seeds),
+        "encoders": {e: vars(ENCODERS[e]) for e in cfg.encoders},
+        "methods": list(cfg.methods),
+        "per_encoder": list(cfg.per_encoder),
+        "noise": {lv: NOISE_LEVELS[lv].as_dict() for lv in cfg.levels},
+        "lcmil": asdict(LcmilSettings()),
+        "knn_k": KNN_K,
+        "paper_tau": PAPER_TAU,
+        "memory": "peak RSS above the method's start, sampled every 10 ms",
+    }
+    if cfg.part:
+        config["part_definition"] = asdict(PARTS[cfg.part])
+        config["part_data"] = part_summary(cfg.data_root, PARTS[cfg.part])
+    return config
+
+
+def _encoder_results(cfg: SuiteConfig, cohort: Cohort, ename: str) -> dict[str, Any]:
+    """One encoder's cells on a benchmark: every grid × noise level × seed × method (all
+    methods and seeds with the default encoder, ``cfg.per_encoder`` ones with the others)."""
+    default = ename == DEFAULT_ENCODER
+    methods = [m for m in cfg.methods if default or m in cfg.per_encoder]
+    seeds = cfg.seeds if default else (cfg.encoder_seeds or cfg.seeds)
+    eres: dict[str, Any] = {
+        "patches": [len(g) for g in cohort.grids],
+        "embed_seconds_this_run": 0.0,
+        "levels": {},
+    }
+    for gname in cfg.grids:
+        ms = methods if gname == "benchmark" else [
+            m for m in methods if m in DEFAULT_GRID_METHODS
+        ]  # fmt: skip
+        # the oracle and the ceilings ignore the coarse outline: run once per seed
+        free: dict[tuple[str, int], MethodRun] = {}
+        levels: dict[str, Any] = {}
+        for level in cfg.levels:
+            runs, notes = run_level(cohort, level, seeds, ms, gname, free)
+            cell = {m: aggregate(r) for m, r in runs.items()}
+            line = "  ".join(f"{m} {cell[m]['dice']['mean']:.3f}" for m in ms)
+            cfg.log(f"   {gname} grid, {level}: {line}")
+            nw = PART_NEVER_WORSE if cfg.part else NEVER_WORSE
+            levels[level] = {
+                "methods": cell,
+                "targets": targets(cell, level, never_worse=nw)
+                if "engine" in cell and "coarse" in cell
+                else None,
+                "notes": notes,
+            }
+        if gname == "benchmark":
+            eres["levels"] = levels
+        else:
+            eres["default_grid"] = {"patch_um": GridSettings().patch_um, "levels": levels}
+    eres["embed_seconds_this_run"] = round(cohort.embed_seconds, 1)
+    return eres
 
 
 def slide_record(s: BenchSlide, spec: BenchmarkSpec) -> dict[str, Any]:
@@ -302,7 +310,6 @@ def _dumps(obj: Any, indent: int = 0) -> str:
 
 def write_json(results: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(_dumps(_rounded(results)) + "\n")
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(_dumps(_rounded(results)) + "\n")
     return path

@@ -185,7 +185,9 @@ class PatchClassifier:
                 self._refinetune(xt, self.refined_labels_, rng)
         return self
 
-    def _train_dds(self, xt: torch.Tensor, y: npt.NDArray[np.int64], rng) -> None:
+    def _train_dds(
+        self, xt: torch.Tensor, y: npt.NDArray[np.integer], rng: np.random.Generator
+    ) -> None:
         import torch
 
         s = self.settings
@@ -202,7 +204,9 @@ class PatchClassifier:
             opt.step()
             self.loss_history_.append(loss.item())
 
-    def _refinetune(self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng) -> None:
+    def _refinetune(
+        self, xt: torch.Tensor, labels: npt.NDArray[np.int8], rng: np.random.Generator
+    ) -> None:
         import torch
 
         s = self.settings

@@ -181,9 +181,10 @@ def check_shared_cache(client: Client, cache_dir: Path, wait_s: float = 60.0) ->
     try:
         client.wait_for_workers(1, timeout=wait_s)
     except TimeoutError:
+        address = client.scheduler.address if client.scheduler is not None else "ADDRESS"
         raise ClusterError(
-            f"No Dask worker joined the scheduler {client.scheduler.address} within "
-            f"{wait_s:.0f} s; start workers (dask worker {client.scheduler.address})."
+            f"No Dask worker joined the scheduler {address} within "
+            f"{wait_s:.0f} s; start workers (dask worker {address})."
         ) from None
     token = secrets.token_hex(8)
     probe = Path(cache_dir) / f".probe-{token}"

@@ -11,6 +11,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from engine.errors import SettingsError
 
@@ -74,7 +75,7 @@ def _gpu_driver() -> bool:
     return any(Path(p).exists() for p in GPU_DRIVER_FILES)
 
 
-def _mps_available(torch) -> bool:
+def _mps_available(torch: ModuleType) -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 

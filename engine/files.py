@@ -18,8 +18,9 @@ import secrets
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,18 @@ STALE_AFTER_S = 3600.0
 def temp_beside(target: Path, suffix: str = ".tmp") -> Path:
     """A temporary name in ``target``'s folder, unique across processes, hosts and calls."""
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def replaced_atomically(target: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary beside ``target`` to write; renamed over ``target`` when the block ends
+    without an error, removed when it raises (a reader sees the old file or the new one)."""
+    tmp = temp_beside(target, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temps(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
@@ -128,8 +141,9 @@ def write_entry(path: Path, arrays: dict[str, np.ndarray], what: str, lost: str)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path.parent)  # what a killed writer left
         tmp = temp_beside(path)  # unique per process and call: writers never share one
+        entries: dict[str, Any] = {"checksum": np.array(checksum(arrays)), **arrays}
         with open(tmp, "xb") as f:
-            np.savez(f, checksum=np.array(checksum(arrays)), **arrays)
+            np.savez(f, **entries)
         os.replace(tmp, path)
     except BaseException as e:  # Ctrl-C included: no temporary file outlives the run
         if tmp is not None:

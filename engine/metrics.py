@@ -15,6 +15,8 @@ import numpy.typing as npt
 import shapely
 from skimage.draw import polygon as draw_polygon
 
+from engine.geometry import polygons
+
 METRICS = ("dice", "iou", "f1", "ppv", "npv", "tpr", "tnr", "accuracy")
 
 
@@ -61,14 +63,7 @@ def rasterize(
     """Polygons (level-0 px) to a boolean raster of ``shape`` at ``downsample``: a pixel is in
     when its centre is (holes respected). Pixel (r, c) covers level-0 [c*ds, (c+1)*ds)."""
     out = np.zeros(shape, dtype=bool)
-    if geom is None or geom.is_empty:
-        return out
-    polys = (
-        [geom]
-        if geom.geom_type == "Polygon"
-        else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-    )
-    for p in polys:
+    for p in polygons(geom):
         # Pixel centres sit at (i + 0.5) * ds; shift rings so centres fall on integers.
         ring = np.asarray(p.exterior.coords) / downsample - 0.5
         rr, cc = draw_polygon(ring[:, 1], ring[:, 0], shape)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,8 @@ import numpy.typing as npt
 import shapely
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.files import replaced_atomically
+from engine.geometry import polygons
 from engine.patches import PatchGrid
 
 COARSE = (255, 190, 0)  # amber: the pathologist's coarse outline
@@ -18,15 +19,8 @@ TRUTH = (30, 90, 255)  # blue: ground truth, when known
 
 
 def _rings(geom: shapely.Geometry | None) -> list[npt.NDArray[np.float64]]:
-    if geom is None or geom.is_empty:
-        return []
-    polys = (
-        [geom]
-        if geom.geom_type == "Polygon"
-        else [g for g in getattr(geom, "geoms", []) if g.geom_type == "Polygon"]
-    )
     rings = []
-    for p in polys:
+    for p in polygons(geom):
         rings.append(np.asarray(p.exterior.coords))
         rings.extend(np.asarray(h.coords) for h in p.interiors)
     return rings
@@ -78,7 +72,6 @@ def save_png(img: Image.Image, path: str | Path) -> Path:
     """Atomic PNG write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    with replaced_atomically(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

@@ -156,7 +156,9 @@ def lattice_size(width_um: float, height_um: float, patch_um: float, step_um: fl
     return n(width_um) * n(height_um)
 
 
-def check_patch_budget(width: int, height: int, slide_mpp: float, g: GridSettings, label: str):
+def check_patch_budget(
+    width: int, height: int, slide_mpp: float, g: GridSettings, label: str
+) -> None:
     """Refuse, before anything is read, a grid over ``g.max_patches`` positions: a wrong pixel
     size or a tiny patch would otherwise build it until memory runs out."""
     w_um, h_um = width * slide_mpp, height * slide_mpp

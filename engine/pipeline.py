@@ -17,7 +17,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,8 +43,8 @@ from engine.patches import (
     GridSettings,
     PatchGrid,
     check_patch_budget,
+    coarse_labels,
     make_grid,
-    overlap_fraction,
     tissue_mask,
 )
 from engine.prototypes import LocalGlobalPrototypes, PrototypeSettings
@@ -106,7 +108,7 @@ class RefineSettings:
     device: str = "auto"
 
     @classmethod
-    def for_method(cls, method: str = "mil", **kw) -> RefineSettings:
+    def for_method(cls, method: str = "mil", **kw: Any) -> RefineSettings:
         """Defaults for ``method``: ``"mil"`` (the default) or ``"prototype"`` (the paper's
         prototype pseudo-labels and patch MLP). The prototype route's out-of-fold scores are
         lower and flatter than MIL's; it keeps the guard that was tuned for them on the
@@ -180,6 +182,12 @@ class SlideFeatures:
     seconds: float = 0.0
     #: the slide's grid settings, ``patch_um`` resolved (see :meth:`GridSettings.resolved`)
     grid_settings: GridSettings = field(default_factory=GridSettings)
+
+    def embedded(self) -> npt.NDArray[np.float32]:
+        """The features, which exist once the cache had them or :func:`embed_slide` ran."""
+        if self.features is None:
+            raise RuntimeError(f"{self.item.label}: features used before the slide was embedded")
+        return self.features
 
 
 def slide_grid(
@@ -263,10 +271,11 @@ def tissue_grid(
 def label_patches(
     item: SlideInput, grid: PatchGrid, min_overlap: float
 ) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.bool_]]:
-    """Coarse labels and hard negatives of a slide's patches."""
-    neg = overlap_fraction(grid, item.negative) >= 0.5
-    coarse = (overlap_fraction(grid, item.coarse) >= min_overlap) & ~neg
-    return coarse.astype(np.int8), neg
+    """Coarse labels and hard negatives of a slide's patches: a hard negative is never inside."""
+    neg = coarse_labels(grid, item.negative).astype(bool)
+    coarse = coarse_labels(grid, item.coarse, min_overlap)
+    coarse[neg] = 0
+    return coarse, neg
 
 
 @dataclass
@@ -394,7 +403,7 @@ def refine(
         else:
             log.info(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
 
-    all_feats = np.concatenate([d.features for d in data])
+    all_feats = np.concatenate([d.embedded() for d in data])
     negatives = np.concatenate(hard_neg)
     protos: LocalGlobalPrototypes | None = None
     pl: PseudoLabels | None = None
@@ -406,9 +415,9 @@ def refine(
         t0 = time.perf_counter()
         # the same local and global steps as a cluster's two phases (engine.cluster)
         protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
-            [d.features for d in data]
+            [d.embedded() for d in data]
         )
-        sim = np.concatenate([protos.similarity(d.features, k) for k, d in enumerate(data)])
+        sim = np.concatenate([protos.similarity(d.embedded(), k) for k, d in enumerate(data)])
         pl = pseudo_labels(sim, all_coarse, settings.pseudolabels, negatives)
         for w in pl.warnings:
             log.warning(w)
@@ -418,7 +427,7 @@ def refine(
     log.info("classifier")
     t0 = time.perf_counter()
     if settings.classifier.model == "mil":
-        proba, how = slide_mil_proba([d.features for d in data], labels, negatives, settings)
+        proba, how = slide_mil_proba([d.embedded() for d in data], labels, negatives, settings)
     else:
         how = [TRAINED] * len(data)
         groups = np.concatenate(
@@ -515,7 +524,7 @@ def refine_one(
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
-    proba, how = slide_mil_proba([d.features], labels, negatives, settings, first=index)
+    proba, how = slide_mil_proba([d.embedded()], labels, negatives, settings, first=index)
     proba[negatives] = 0.0
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -566,7 +575,7 @@ def slide_mil_proba(
     for k, (x, y, ok) in enumerate(zip(features, ys, own, strict=True)):
         if ok:
             seed = s.random_state * 100 + first + k
-            p, h = cached_mil_proba(cache, digests[k], lambda x=x: standardise(x), y, s, seed)
+            p, h = cached_mil_proba(cache, digests[k], partial(standardise, x), y, s, seed)
         else:
             p, h = pooled[k], pooled_how
         scores.append(p)
@@ -635,7 +644,7 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
             redraw_self_test,
             d.item.coarse,
             d.grid,
-            Derived(standardise, d.features),
+            Derived(standardise, d.embedded()),
             d.info.mpp,
             c,
             r,

@@ -105,7 +105,7 @@ def local_step(
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
-    local = local_prototypes(d.features, settings.prototypes)
+    local = local_prototypes(d.embedded(), settings.prototypes)
     timings["prototypes"] = time.perf_counter() - t0
     return SlideLocal(local, d.cached, d.seconds), timings
 
@@ -136,7 +136,8 @@ def slide_step(
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
-    sim = SlideSpace.fit(d.features, settings.prototypes).similarity(d.features, prototypes)
+    x = d.embedded()
+    sim = SlideSpace.fit(x, settings.prototypes).similarity(x, prototypes)
     pl = pseudo_labels(sim, coarse, settings.pseudolabels, negatives)
     for w in pl.warnings:
         log.warning(f"{item.label}: {w}")
@@ -150,7 +151,7 @@ def slide_step(
     t0 = time.perf_counter()
     c = settings.classifier
     groups = spatial_groups(d.grid, index, c.cross_fit_block)
-    proba = cross_fit_proba(d.features, pl.labels, groups, c, negatives)
+    proba = cross_fit_proba(x, pl.labels, groups, c, negatives)
     proba[negatives] = 0.0
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -99,7 +99,7 @@ def major_prototypes(
 
 def resolve_tau(
     similarity: npt.NDArray[np.floating],
-    coarse: npt.NDArray[np.int8],
+    coarse: npt.NDArray[np.integer],
     major: npt.NDArray[np.bool_],
     on_major: npt.NDArray[np.bool_],
     settings: PseudoLabelSettings,

@@ -21,6 +21,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from skimage.measure import find_contours
 
 from engine.errors import SettingsError
+from engine.geometry import polygons
 from engine.patches import PatchGrid, coarse_labels
 
 #: what ``RegionSettings.outline`` may say
@@ -282,14 +283,6 @@ def contour_polygons(
     return shapely.simplify(inside, cell * 0.02, preserve_topology=True)
 
 
-def _polygons(geom: shapely.Geometry) -> list[Polygon]:
-    if isinstance(geom, Polygon):
-        return [] if geom.is_empty else [geom]
-    if hasattr(geom, "geoms"):
-        return [p for g in geom.geoms for p in _polygons(g)]
-    return []
-
-
 def valid_polygons(
     geom: shapely.Geometry | None, frame: tuple[int, int] | None = None
 ) -> MultiPolygon:
@@ -302,19 +295,19 @@ def valid_polygons(
         return MultiPolygon()
     if frame is not None:
         geom = shapely.make_valid(geom).intersection(shapely.box(0, 0, frame[0], frame[1]))
-    parts = _polygons(shapely.make_valid(geom))
+    parts = polygons(shapely.make_valid(geom))
     merged = shapely.union_all(parts) if len(parts) > 1 else (parts[0] if parts else Polygon())
-    out = [p for p in _polygons(shapely.make_valid(merged)) if p.area > 1e-6]
+    out = [p for p in polygons(shapely.make_valid(merged)) if p.area > 1e-6]
     result = MultiPolygon(out)
     if not result.is_valid:  # touching parts that union_all left apart
-        result = MultiPolygon(_polygons(result.buffer(0)))
+        result = MultiPolygon(polygons(result.buffer(0)))
     return result
 
 
 def clean(geom: shapely.Geometry, min_area: float, min_hole: float) -> MultiPolygon:
     """Drop polygons under ``min_area`` and holes under ``min_hole`` (level-0 px²)."""
     out = []
-    for p in _polygons(geom):
+    for p in polygons(geom):
         holes = [h for h in p.interiors if Polygon(h).area >= min_hole]
         q = Polygon(p.exterior, holes)
         if q.area >= min_area:

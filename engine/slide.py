@@ -13,6 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +45,7 @@ class SlideInfo:
     fingerprint: str
 
 
-def _import_openslide():
+def _import_openslide() -> ModuleType:
     try:
         import openslide
     except ImportError as e:  # pragma: no cover - a broken install, not bad input

@@ -32,7 +32,9 @@ class DemoSlide:
     size: tuple[int, int]  # (width, height) px
 
 
-def _blob(center: tuple[float, float], radius: float, rng: np.random.Generator, lobes: int = 5):
+def _blob(
+    center: tuple[float, float], radius: float, rng: np.random.Generator, lobes: int = 5
+) -> shapely.Geometry:
     """A smooth irregular blob: a disc with a few overlapping discs around its rim."""
     cx, cy = center
     parts = [shapely.Point(cx, cy).buffer(radius, quad_segs=16)]

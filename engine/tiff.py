@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import tifffile
 from PIL import Image
+
+from engine.files import replaced_atomically
 
 
 def write_pyramidal_tiff(
@@ -27,14 +29,14 @@ def write_pyramidal_tiff(
     codec package.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # Fast deflate: these files are test and demo slides, written once and read a few times.
-    opts = dict(
+    opts: dict[str, Any] = dict(
         tile=(tile, tile), compression=compression, compressionargs={"level": 1}, photometric="rgb"
     )
     level = np.ascontiguousarray(rgb)
     ds = 1
-    with tifffile.TiffWriter(tmp, bigtiff=level.nbytes > 2**31) as tw:
+    big = level.nbytes > 2**31
+    with replaced_atomically(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw:
         while True:
             res = 1e4 / (mpp * ds)  # pixels per centimetre
             tw.write(
@@ -53,5 +55,4 @@ def write_pyramidal_tiff(
                 )
             )
             ds *= 2
-    tmp.replace(path)
     return path

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 
@@ -20,6 +20,8 @@ from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
 from engine.errors import RefineError
 
 if TYPE_CHECKING:
+    from engine.cluster import DaskSettings
+    from engine.features import ProgressFactory
     from engine.pipeline import RefineSettings
     from qupath_bridge.classes import ClassNames
 
@@ -63,13 +65,7 @@ def _setup_logging(quiet: bool) -> None:
     log.propagate = False
 
 
-def _progress(quiet: bool, lines: bool):
-    if quiet:
-        return False
-    return _LineProgress if lines else True
-
-
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 
@@ -91,11 +87,11 @@ def _as_flags(message: str) -> str:
     return _SETTING.sub(lambda m: _FLAGS[m.group(0)], message)
 
 
-def _friendly(fn):
+def _friendly(fn: F) -> F:
     """Bad input becomes one line on stderr and a non-zero exit, never a traceback."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> object:
         try:
             return fn(*args, **kwargs)
         except RefineError as e:  # engine messages name settings; the user typed flags
@@ -115,10 +111,10 @@ def _friendly(fn):
                 1,
             )
 
-    return wrapper
+    return wrapper  # type: ignore[return-value]  # same signature: functools.wraps
 
 
-def _fmt(v: float) -> str:
+def _fmt(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
@@ -144,65 +140,86 @@ ENCODER_HELP = (
 
 
 @dataclass(frozen=True)
+class RefineOptions:
+    """The options of every command that refines (:data:`common_options`), one field per
+    option, named as click passes them; :meth:`settings` maps them onto the engine's."""
+
+    class_name: str
+    negative_class: str
+    encoder: str
+    mpp: float | None
+    target_mpp: float
+    patch_um: float | Literal["auto"]
+    stride_um: float | None
+    max_patches: int
+    min_tissue: float
+    context: float
+    method: Literal["mil", "prototype"]
+    outline: Literal["auto", "edit", "redraw"]
+    #: a cosine, "auto", "off"/"none" (relabelling off) or None (the method's default)
+    tau: float | Literal["auto", "off", "none"] | None
+    seed: int
+    cache_dir: str | None
+    device: str
+    quiet: bool
+    progress_lines: bool
+
+    def settings(self) -> RefineSettings:
+        """The engine settings these options ask for; a missing GPU fails here, before any
+        slide is read."""
+        # Imported here: torch and scikit-learn make `--help` slow when imported at the top.
+        from engine.devices import resolve_device
+        from engine.features import FeatureSettings
+        from engine.patches import GridSettings
+        from engine.pipeline import RefineSettings
+
+        s = RefineSettings.for_method(
+            self.method,
+            grid=GridSettings(
+                mpp=self.target_mpp,
+                patch_um=self.patch_um,
+                stride_um=self.stride_um,
+                min_tissue=self.min_tissue,
+                max_patches=self.max_patches,
+            ),
+            features=FeatureSettings(encoder=self.encoder, context=self.context),
+            cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+            device=resolve_device(self.device),
+        ).with_seed(self.seed)
+        if self.tau is not None:
+            tau = None if self.tau in ("off", "none") else self.tau
+            s = replace(s, pseudolabels=replace(s.pseudolabels, tau=tau))
+        if self.outline != "auto":
+            s = replace(s, regions=replace(s.regions, outline=self.outline))
+        return s
+
+    def classes(self) -> ClassNames:
+        from qupath_bridge.classes import ClassNames
+
+        return ClassNames(self.class_name, self.negative_class or None)
+
+    def progress(self) -> bool | ProgressFactory:
+        """No progress, lines for logs, or bars."""
+        if self.quiet:
+            return False
+        return _LineProgress if self.progress_lines else True
+
+
+@dataclass(frozen=True)
 class _Run:
     """What the common options decide, for any command that refines."""
 
     settings: RefineSettings
     classes: ClassNames
     mpp: float | None
-    progress: object
+    progress: bool | ProgressFactory
 
 
-def _run(
-    class_name,
-    negative_class,
-    encoder,
-    mpp,
-    target_mpp,
-    patch_um,
-    stride_um,
-    max_patches,
-    min_tissue,
-    context,
-    method,
-    outline,
-    tau,
-    seed,
-    cache_dir,
-    device,
-    quiet,
-    progress_lines,
-) -> _Run:
-    """The common options as settings; also sets up logging."""
-    # Imported here: torch and scikit-learn make `--help` slow when imported at the top.
-    from engine.devices import resolve_device
-    from engine.features import FeatureSettings
-    from engine.patches import GridSettings
-    from engine.pipeline import RefineSettings
-    from qupath_bridge.classes import ClassNames
-
-    _setup_logging(quiet)
-    s = RefineSettings.for_method(
-        method,
-        grid=GridSettings(
-            mpp=target_mpp,
-            patch_um=patch_um,
-            stride_um=stride_um,
-            min_tissue=min_tissue,
-            max_patches=max_patches,
-        ),
-        features=FeatureSettings(encoder=encoder, context=context),
-        cache_dir=Path(cache_dir) if cache_dir else None,
-        device=resolve_device(device),  # here: a missing GPU fails before any slide is read
-    ).with_seed(seed)
-    if tau is not None:
-        # 'off' and 'none' turn relabelling off; 'auto' and a cosine pass through
-        tau = None if tau in ("off", "none") else tau
-        s = replace(s, pseudolabels=replace(s.pseudolabels, tau=tau))
-    if outline != "auto":
-        s = replace(s, regions=replace(s.regions, outline=outline))
-    classes = ClassNames(class_name, negative_class or None)
-    return _Run(s, classes, mpp, _progress(quiet, progress_lines))
+def _run(common: dict[str, Any]) -> _Run:
+    """The common options (as click passes them) as settings; also sets up logging."""
+    opts = RefineOptions(**common)
+    _setup_logging(opts.quiet)
+    return _Run(opts.settings(), opts.classes(), opts.mpp, opts.progress())
 
 
 class Number(click.ParamType):
@@ -231,7 +248,9 @@ class Number(click.ParamType):
             kind += f" {'above' if self.low_open else 'of at least'} {self.low:g}"
         return " or ".join([*(repr(w) for w in self.words), kind])
 
-    def convert(self, value, param, ctx):
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | int | str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             v = value
         else:
@@ -267,7 +286,14 @@ class _Group(click.Group):
                 args = ["project", *args]
         return super().parse_args(ctx, args)
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         """Usage errors (``--tau banana``, ``--patch-um inf``) as one ``error:`` line with exit
         2, like every other bad input, instead of click's usage block."""
         if not standalone_mode:
@@ -436,7 +462,7 @@ common_options = _options(
 )
 
 
-def dask_options(fn):
+def dask_options(fn: F) -> F:
     """``--workers``/``--dask``: refine the slides on a Dask cluster (see engine.cluster)."""
     fn = click.option(
         "--dask",
@@ -476,7 +502,15 @@ def dask_options(fn):
 @dask_options
 @common_options
 @_friendly
-def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **common):
+def slide_cmd(
+    slides: tuple[Path, ...],
+    coarse_files: tuple[Path, ...],
+    out_dir: Path,
+    no_tiles: bool,
+    workers: int | None,
+    dask_address: str | None,
+    **common: Any,
+) -> None:
     """Refine the coarse annotations of one or more slides.
 
     Several slides are refined in one run (each with its own MIL model; with --method
@@ -488,10 +522,24 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
     """
     from qupath_bridge.jobs.slide import refine_slides
 
-    run = _run(**common)
-    args = (list(slides), list(coarse_files), out_dir, run.settings)
-    kw = {"classes": run.classes, "mpp": run.mpp, "tiles": not no_tiles, "progress": run.progress}
-    done = _slide_on_dask(args, kw, workers, dask_address) or refine_slides(*args, **kw)
+    run = _run(common)
+    dask = _dask_settings(workers, dask_address)
+    if dask is None:
+        refine = refine_slides
+    else:
+        from qupath_bridge.dask_runner import refine_slides_dask
+
+        refine = functools.partial(refine_slides_dask, dask=dask)
+    done = refine(
+        list(slides),
+        list(coarse_files),
+        out_dir,
+        run.settings,
+        classes=run.classes,
+        mpp=run.mpp,
+        tiles=not no_tiles,
+        progress=run.progress,
+    )
     if done.slides:  # on a cluster, every slide may have failed
         click.echo(_table(done.slides, SLIDE_COLUMNS))
     click.echo("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in done.timings.items()))
@@ -503,7 +551,7 @@ def slide_cmd(slides, coarse_files, out_dir, no_tiles, workers, dask_address, **
         _fail(f"{n} of {total} slides not refined (why: the warnings above, summary.json)", 1)
 
 
-def _dask_settings(workers, address):
+def _dask_settings(workers: int | None, address: str | None) -> DaskSettings | None:
     """The cluster ``--workers``, ``--dask`` or $QUPATH_REFINE_DASK ask for, or None."""
     from engine.cluster import DaskSettings
 
@@ -514,17 +562,6 @@ def _dask_settings(workers, address):
         except ImportError:
             _fail("--workers and --dask need Dask: pip install 'qupath-refine[dask]'")
     return dask
-
-
-def _slide_on_dask(args: tuple, kw: dict, workers, address):
-    """The ``slide`` command's :class:`SlideRun` from a Dask run, or None when no cluster is
-    asked for (``--workers``, ``--dask`` or $QUPATH_REFINE_DASK)."""
-    dask = _dask_settings(workers, address)
-    if dask is None:
-        return None
-    from qupath_bridge.dask_runner import refine_slides_dask
-
-    return refine_slides_dask(*args, dask=dask, **kw)
 
 
 @main.command("project")
@@ -554,17 +591,17 @@ def _slide_on_dask(args: tuple, kw: dict, workers, address):
 @common_options
 @_friendly
 def project_cmd(
-    project,
-    images,
-    from_export,
-    dry_run,
-    skip_missing,
-    geojson_only,
-    no_tiles,
-    workers,
-    dask_address,
-    **common,
-):
+    project: Path,
+    images: tuple[str, ...],
+    from_export: Path | None,
+    dry_run: bool,
+    skip_missing: bool,
+    geojson_only: bool,
+    no_tiles: bool,
+    workers: int | None,
+    dask_address: str | None,
+    **common: Any,
+) -> None:
     """Refine the coarse annotations of a QuPath project and write the result into it.
 
     All selected images are refined in one run (with --method prototype the global
@@ -578,7 +615,7 @@ def project_cmd(
     """
     from qupath_bridge.jobs.project import ProjectOptions, ProjectPlan, refine_project
 
-    run = _run(**common)
+    run = _run(common)
     opts = ProjectOptions(
         images=tuple(images),
         from_export=from_export,
@@ -654,8 +691,15 @@ def project_cmd(
 )
 @_friendly
 def evaluate_cmd(
-    slide_path, truth_path, pred_path, truth_class, pred_class, mpp, eval_mpp, patch_um
-):
+    slide_path: Path,
+    truth_path: Path,
+    pred_path: Path,
+    truth_class: str,
+    pred_class: str | None,
+    mpp: float | None,
+    eval_mpp: float,
+    patch_um: float,
+) -> None:
     """Dice, IoU, F1, PPV, NPV, TPR, TNR and accuracy of --pred against --truth, as JSON."""
     import json
 
@@ -668,7 +712,7 @@ def evaluate_cmd(
     click.echo(json.dumps(_nan_to_null(res.to_json()), indent=2, allow_nan=False))
 
 
-def _nan_to_null(v):
+def _nan_to_null(v: object) -> object:
     """Ratios with a zero denominator are NaN in the engine and ``null`` in the JSON (plain
     JSON has no NaN), e.g. PPV on a benign slide where nothing is predicted."""
     if isinstance(v, dict):
@@ -694,7 +738,7 @@ def _nan_to_null(v):
 @DEVICE_OPTION
 @QUIET_OPTION
 @_friendly
-def demo_cmd(out_dir, seed, cache_dir, device, quiet):
+def demo_cmd(out_dir: Path, seed: int, cache_dir: str | None, device: str, quiet: bool) -> None:
     """Refine a synthetic slide with a known truth: no QuPath and no data needed.
 
     Writes the slide, its coarse and true outlines, the refined GeoJSON and an overlay

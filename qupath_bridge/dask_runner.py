@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -42,7 +43,7 @@ def _not_refined(item: SlideInput, error: str | None) -> str:
     return why
 
 
-def _slide_bar(progress: bool | ProgressFactory, total: int):
+def _slide_bar(progress: bool | ProgressFactory, total: int) -> Any:
     if callable(progress):
         return progress("slides", total)
     return tqdm(total=total, desc="slides", unit="slide", disable=not progress)

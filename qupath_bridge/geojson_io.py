@@ -15,14 +15,13 @@ import codecs
 import json
 import logging
 import math
-import os
 import re
 import uuid
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import geojson
 import ijson
@@ -32,6 +31,8 @@ import shapely.errors
 from shapely.geometry import mapping, shape
 
 from engine.errors import AnnotationError
+from engine.files import replaced_atomically
+from engine.geometry import polygons
 from qupath_bridge.classes import class_matches, probability_key
 
 log = logging.getLogger("qupath_refine")
@@ -85,7 +86,7 @@ def _classification(props: dict[str, Any]) -> tuple[str | None, tuple[int, int, 
     return str(c), None
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -102,6 +103,7 @@ def _number(v: Any) -> float | None:
 
 def _measurements(props: dict[str, Any]) -> dict[str, float]:
     m = props.get("measurements")
+    pairs: Iterable[tuple[Any, Any]]
     if isinstance(m, dict):
         pairs = m.items()
     elif isinstance(m, list):
@@ -272,29 +274,8 @@ def _object(
     object_type = str(props.get("objectType", "annotation")).lower()
     if object_types is not None and object_type not in object_types:
         return None  # skipped before its geometry is built: the cost of a cell export
-    geom_doc = f.get("geometry")
-    if geom_doc is None:
-        return None
-    if not isinstance(geom_doc, dict):
-        raise AnnotationError(f'{source}: feature {i} has a "geometry" that is not a JSON object.')
-    if geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
-        return None  # points and lines have no area to refine
-    try:
-        geom = shape(geom_doc)
-    except (
-        ValueError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        KeyError,
-        OverflowError,
-        shapely.errors.GEOSException,
-    ) as e:
-        raise AnnotationError(
-            f"{source}: feature {i} has a malformed geometry ({_short(e)})."
-        ) from None
-    geom = _areal(geom)
-    if geom.is_empty:
+    geom = _geometry(f.get("geometry"), i, source)
+    if geom is None:
         return None
     name, color = _classification(props)
     if not geom.is_valid:
@@ -320,6 +301,32 @@ def _object(
     )
 
 
+def _geometry(geom_doc: Any, i: int, source: str) -> shapely.Geometry | None:
+    """Feature ``i``'s geometry, its areal part only; None when it has no area."""
+    if geom_doc is None:
+        return None
+    if not isinstance(geom_doc, dict):
+        raise AnnotationError(f'{source}: feature {i} has a "geometry" that is not a JSON object.')
+    if geom_doc.get("type") not in (*AREAL, "GeometryCollection"):
+        return None  # points and lines have no area to refine
+    try:
+        geom = shape(geom_doc)
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        shapely.errors.GEOSException,
+    ) as e:
+        raise AnnotationError(
+            f"{source}: feature {i} has a malformed geometry ({_short(e)})."
+        ) from None
+    geom = _areal(geom)
+    return None if geom.is_empty else geom
+
+
 def _short(e: Exception, limit: int = 120) -> str:
     """An exception's message cut to fit one line (a malformed geometry can echo megabytes)."""
     text = " ".join(str(e).split()) or type(e).__name__
@@ -335,7 +342,9 @@ def _areal(geom: shapely.Geometry) -> shapely.Geometry:
 
 
 def class_geometry(
-    objects: Iterable[QuPathObject], class_name: str, object_types=("annotation",)
+    objects: Iterable[QuPathObject],
+    class_name: str,
+    object_types: Collection[str] = ("annotation",),
 ) -> shapely.Geometry | None:
     """Union of the objects of ``class_name`` (derived classes included, see
     :func:`class_matches`), or None if there are none: the one rule for every class option."""
@@ -348,7 +357,10 @@ def class_geometry(
 
 
 def select_geometry(
-    objects: Iterable[QuPathObject], class_name: str, source: str, object_types=("annotation",)
+    objects: Iterable[QuPathObject],
+    class_name: str,
+    source: str,
+    object_types: Collection[str] = ("annotation",),
 ) -> shapely.Geometry:
     """Union of the annotations of ``class_name``; an error listing the classes present."""
     objects = list(objects)
@@ -388,15 +400,6 @@ def classification(name: str, color: tuple[int, int, int]) -> dict[str, Any]:
 def union(geoms: list[shapely.Geometry]) -> shapely.Geometry | None:
     """The valid union of ``geoms``; None for none."""
     return shapely.make_valid(shapely.union_all(geoms)) if geoms else None
-
-
-def polygons(geom: shapely.Geometry) -> list[shapely.Polygon]:
-    """The polygons of any geometry, collections flattened; lines and points dropped."""
-    if geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    return [p for g in getattr(geom, "geoms", []) for p in polygons(g)]
 
 
 #: decimals the geojson package keeps of a coordinate (geojson.geometry.DEFAULT_PRECISION)
@@ -497,10 +500,8 @@ def write_features(path: str | Path, feats: list[Any]) -> Path:
     """A FeatureCollection written atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with replaced_atomically(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         f.write(collection_json(feats, ensure_ascii=True))  # as geojson.dump wrote it
-    tmp.replace(path)
     return path
 
 

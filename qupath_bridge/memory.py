@@ -15,7 +15,8 @@ from pathlib import Path
 import shapely
 import shapely.geometry
 
-from qupath_bridge.geojson_io import QuPathObject, polygons, union
+from engine.geometry import polygons
+from qupath_bridge.geojson_io import QuPathObject, union
 from qupath_bridge.outputs import write_json
 from qupath_bridge.project import work_dir
 

@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlparse
 
 import shapely
 
+from engine.files import replaced_atomically
 from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
 from qupath_bridge.errors import ProjectError
 from qupath_bridge.export import WORK_DIR, ImageRecord
@@ -211,12 +212,8 @@ def entry_names(project: Path) -> dict[str, str]:
 
 
 def _copy_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_atomically(dst) as tmp:
         shutil.copy2(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def repair_image_data(
@@ -309,9 +306,8 @@ def project_lock(project: Path) -> Iterator[None]:
             )
         doc = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         doc["command"] = " ".join(sys.argv)
-        tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        os.replace(tmp, info)
+        with replaced_atomically(info) as tmp:
+            tmp.write_text(json.dumps(doc), encoding="utf-8")
         yield
     finally:
         info.unlink(missing_ok=True)
@@ -367,7 +363,7 @@ def configure_jvm() -> None:
     settings.set("java_opts", jvm_options(settings.get("java_opts")))
 
 
-def _paquo():
+def _paquo() -> tuple[Any, Any, Any, Any, Any]:
     """Import paquo's project API, turning 'no QuPath' into one clear line."""
     try:
         configure_jvm()
@@ -449,7 +445,10 @@ def _entry(qp: Any, entry_id: str) -> Any:
 
 def _object(o: Any, object_type: str) -> QuPathObject:
     pc = o.path_class
-    color = tuple(int(c) for c in pc.color.to_rgb()) if pc is not None and pc.color else None
+    color = None
+    if pc is not None and pc.color:
+        r, g, b = (int(c) for c in pc.color.to_rgb())
+        color = (r, g, b)
     return QuPathObject(
         geometry=shapely.make_valid(o.roi),
         object_type=object_type,
@@ -491,28 +490,11 @@ def write_refined(
     Touches nothing else: annotations, other detections, other classes and locked objects stay
     as they were. A backup of the data file is taken first and put back if anything fails.
     """
-    _, _, PathClass, Detection, Tile = _paquo()
-    entry = _entry(qp, entry_id)
-    if not entry.is_readable():
-        # paquo's save() would silently skip the write: say so instead.
-        raise ProjectError(
-            f"Image {entry.image_name!r}: QuPath cannot open its slide, so its data cannot be "
-            "saved. Fix the slide path (File > Project > Check URIs in QuPath) and run again."
-        )
+    _, _, _, Detection, Tile = _paquo()
+    entry = _writable_entry(qp, project, entry_id)
     h = entry.hierarchy
-    expected = summary_object_count(project, entry_id)
-    if expected and len(h) == 0:
-        raise ProjectError(
-            f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
-            "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
-        )
     refined_id = refined_class(coarse_class)
-    parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
-    parent = parent or PathClass(coarse_class)
-    refined = next((c for c in qp.path_classes if c.id == refined_id), None)
-    if refined is None:
-        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
-        qp.path_classes = [*qp.path_classes, refined]
+    refined = _refined_path_class(qp, coarse_class, color)
     backup = backup_image_data(project, entry_id, stamp)
     try:
         victims = [
@@ -541,6 +523,37 @@ def write_refined(
             f"from {backup}."
         ) from None
     return WriteReport(entry_id, len(victims), len(new), backup)
+
+
+def _writable_entry(qp: Any, project: Path, entry_id: str) -> Any:
+    """The image's project entry, or a :class:`ProjectError` when writing it would lose data."""
+    entry = _entry(qp, entry_id)
+    if not entry.is_readable():
+        # paquo's save() would silently skip the write: say so instead.
+        raise ProjectError(
+            f"Image {entry.image_name!r}: QuPath cannot open its slide, so its data cannot be "
+            "saved. Fix the slide path (File > Project > Check URIs in QuPath) and run again."
+        )
+    expected = summary_object_count(project, entry_id)
+    if expected and len(entry.hierarchy) == 0:
+        raise ProjectError(
+            f"Image {entry.image_name!r}: its data file reads as empty but QuPath saved {expected} "
+            "objects; not writing, so nothing is overwritten. Open the image in QuPath to check it."
+        )
+    return entry
+
+
+def _refined_path_class(qp: Any, coarse_class: str, color: tuple[int, int, int]) -> Any:
+    """The project's ``<coarse>: refined`` class, added (in ``color``) when it has none."""
+    PathClass = _paquo()[2]
+    refined_id = refined_class(coarse_class)
+    refined = next((c for c in qp.path_classes if c.id == refined_id), None)
+    if refined is None:
+        parent = next((c for c in qp.path_classes if c.id == coarse_class), None)
+        parent = parent or PathClass(coarse_class)
+        refined = PathClass(REFINED_SUFFIX, parent=parent, color=color)
+        qp.path_classes = [*qp.path_classes, refined]
+    return refined
 
 
 def save_project(qp: Any) -> None:

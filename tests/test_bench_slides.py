@@ -29,7 +29,6 @@ from benchmarks.slides import (
     load_index,
     mask_geometry,
     omit_pieces,
-    polygons,
     rasterize_exact,
     read_glas_grades,
     region_slide,
@@ -39,6 +38,7 @@ from benchmarks.slides import (
     write_coarse,
     wsss4luad_mosaic,
 )
+from engine.geometry import polygons
 from engine.metrics import pixel_metrics
 from engine.slide import Slide
 from qupath_bridge.geojson_io import read_objects, select_geometry

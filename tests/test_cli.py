@@ -338,3 +338,27 @@ def test_commands_declare_shared_options_once():
     assert {"no_tiles", "patch_um", "method", "outline", "seed"} <= shared
     assert all(slide[n] == project[n] for n in shared)
     assert all(demo[n] == slide[n] for n in ("seed", "cache_dir", "quiet"))
+
+
+def test_refine_options_map_every_common_option_onto_settings():
+    """RefineOptions has one field per option of the refining commands, and the outline,
+    method and tau options land in the engine's settings in the user's words."""
+    import click
+
+    from qupath_bridge.cli import RefineOptions, common_options
+
+    probe = common_options(lambda **kw: kw)
+    declared = {p.name for p in probe.__click_params__}
+    assert declared == set(RefineOptions.__dataclass_fields__)
+
+    # click's own defaults, parsed as a command would, then three options changed
+    defaults = click.Command("probe", params=probe.__click_params__).make_context("probe", [])
+    opts = RefineOptions(
+        **{**defaults.params, "outline": "redraw", "method": "prototype", "tau": 0.5}
+    )
+    s = opts.settings()
+    assert s.regions.outline == "redraw"
+    assert s.classifier.model == "mlp"
+    assert s.pseudolabels.tau == 0.5
+    assert s.grid.patch_um == "auto" and s.grid.min_tissue == 0.25
+    assert opts.classes().negative == "Ignore*"

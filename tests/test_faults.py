@@ -452,3 +452,21 @@ def test_temporaries_of_a_killed_cache_writer_are_removed_by_the_next_run(tiny, 
     assert p.returncode == 0, p.stderr
     assert not stale.exists() and fresh.exists()
     assert list(cache.rglob("*.npz"))  # the run's own entry was written
+
+
+def test_replaced_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+    """A write that raises leaves the target as it was and no temporary behind; one that
+    finishes replaces it."""
+    from engine.files import replaced_atomically
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(OSError), replaced_atomically(target) as tmp:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+    with replaced_atomically(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]

@@ -62,3 +62,18 @@ def test_summarise_means_dice_pools_rest():
     assert s["dice"] == pytest.approx(0.5)
     assert s["f1"] == pytest.approx(0.5)
     assert s["accuracy"] == pytest.approx(0.5)
+
+
+def test_rasterize_takes_polygons_nested_in_a_collection():
+    """make_valid can return a collection holding a MultiPolygon beside a line: its polygons
+    are tumour too (engine.geometry.polygons flattens every level)."""
+    from engine.geometry import polygons
+
+    a, b = shapely.box(0, 0, 4, 4), shapely.box(6, 0, 10, 4)
+    mixed = shapely.GeometryCollection(
+        [shapely.MultiPolygon([a, b]), shapely.LineString([(0, 8), (9, 8)])]
+    )
+    assert polygons(mixed) == [a, b]
+    assert polygons(None) == [] and polygons(shapely.Polygon()) == []
+    raster = rasterize(mixed, (10, 10), 1.0)
+    assert raster.sum() == 32 and not raster[:, 4:6].any()

@@ -94,7 +94,7 @@ def _export_to(model, path: Path) -> None:
         warnings.simplefilter("ignore")  # tracer chatter about shape inference
         torch.onnx.export(
             model,
-            torch.zeros(2, 3, 224, 224),
+            (torch.zeros(2, 3, 224, 224),),
             str(path),
             input_names=["image"],
             output_names=list(OUTPUT_NAMES),

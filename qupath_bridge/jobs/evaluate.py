@@ -41,7 +41,9 @@ def evaluate_files(
         return Evaluation(**evaluate(s, truth, pred, eval_mpp, grid))
 
 
-def _objects_geometry(path: Path, class_name: str | None, object_type: str | None):
+def _objects_geometry(
+    path: Path, class_name: str | None, object_type: str | None
+) -> shapely.Geometry:
     """Union of a file's areal objects (tiles excluded), filtered by class if given.
 
     A file without any such object is an empty outline, not an error: the truth of a benign

@@ -37,6 +37,7 @@ import shapely.geometry
 from engine.cluster import DaskSettings
 from engine.errors import AnnotationError, RefineError
 from engine.features import ProgressFactory
+from engine.geometry import polygons
 from engine.pipeline import (
     STAGES,
     RefineSettings,
@@ -53,7 +54,6 @@ from qupath_bridge.export import RESULTS_FORMAT, Export, ImageRecord, read_expor
 from qupath_bridge.geojson_io import (
     QuPathObject,
     clip_to_frame,
-    polygons,
     read_objects,
     refined_features,
     union,
@@ -243,6 +243,7 @@ def gather_inputs(
             log.warning("skipping %r: no %r annotation", r.name, classes.coarse)
             continue
         size = (r.width, r.height) if r.width and r.height else None
+        assert r.slide is not None, "check_slides keeps only images with a local slide"
         item = SlideInput(
             path=r.slide,
             coarse=inp.coarse,
@@ -354,7 +355,11 @@ def _read_objects(
     """Every image of the project, and the objects of the selected ones."""
     if options.from_export:
         export = read_export(options.from_export)
-        return export, export.images, {r.id: read_objects(r.geojson) for r in export.images}
+        objects = {}
+        for r in export.images:
+            assert r.geojson is not None, "read_export names every image's GeoJSON"
+            objects[r.id] = read_objects(r.geojson)
+        return export, export.images, objects
     repair_images(pfile, _chosen_ids(pfile, options.images), fix=not options.dry_run)
     with open_project(pfile, write=False) as qp:
         records = list_images(qp, pfile)
@@ -427,22 +432,8 @@ def refine_and_write(
     outcomes: dict[int, ImageOutcome] = {}
     failed: dict[int, str] = {}
     with ExitStack() as stack:
-        if dask is None:
-            result = refine(got.items, settings, progress=progress)
-            timings = result.timings
-            shared = sum(timings[k] for k in ("prototypes", "train", "regions"))
-            each = shared / len(got.records)
-            done: Iterator[tuple[int, SlideResult, float]] = (
-                (k, res, res.seconds + each) for k, res in enumerate(result.slides)
-            )
-        else:
-            from qupath_bridge.dask_runner import images_on_dask
-
-            # connected, and the shared cache checked, before any data file is touched
-            timings = dict.fromkeys(STAGES, 0.0)
-            done = stack.enter_context(
-                images_on_dask(got.items, settings, dask, progress, timings, failed)
-            )
+        # on a cluster: connected, and the shared cache checked, before any data file is touched
+        done, timings = _refined(stack, got, settings, progress, dask, failed)
         if write_paquo:
             repair_images(pfile, [r.id for r in got.records if not r.live])
         qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
@@ -454,14 +445,13 @@ def refine_and_write(
             save_project(qp)
             prune_backups(pfile, keep=BACKUPS_KEPT)
     write_results(results_dir, got, outcomes, failed, classes)
-    errors = tuple(o.error for _, o in sorted(outcomes.items()) if o.error)
     report = ProjectRun(
         images=tuple(o.row for _, o in sorted(outcomes.items())),
         timings=rounded(timings, 2),
         seconds=round(time.perf_counter() - t0, 1),
         results=str(results_dir),
         backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
-        errors=errors,
+        errors=tuple(o.error for _, o in sorted(outcomes.items()) if o.error),
     )
     if dask is not None:
         why = tuple({"image": got.records[k].name, "error": e} for k, e in sorted(failed.items()))
@@ -471,12 +461,38 @@ def refine_and_write(
             dask=dask.summary(),
         )
     write_json(results_dir / "summary.json", report.to_json())
-    if errors:
+    if report.errors:
         raise ProjectError(
-            f"{len(errors)} image(s) could not be written (each was restored from its backup): "
-            + " | ".join(errors)
+            f"{len(report.errors)} image(s) could not be written (each was restored from its "
+            "backup): " + " | ".join(report.errors)
         )
     return report
+
+
+def _refined(
+    stack: ExitStack,
+    got: ProjectInputs,
+    settings: RefineSettings,
+    progress: bool | ProgressFactory,
+    dask: DaskSettings | None,
+    failed: dict[int, str],
+) -> tuple[Iterator[tuple[int, SlideResult, float]], dict[str, float]]:
+    """The images' results (index, result, seconds) as they become ready, and the run's stage
+    timings. In this process every result is ready at once, each image charged its share of
+    the shared stages; on Dask (the client held open by ``stack``) they arrive one by one, the
+    timings add up as they do, and images that fail go to ``failed``."""
+    done: Iterator[tuple[int, SlideResult, float]]
+    if dask is None:
+        result = refine(got.items, settings, progress=progress)
+        shared = sum(result.timings[k] for k in ("prototypes", "train", "regions"))
+        each = shared / len(got.records)
+        done = ((k, res, res.seconds + each) for k, res in enumerate(result.slides))
+        return done, result.timings
+    from qupath_bridge.dask_runner import images_on_dask
+
+    timings = dict.fromkeys(STAGES, 0.0)
+    done = stack.enter_context(images_on_dask(got.items, settings, dask, progress, timings, failed))
+    return done, timings
 
 
 def without_kept(regions: shapely.Geometry, inp: ImageInputs, res: SlideResult) -> shapely.Geometry:
@@ -612,8 +628,8 @@ def write_results(
     after every image, so that an interrupted run leaves the last run's results as they
     were. ``outcomes`` and ``failed`` (images not refined: why) are by index in
     ``got.records``; a failed image has no results GeoJSON."""
-    for _, o in sorted(outcomes.items()):
-        write_features(o.geojson, o.features)
+    for _, done in sorted(outcomes.items()):
+        write_features(done.geojson, done.features)
     entries = []
     for k, r in enumerate(got.records):
         o = outcomes.get(k)
