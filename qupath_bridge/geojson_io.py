@@ -466,6 +466,8 @@ def tile_features(
     """Tiles as plain dicts, the same JSON as :func:`feature` of each box (shapely's ring,
     coordinates rounded as the geojson package rounds them): 10k+ tiles through
     ``geojson.Feature``'s validation took seconds of every run."""
+    if not len(x):  # e.g. a slide no model scored
+        return []
     rings = shapely.get_coordinates(shapely.box(x, y, x1, y1)).reshape(len(x), -1, 2).tolist()
     return [
         {
