@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,9 @@ def demo_slide(tmp_path_factory):
     from engine.synthetic import make_demo_slide
 
     return make_demo_slide(tmp_path_factory.mktemp("demo") / "demo.tif", seed=1)
+
+
+def default_sigint() -> None:
+    """A shell that starts the suite in the background ignores SIGINT in its children, and
+    an ignored SIGINT is inherited: give the run under test Ctrl-C as a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

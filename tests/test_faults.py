@@ -32,6 +32,7 @@ from engine.synthetic import make_demo_slide
 from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
 from qupath_bridge.outputs import LOCK_NAME, TMP_SUFFIX, OutputError, check_out_dir
 from qupath_bridge.slide_io import _stem, output_names
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -350,7 +351,12 @@ def test_unusable_out_fails_before_any_work(tiny, small_disk, tmp_path):
 
 def start(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
 
 

@@ -47,7 +47,7 @@ from qupath_bridge.project import (
     qpdata_complete,
     repair_image_data,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, default_sigint
 from tests.test_project import demo_image, export_folder, qpproj
 
 REFINED = "Tumor: refined"
@@ -502,7 +502,13 @@ class Run:
             "--progress-lines",
         ]
         self.p = subprocess.Popen(
-            cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO, env=env()
+            cmd,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env(),
+            preexec_fn=default_sigint,
         )
         self.lines: list[str] = []
 
