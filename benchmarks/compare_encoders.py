@@ -25,8 +25,10 @@ from benchmarks.run import grid_cells
 
 
 def engine_cells(results: dict[str, Any]) -> dict[str, dict[tuple[str, str, str], dict[str, Any]]]:
-    """{encoder: {(benchmark, grid, noise): {"coarse": cell, "engine": cell}}}; the grid is
-    "benchmark" or "default" so that runs whose auto grids chose other sides still line up."""
+    """{encoder: {(benchmark, grid, noise): {"coarse": cell, "engine": cell, "seeds": [...]}}};
+    the grid is "benchmark" or "default" so that runs whose auto grids chose other sides still
+    line up."""
+    cfg = results["config"]
     out: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
     for bname, b in results["benchmarks"].items():
         for ename, e in b["encoders"].items():
@@ -37,12 +39,27 @@ def engine_cells(results: dict[str, Any]) -> dict[str, dict[tuple[str, str, str]
                 for level, lv in levels.items():
                     m = lv["methods"]
                     if "engine" in m and "coarse" in m:
-                        out.setdefault(ename, {})[bname, gname, level] = m
+                        seeds = cfg["seeds"] if ename == H.DEFAULT_ENCODER else cfg["encoder_seeds"]
+                        cell = {"coarse": m["coarse"], "engine": m["engine"], "seeds": seeds}
+                        out.setdefault(ename, {})[bname, gname, level] = cell
     return out
 
 
-def cases(cell: dict[str, Any]) -> dict[tuple[str, int], float]:
-    return {(c["slide"], c["seed"]): c["delta"] for c in cell["slide_cases"]}
+def cases(cell: dict[str, Any], seeds: set[int]) -> dict[tuple[str, int], float]:
+    return {(c["slide"], c["seed"]): c["delta"] for c in cell["slide_cases"] if c["seed"] in seeds}
+
+
+def on_seeds(cell: dict[str, Any], run_seeds: list[int], seeds: set[int]) -> dict[str, float]:
+    """A method's cell restricted to ``seeds``: mean Dice over them (each seed's Dice as the
+    harness computed it), worst slide case Δ, slide cases below −WORSE_BY, and their count."""
+    per = [d for s, d in zip(run_seeds, cell["dice_per_seed"], strict=True) if s in seeds]
+    deltas = list(cases(cell, seeds).values()) if "slide_cases" in cell else []
+    return {
+        "dice": float(np.mean(per)),
+        "worst": min(deltas) if deltas else float("nan"),
+        "n_worse": sum(d < -H.WORSE_BY for d in deltas),
+        "n_cases": len(deltas),
+    }
 
 
 def compare(paths: list[Path]) -> str:
@@ -57,74 +74,73 @@ def compare(paths: list[Path]) -> str:
     if ref not in encs:
         raise SystemExit(f"error: {paths[0]} has no {ref} engine cells to compare against")
     names = [ref, *sorted(e for e in encs if e != ref)]
+    # like with like: the cells every encoder ran, on the seeds every encoder ran
+    keys = [k for k in encs[ref] if all(k in encs[e] for e in names)]
+    seeds = set.intersection(*(set(c["seeds"]) for e in names for c in encs[e].values()))
+    for e in names:
+        for k in keys:
+            if cases(encs[e][k]["coarse"], seeds) != cases(encs[ref][k]["coarse"], seeds):
+                raise SystemExit(f"error: {e} ran other slide cases than {ref} at {k}")
+    view = {
+        e: {
+            k: {
+                m: on_seeds(encs[e][k][m], encs[e][k]["seeds"], seeds) for m in ("coarse", "engine")
+            }
+            for k in keys
+        }
+        for e in names
+    }
     labels = _grid_labels(runs[0])
     lines = [
-        "Engine Dice per encoder on the same slides and seeds; each entry: mean Dice / worst "
-        f"slide case Δ (refined − coarse) / slide cases with Δ < −{H.WORSE_BY}.",
+        f"Engine Dice per encoder on the same slides, seeds {sorted(seeds)}; each entry: mean "
+        f"Dice / worst slide case Δ (refined − coarse) / slide cases with Δ < −{H.WORSE_BY}.",
         "",
         "Sources: " + ", ".join(f"{e}: `{source[e]}`" for e in names) + ".",
         "",
         "| benchmark | grid | noise | coarse | " + " | ".join(names) + " |",
         "|---|---|---|---|" + "---|" * len(names),
     ]
-    for key, rc in encs[ref].items():
-        row = [f"{rc['coarse']['dice']['mean']:.3f}"]
+    for k in keys:
+        row = [f"{view[ref][k]['coarse']['dice']:.3f}"]
         for e in names:
-            c = encs[e].get(key)
-            if c is None:
-                row.append("n/a")
-                continue
-            if cases(c["coarse"]) != cases(rc["coarse"]):
-                raise SystemExit(f"error: {e} ran other slide cases than {ref} at {key}")
-            w = c["engine"]["worst"]["delta"]
-            nw = c["engine"]["n_worse"]
-            row.append(
-                f"{c['engine']['dice']['mean']:.3f} / {w:+.3f} / {nw}/{c['engine']['n_cases']}"
-            )
-        b, g, lv = key
+            c = view[e][k]["engine"]
+            row.append(f"{c['dice']:.3f} / {c['worst']:+.3f} / {c['n_worse']}/{c['n_cases']}")
+        b, g, lv = k
         lines.append(f"| {b} | {labels.get((b, g), g)} | {lv} | " + " | ".join(row) + " |")
     lines += [
         "",
         "| encoder | cells | mean gain over coarse (mean of cells) | worst slide case | "
-        "cells with a slide < −0.03 | cells with mean < coarse − 0.005 | "
-        "cells: worst not below reference's | beats reference |",
+        f"cells with a slide < coarse {H.WORST_SLIDE:+g} | cells with mean < coarse "
+        f"{H.PART_NEVER_WORSE:+g} | cells: worst not below reference's | beats reference |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    ref_gain = _gain(encs[ref])
-    ref_min = min(c["engine"]["worst"]["delta"] for c in encs[ref].values())
+
+    def gain(e: str) -> float:
+        return float(np.mean([c["engine"]["dice"] - c["coarse"]["dice"] for c in view[e].values()]))
+
+    def worst(e: str, k: tuple[str, str, str]) -> float:
+        return view[e][k]["engine"]["worst"]
+
+    ref_min = min(worst(ref, k) for k in keys)
     for e in names:
-        cells = {k: c for k, c in encs[e].items() if k in encs[ref]}
-        gain = _gain(cells)
-        worst = min(c["engine"]["worst"]["delta"] for c in cells.values())
-        ref_worst = min(encs[ref][k]["engine"]["worst"]["delta"] for k in cells)
-        below = sum(c["engine"]["worst"]["delta"] < H.WORST_SLIDE for c in cells.values())
-        mean_low = sum(
-            c["engine"]["dice"]["mean"] < c["coarse"]["dice"]["mean"] + H.PART_NEVER_WORSE
-            for c in cells.values()
+        e_min = min(worst(e, k) for k in keys)
+        below = sum(worst(e, k) < H.WORST_SLIDE for k in keys)
+        low = sum(
+            c["engine"]["dice"] < c["coarse"]["dice"] + H.PART_NEVER_WORSE for c in view[e].values()
         )
-        held = sum(
-            c["engine"]["worst"]["delta"] >= encs[ref][k]["engine"]["worst"]["delta"] - 1e-9
-            for k, c in cells.items()
-        )
-        beats = "reference" if e == ref else _yes(worst >= ref_worst and gain > ref_gain)
+        held = sum(worst(e, k) >= worst(ref, k) - 1e-9 for k in keys)
+        beats = "reference" if e == ref else _yes(e_min >= ref_min and gain(e) > gain(ref))
         lines.append(
-            f"| {e} | {len(cells)} | {gain:+.4f} | {worst:+.3f} | {below} | {mean_low} | "
-            f"{held}/{len(cells)} | {beats} |"
+            f"| {e} | {len(keys)} | {gain(e):+.4f} | {e_min:+.3f} | {below} | {low} | "
+            f"{held}/{len(keys)} | {beats} |"
         )
     lines += [
         "",
-        "A candidate beats the reference when its worst slide case over all cells is not worse "
-        "than the reference's and its mean gain over coarse is higher (reference: "
-        f"{ref_gain:+.4f}, worst {ref_min:+.3f}).",
+        "A candidate beats the reference when its worst slide case over all these cells is not "
+        "worse than the reference's and its mean gain over coarse is higher (reference: "
+        f"{gain(ref):+.4f}, worst {ref_min:+.3f}).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _gain(cells: dict[tuple[str, str, str], dict[str, Any]]) -> float:
-    """Mean over cells of the engine's mean gain over coarse."""
-    return float(
-        np.mean([c["engine"]["dice"]["mean"] - c["coarse"]["dice"]["mean"] for c in cells.values()])
-    )
 
 
 def _yes(ok: bool) -> str:
