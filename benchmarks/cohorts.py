@@ -251,6 +251,9 @@ class EncoderSpec:
 ENCODERS: dict[str, EncoderSpec] = {
     "lite0": EncoderSpec("lite0", "efficientnet-lite0"),
     "lite0-blocks": EncoderSpec("lite0-blocks", "efficientnet-lite0-blocks"),
+    # issue 9 item 6: the deeper Lite wheels, each at its own input side (240 / 260 px)
+    "lite1": EncoderSpec("lite1", "efficientnet-lite1"),
+    "lite2": EncoderSpec("lite2", "efficientnet-lite2"),
     "stain-texture": EncoderSpec("stain-texture", "stain-texture"),
     "lite0-context2": EncoderSpec("lite0-context2", "efficientnet-lite0", 2.0),
 }

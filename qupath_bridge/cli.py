@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 import click
 
-from engine.encoders import BUILTIN, DEFAULT_ENCODER, PLUGINS
+from engine.encoders import BUILTIN, DEFAULT_ENCODER, OPTIONAL, PLUGINS
 from engine.errors import RefineError
 
 if TYPE_CHECKING:
@@ -134,7 +134,8 @@ def _table(rows: Sequence[object], columns: list[str]) -> str:
 
 
 ENCODER_HELP = (
-    f"Feature encoder: {', '.join(BUILTIN)}, or a local model: {', '.join(PLUGINS)}. "
+    f"Feature encoder: {', '.join(BUILTIN + OPTIONAL)}, or a local model: "
+    f"{', '.join(PLUGINS)}. "
     f"Default {DEFAULT_ENCODER}."
 )
 

