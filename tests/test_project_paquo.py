@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import shapely
 
-from tests.conftest import CMU_SVS, REPO
+from tests.conftest import CMU_SVS, REPO, default_sigint
 
 REFINED = "Tumor: refined"
 DEMO = "demo.tif"  # the synthetic slide's image name
@@ -850,6 +850,7 @@ def _stop_at(project: Path, cache: Path, stage: str, sig: int) -> tuple[int, str
         text=True,
         cwd=REPO,
         env=_env(PYTHONUNBUFFERED="1"),
+        preexec_fn=default_sigint,
     )
     seen = []
     for line in p.stderr:
