@@ -360,21 +360,11 @@ def refine(
     Grids (cheap) come first for every slide so that bad input (no tissue, too few patches
     inside or outside) fails in seconds, before any slide is embedded.
     """
-    settings.grid.validate()
-    settings.features.validate()
-    settings.pseudolabels.validate()
-    settings.regions.validate()
-    settings.classifier.validate()
+    settings = on_device(settings)
     timings = dict.fromkeys(STAGES, 0.0)
-    cache_dir = settings.cache_dir or default_cache_dir()
-    device = resolve_device(settings.device)
-    if device != "cpu":
-        log.info(f"running on {device}")
-    settings = replace(
-        settings, device=device, classifier=replace(settings.classifier, device=device)
+    encoder = build_encoder(
+        settings.features.encoder, settings.cache_dir or default_cache_dir(), settings.device
     )
-
-    encoder = build_encoder(settings.features.encoder, cache_dir, device)
     if settings.grid.is_auto and settings.classifier.model == "mlp":
         sides = [slide_grid_settings(item, settings).side_um for item in items]
         settings = with_shared_grid(settings, sides)
@@ -396,48 +386,17 @@ def refine(
         ]
         return RefineResult(results, None, None, timings)
 
-    for k, d in enumerate(data, 1):
-        if d.features is None:
-            log.info(f"[{k}/{len(items)}] embedding {d.item.label} ({len(d.grid)} patches)")
-            embed_slide(d, settings, encoder, timings, progress)
-        else:
-            log.info(f"[{k}/{len(items)}] {d.item.label}: {len(d.grid)} patches from the cache")
-
-    all_feats = np.concatenate([d.embedded() for d in data])
+    embed_all(data, settings, encoder, timings, progress)
     negatives = np.concatenate(hard_neg)
     protos: LocalGlobalPrototypes | None = None
     pl: PseudoLabels | None = None
     if settings.classifier.model == "mlp":
-        # The paper's route: prototype pseudo-labels for the patch classifier. MIL learns
-        # from the coarse labels themselves: bags drawn from the prototype pseudo-labels lost
-        # 0.005-0.04 Dice against bags from the coarse labels on every benchmark cell.
-        log.info("prototypes")
-        t0 = time.perf_counter()
-        # the same local and global steps as a cluster's two phases (engine.cluster)
-        protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
-            [d.embedded() for d in data]
-        )
-        sim = np.concatenate([protos.similarity(d.embedded(), k) for k, d in enumerate(data)])
-        pl = pseudo_labels(sim, all_coarse, settings.pseudolabels, negatives)
-        for w in pl.warnings:
-            log.warning(w)
-        timings["prototypes"] = time.perf_counter() - t0
+        protos, pl = prototype_labels(data, all_coarse, negatives, settings, timings)
     labels = pl.labels if pl is not None else np.where(negatives, 0, all_coarse).astype(np.int8)
 
     log.info("classifier")
     t0 = time.perf_counter()
-    if settings.classifier.model == "mil":
-        proba, how = slide_mil_proba([d.embedded() for d in data], labels, negatives, settings)
-    else:
-        how = [TRAINED] * len(data)
-        groups = np.concatenate(
-            [
-                spatial_groups(d.grid, k, settings.classifier.cross_fit_block)
-                for k, d in enumerate(data)
-            ]
-        )
-        proba = cross_fit_proba(all_feats, labels, groups, settings.classifier, negatives)
-    proba[negatives] = 0.0
+    proba, how = run_scores(data, labels, negatives, settings)
     timings["train"] = time.perf_counter() - t0
 
     log.info("regions")
@@ -451,6 +410,83 @@ def refine(
         start += n
     timings["regions"] = time.perf_counter() - t0
     return RefineResult(results, protos, pl, timings)
+
+
+def on_device(settings: RefineSettings) -> RefineSettings:
+    """``settings`` validated, with ``device`` resolved (``auto`` -> what this machine has)
+    for the run and its classifier."""
+    settings.grid.validate()
+    settings.features.validate()
+    settings.pseudolabels.validate()
+    settings.regions.validate()
+    settings.classifier.validate()
+    device = resolve_device(settings.device)
+    if device != "cpu":
+        log.info(f"running on {device}")
+    return replace(settings, device=device, classifier=replace(settings.classifier, device=device))
+
+
+def embed_all(
+    data: Sequence[SlideFeatures],
+    settings: RefineSettings,
+    encoder: Encoder,
+    timings: dict[str, float],
+    progress: bool | ProgressFactory,
+) -> None:
+    """Embed every slide the cache did not hold, saying which came from it."""
+    for k, d in enumerate(data, 1):
+        if d.features is None:
+            log.info(f"[{k}/{len(data)}] embedding {d.item.label} ({len(d.grid)} patches)")
+            embed_slide(d, settings, encoder, timings, progress)
+        else:
+            log.info(f"[{k}/{len(data)}] {d.item.label}: {len(d.grid)} patches from the cache")
+
+
+def prototype_labels(
+    data: Sequence[SlideFeatures],
+    coarse: npt.NDArray[np.int8],
+    negatives: npt.NDArray[np.bool_],
+    settings: RefineSettings,
+    timings: dict[str, float],
+) -> tuple[LocalGlobalPrototypes, PseudoLabels]:
+    """The paper's route: prototype pseudo-labels for the patch classifier. MIL learns from
+    the coarse labels themselves: bags drawn from the prototype pseudo-labels lost 0.005-0.04
+    Dice against bags from the coarse labels on every benchmark cell."""
+    log.info("prototypes")
+    t0 = time.perf_counter()
+    # the same local and global steps as a cluster's two phases (engine.cluster)
+    protos = LocalGlobalPrototypes.from_settings(settings.prototypes).fit(
+        [d.embedded() for d in data]
+    )
+    sim = np.concatenate([protos.similarity(d.embedded(), k) for k, d in enumerate(data)])
+    pl = pseudo_labels(sim, coarse, settings.pseudolabels, negatives)
+    for w in pl.warnings:
+        log.warning(w)
+    timings["prototypes"] = time.perf_counter() - t0
+    return protos, pl
+
+
+def run_scores(
+    data: Sequence[SlideFeatures],
+    labels: npt.NDArray[np.int8],
+    negatives: npt.NDArray[np.bool_],
+    settings: RefineSettings,
+) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """Every patch's tumour score (0 on the user's negatives) and, per slide, whether its
+    model was trained or read from the cache: MIL per slide, or the prototype route's
+    classifier cross-fitted over all slides."""
+    if settings.classifier.model == "mil":
+        proba, how = slide_mil_proba([d.embedded() for d in data], labels, negatives, settings)
+    else:
+        how = [TRAINED] * len(data)
+        c = settings.classifier
+        groups = np.concatenate(
+            [spatial_groups(d.grid, k, c.cross_fit_block) for k, d in enumerate(data)]
+        )
+        all_feats = np.concatenate([d.embedded() for d in data])
+        proba = cross_fit_proba(all_feats, labels, groups, c, negatives)
+    proba[negatives] = 0.0
+    return proba, how
 
 
 def slide_result(
