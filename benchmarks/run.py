@@ -570,7 +570,7 @@ def render(results: dict[str, Any], command: str) -> str:
     return markdown(results, command)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--work", default=None, help="built slides and feature cache")
@@ -611,7 +611,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="JSON",
         help="only measure the encoders' patches/s again and update that results JSON",
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.render:
         src = Path(args.render)
         results = json.loads(src.read_text())

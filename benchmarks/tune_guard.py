@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -133,78 +134,106 @@ def slide_cases(
     for b in H.BENCHMARKS:
         spec = H.part_spec(H.BENCHMARKS[b], part_name)
         for s in H.build_part_cohort(data, work, spec):
-            truth = H.slide_truth(s)
-
-            def dice(g: Any, s: Any = s, t: Any = truth) -> float:
-                return pixel_metrics(g, s.truth, t.tissue, t.downsample)["dice"]
-
             for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
                 for level in ("mild", "moderate", "severe"):
                     for seed in seeds:
                         coarse = simulate_coarse(
                             s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
                         )
-                        grid = GridSettings(patch_um=pum)
-                        settings = RefineSettings(grid=grid, cache_dir=cache).with_seed(seed)
-                        item = SlideInput(s.path, coarse, name=s.name)
-                        d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
-                        if d.features is None:
-                            embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
-                        c, _ = label_patches(item, d.grid, 0.5)
-                        row: dict[str, Any] = {
-                            "bench": b,
-                            "grid": grid_name,
-                            "patch_um": d.grid_settings.side_um,
-                            "level": level,
-                            "seed": seed,
-                            "slide": s.name,
-                            "coarse": dice(coarse),
-                        }
-                        x = standardise(d.features)
-                        p = mil_proba(x, c, settings.classifier, seed=seed * 100)
-                        frame = (d.info.width, d.info.height)
-                        rim = rim_scores(p, c, outline_depth(d.grid, coarse))
-                        row["rim"] = None if rim is None else rim.level
-                        row["separation"] = None if rim is None else rim.deep - rim.outside
-                        # "redraw": issue 4's re-draw (adds above 0.6); REDRAW_ADDS: the others
-                        base = RegionSettings(min_separation=0.0, redraw_add_above=0.6)
-                        for name, (cut, add) in EDITS.items():
-                            rs = replace(base, outline="edit", remove_below=cut, add_above=add)
-                            out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
-                            row[name] = dice(out.regions)
-                        rs = replace(base, outline="redraw")
-                        out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
-                        row["redraw"] = dice(out.regions)
-                        if rim is not None:
-                            depth = outline_depth(d.grid, coarse)
-                            deep = c.astype(bool) & (depth >= DEEP)
-                            _, lab = redraw_outline(
-                                coarse, d.grid, p, c, d.info.mpp, rim, base, frame
-                            )
-                            kept = float(np.mean(lab[deep] == 1)) if deep.any() else None
-                            row["deep_kept"] = kept
-                            row["area_kept"] = float(lab.sum() / max(1, c.sum()))
-                            row.update(redraw_move(c, lab, depth))
-                            for add in REDRAW_ADDS:  # stricter additions outside the outline
-                                g, lab = redraw_outline(
-                                    coarse, d.grid, p, c, d.info.mpp, rim,
-                                    replace(base, redraw_add_above=add), frame,
-                                )  # fmt: skip
-                                row[f"redraw_add{add:g}"] = dice(g)
-                                row[f"agree_add{add:g}"] = redraw_move(c, lab, depth)["agree"]
-                        if skip_self_test:
-                            rows.append(row)
-                            print(json.dumps(row), flush=True)
-                            continue
-                        test = redraw_self_test(
-                            coarse, d.grid, x, d.info.mpp, settings.classifier, base, frame,
-                            seed * 100 + 50,
-                        )  # fmt: skip
-                        row["self_test"] = test.recovered
-                        row["self_test_retained"] = test.retained
+                        case = (b, grid_name, pum, level, seed)
+                        row = case_row(s, coarse, case, enc, cache, skip_self_test)
                         rows.append(row)
                         print(json.dumps(row), flush=True)
     return rows
+
+
+def case_row(
+    s: Any,
+    coarse: Any,
+    case: tuple[str, str, Any, str, int],
+    enc: Any,
+    cache: Path,
+    skip_self_test: bool,
+) -> dict[str, Any]:
+    """Slide ``s`` with outline ``coarse``, one MIL model: every column the rules judge."""
+    bench, grid_name, pum, level, seed = case
+    truth = H.slide_truth(s)
+
+    def dice(g: Any) -> float:
+        return pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"]
+
+    grid = GridSettings(patch_um=pum)
+    settings = RefineSettings(grid=grid, cache_dir=cache).with_seed(seed)
+    item = SlideInput(s.path, coarse, name=s.name)
+    d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
+    if d.features is None:
+        embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
+    c, _ = label_patches(item, d.grid, 0.5)
+    row: dict[str, Any] = {
+        "bench": bench,
+        "grid": grid_name,
+        "patch_um": d.grid_settings.side_um,
+        "level": level,
+        "seed": seed,
+        "slide": s.name,
+        "coarse": dice(coarse),
+    }
+    x = standardise(d.features)
+    p = mil_proba(x, c, settings.classifier, seed=seed * 100)
+    frame = (d.info.width, d.info.height)
+    rim = rim_scores(p, c, outline_depth(d.grid, coarse))
+    row["rim"] = None if rim is None else rim.level
+    row["separation"] = None if rim is None else rim.deep - rim.outside
+    base = RegionSettings(min_separation=0.0, redraw_add_above=0.6)
+    row.update(outline_columns(coarse, d, p, c, rim, base, dice))
+    if skip_self_test:
+        return row
+    test = redraw_self_test(
+        coarse, d.grid, x, d.info.mpp, settings.classifier, base, frame,
+        seed * 100 + 50,
+    )  # fmt: skip
+    row["self_test"] = test.recovered
+    row["self_test_retained"] = test.retained
+    return row
+
+
+def outline_columns(
+    coarse: Any,
+    d: Any,
+    p: np.ndarray,
+    c: np.ndarray,
+    rim: Any,
+    base: RegionSettings,
+    dice: Callable[[Any], float],
+) -> dict[str, Any]:
+    """Dice of the edited outline under each of EDITS and of the re-draws, and how far the
+    re-draw moves the outline."""
+    row: dict[str, Any] = {}
+    frame = (d.info.width, d.info.height)
+    # "redraw": issue 4's re-draw (adds above 0.6); REDRAW_ADDS: the others
+    for name, (cut, add) in EDITS.items():
+        rs = replace(base, outline="edit", remove_below=cut, add_above=add)
+        out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
+        row[name] = dice(out.regions)
+    rs = replace(base, outline="redraw")
+    out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
+    row["redraw"] = dice(out.regions)
+    if rim is not None:
+        depth = outline_depth(d.grid, coarse)
+        deep = c.astype(bool) & (depth >= DEEP)
+        _, lab = redraw_outline(coarse, d.grid, p, c, d.info.mpp, rim, base, frame)
+        kept = float(np.mean(lab[deep] == 1)) if deep.any() else None
+        row["deep_kept"] = kept
+        row["area_kept"] = float(lab.sum() / max(1, c.sum()))
+        row.update(redraw_move(c, lab, depth))
+        for add in REDRAW_ADDS:  # stricter additions outside the outline
+            g, lab = redraw_outline(
+                coarse, d.grid, p, c, d.info.mpp, rim,
+                replace(base, redraw_add_above=add), frame,
+            )  # fmt: skip
+            row[f"redraw_add{add:g}"] = dice(g)
+            row[f"agree_add{add:g}"] = redraw_move(c, lab, depth)["agree"]
+    return row
 
 
 def balanced(r: dict[str, Any], retain: float | None, balance: float | None) -> bool:

@@ -163,45 +163,20 @@ def embed_grid(
     the thread) and "embed".
     """
     n = len(grid)
-    px = encoder.input_px or patch_px
-    bs = encoder.batch_size
-    starts = list(range(0, n, bs))
-    ctx_size = grid.size * context
-    shift = (ctx_size - grid.size) / 2
-
+    starts = list(range(0, n, encoder.batch_size))
     clock = timings if timings is not None else {}
     clock.setdefault("read", 0.0)
     clock.setdefault("embed", 0.0)
-
-    # The reader works on the caller's open slide, and OpenSlide aborts the whole process
-    # when a slide is closed under a running read (seen on Ctrl-C during embedding). Reads
-    # hold ``reading``; on the way out the main thread takes it and sets ``stop``, so no read
-    # runs, or starts, once this function has returned.
-    reading = threading.Lock()
-    stop = False
-
-    def read(i0: int) -> tuple[np.ndarray, np.ndarray | None]:
-        with reading:
-            if stop:
-                raise CancelledError
-            t0 = time.perf_counter()
-            xy = grid.xy[i0 : i0 + bs]
-            imgs = slide.read_patches(xy, grid.size, px)
-            ctx = slide.read_patches(xy - shift, ctx_size, px) if context > 1 else None
-            clock["read"] += time.perf_counter() - t0
-            return imgs, ctx
-
+    reader = _AheadReader(slide, grid, encoder.input_px or patch_px, encoder.batch_size, context)
     out: npt.NDArray[np.float32] | None = None
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending: Future[tuple[np.ndarray, np.ndarray | None]] | None = None
     try:
         with make_progress(progress, desc, n) as bar:
-            pending = pool.submit(read, starts[0]) if starts else None
+            pending = reader.submit(starts[0], clock) if starts else None
             for k, i0 in enumerate(starts):
                 assert pending is not None
                 imgs, ctx = pending.result()
                 if k + 1 < len(starts):
-                    pending = pool.submit(read, starts[k + 1])
+                    pending = reader.submit(starts[k + 1], clock)
                 t0 = time.perf_counter()
                 f = encoder.embed(imgs)
                 if ctx is not None:
@@ -212,11 +187,50 @@ def embed_grid(
                 out[i0 : i0 + len(f)] = f
                 bar.update(len(f))
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        _acquire(reading)  # waits for a running read, through further Ctrl-Cs
-        stop = True
-        reading.release()
+        reader.close()
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+class _AheadReader:
+    """Batches of patches (and their context windows) read in one thread, ahead of the encoder.
+
+    The reader works on the caller's open slide, and OpenSlide aborts the whole process when a
+    slide is closed under a running read (seen on Ctrl-C during embedding). Reads hold
+    ``_reading``; :meth:`close` takes it and sets ``_stop``, so no read runs, or starts, once
+    it has returned."""
+
+    def __init__(self, slide: Slide, grid: PatchGrid, px: int, batch: int, context: float):
+        self.slide, self.grid, self.px, self.batch, self.context = slide, grid, px, batch, context
+        self._reading = threading.Lock()
+        self._stop = False
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def submit(
+        self, i0: int, clock: dict[str, float]
+    ) -> Future[tuple[np.ndarray, np.ndarray | None]]:
+        return self._pool.submit(self._read, i0, clock)
+
+    def _read(self, i0: int, clock: dict[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._reading:
+            if self._stop:
+                raise CancelledError
+            t0 = time.perf_counter()
+            g = self.grid
+            xy = g.xy[i0 : i0 + self.batch]
+            imgs = self.slide.read_patches(xy, g.size, self.px)
+            ctx = None
+            if self.context > 1:
+                ctx_size = g.size * self.context
+                shift = (ctx_size - g.size) / 2
+                ctx = self.slide.read_patches(xy - shift, ctx_size, self.px)
+            clock["read"] += time.perf_counter() - t0
+            return imgs, ctx
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        _acquire(self._reading)  # waits for a running read, through further Ctrl-Cs
+        self._stop = True
+        self._reading.release()
 
 
 def _acquire(lock: threading.Lock) -> None:
