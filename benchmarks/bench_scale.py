@@ -6,7 +6,7 @@
 (from the repository root). Measure on a quiet machine: other load changes the figures far
 more than anything measured here (each measurement records the cores other processes used).
 
-Default mode: 8 real-tissue region slides (GlaS texture, one patient fold each, built like the
+Default mode: 8 real-tissue region slides (GlaS texture, the report part's crops, built like the
 benchmark's by :func:`benchmarks.cohorts.build_cohort`, a moderately coarse outline each)
 refined by the ``slide`` job three ways, in rounds, the order rotated each round:
 
@@ -177,12 +177,13 @@ def _summary(out: Path) -> dict[str, Any]:
 
 
 def build_slides(work: Path, n: int, quick: bool) -> dict[str, Any]:
-    """``n`` region slides (one GlaS patient fold each) and a moderate coarse outline each;
-    reused from ``work`` when built before."""
+    """``n`` region slides (the report part's crops, a geometry each: with 8 slides some
+    GlaS patient folds hold no benign crop) and a moderate coarse outline each; reused from
+    ``work`` when built before."""
     from benchmarks.cohorts import BenchmarkSpec, build_cohort
     from benchmarks.slides import write_coarse
 
-    spec = BenchmarkSpec("scale", "region", 80.0, n_slides=n, small=quick)
+    spec = BenchmarkSpec("scale", "region", 80.0, n_slides=n, small=quick, part="report")
     slides = build_cohort(DATA, work, spec)
     coarse = [write_coarse(s, "moderate", j)[1] for j, s in enumerate(slides)]
     return {"slides": [str(s.path) for s in slides], "coarse": [str(c) for c in coarse]}
