@@ -49,6 +49,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 T_START = time.perf_counter()
 
@@ -397,14 +398,14 @@ def worker_refine(meta: dict, cache: Path, encoder: str, expect_cached: bool) ->
     }
 
 
-def worker_encoder(meta: dict, cache: Path, encoder: str, n: int) -> dict:
-    from engine.encoders import build_encoder
+def sample_patches(path: Path, enc: Any, n: int) -> tuple[np.ndarray, int, float]:
+    """``n`` patches spread evenly over the slide's 128 µm tissue grid, read at the encoder's
+    input side: the images, the grid's size and the seconds the read took (one thread)."""
     from engine.patches import GridSettings, make_grid, tissue_mask
     from engine.slide import Slide
 
-    enc = build_encoder(encoder, cache)
     g = GridSettings(patch_um=128.0)
-    with Slide(meta["path"]) as slide:
+    with Slide(path) as slide:
         thumb, ds = slide.thumbnail(g.tissue_mpp)
         size = g.side_um / slide.mpp
         grid = make_grid(
@@ -412,12 +413,17 @@ def worker_encoder(meta: dict, cache: Path, encoder: str, n: int) -> dict:
             g.min_tissue,
         )  # fmt: skip
         pick = np.linspace(0, len(grid) - 1, min(n, len(grid))).round().astype(int)
-        xy = grid.xy[pick]
-        px = enc.input_px or g.patch_px
-        load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        images = slide.read_patches(xy, size, px)
-        read_s = time.perf_counter() - t0
+        images = slide.read_patches(grid.xy[pick], size, enc.input_px or g.patch_px)
+        return images, len(grid), time.perf_counter() - t0
+
+
+def worker_encoder(meta: dict, cache: Path, encoder: str, n: int) -> dict:
+    from engine.encoders import build_encoder
+
+    enc = build_encoder(encoder, cache)
+    load = os.getloadavg()[0]
+    images, n_grid, read_s = sample_patches(Path(meta["path"]), enc, n)
     bs = enc.batch_size
     enc.embed(images[:bs])  # warm-up: onnxruntime allocates its buffers on the first run
     cpu0, busy0 = os.times(), _busy_cpu_s()
@@ -433,7 +439,7 @@ def worker_encoder(meta: dict, cache: Path, encoder: str, n: int) -> dict:
         "encoder_key": enc.key,
         "encoder_patches_per_s": len(images) / embed_s,
         "read_patches_per_s_1thread": len(images) / read_s,
-        "grid_patches": len(grid),
+        "grid_patches": n_grid,
         "other_load_cores": max(0.0, (busy1 - busy0) - own) / embed_s,
         "loadavg_1min_before": load,
         **_rusage(),
@@ -451,14 +457,22 @@ def _run_worker(args: argparse.Namespace, mode: str, meta_path: Path) -> tuple[d
         "--dir", str(args.dir), "--encoder", args.encoder,
         "--encoder-patches", str(args.encoder_patches),
     ]  # fmt: skip
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc, wall = timed_run(cmd, f"worker {mode}", env=dict(os.environ, PYTHONHASHSEED="0"))
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
+def timed_run(
+    cmd: list[str], what: str, **kw: Any
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cmd`` as a fresh process: its result and wall seconds; its stderr and an exit
+    naming ``what`` if it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
-        raise SystemExit(f"worker {mode} failed ({proc.returncode})")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+        raise SystemExit(f"{what} failed ({proc.returncode})")
+    return proc, wall
 
 
 def _machine() -> dict:

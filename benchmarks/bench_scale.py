@@ -38,12 +38,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bench_engine import timed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -244,12 +245,7 @@ def _fresh_cache(path: Path, encoders: Path) -> Path:
 
 def _run_worker(argv: list[str]) -> tuple[dict[str, Any], float]:
     cmd = [sys.executable, "-m", "benchmarks.bench_scale", *argv]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"worker {argv} failed ({p.returncode})")
+    p, wall = timed_run(cmd, f"worker {argv}", cwd=ROOT)
     return json.loads(p.stdout.strip().splitlines()[-1]), wall
 
 
@@ -322,12 +318,7 @@ def cli_run(meta: dict[str, Any], coarse: Path, out: Path, cache: Path) -> dict[
         "--out", str(out), "--cache-dir", str(cache), "--patch-um", "128", "-q",
     ]  # fmt: skip
     busy0, cpu0 = _busy(), os.times()
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        raise SystemExit(f"qupath-refine slide failed ({p.returncode})")
+    _, wall = timed_run(cmd, "qupath-refine slide", cwd=ROOT)
     row = _summary(out)["slides"][0]
     return {
         "process_s": wall,
@@ -366,10 +357,7 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
             "--meta", str(meta_path), "--dir", str(args.dir), "--encoder", args.encoder,
             "--encoder-patches", str(128 if args.quick else args.encoder_patches),
         ]  # fmt: skip
-        p = subprocess.run(enc_argv, capture_output=True, text=True, cwd=ROOT)
-        if p.returncode != 0:
-            sys.stderr.write(p.stderr)
-            raise SystemExit("the encoder-alone measurement failed")
+        p, _ = timed_run(enc_argv, "the encoder-alone measurement", cwd=ROOT)
         enc = json.loads(p.stdout.strip().splitlines()[-1])
         _wait_quiet(args.wait_quiet)
         for sub in ("features", "scores", "self-tests"):

@@ -22,25 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def worker(slide_path: Path, encoder: str, cache: Path, n: int) -> dict:
+    from benchmarks.bench_engine import sample_patches
     from engine.encoders import build_encoder
-    from engine.patches import GridSettings, make_grid, tissue_mask
-    from engine.slide import Slide
 
     enc = build_encoder(encoder, cache)
-    g = GridSettings(patch_um=128.0)
-    with Slide(slide_path) as slide:
-        thumb, ds = slide.thumbnail(g.tissue_mpp)
-        size = g.side_um / slide.mpp
-        grid = make_grid(
-            slide.width, slide.height, tissue_mask(thumb), ds, size, g.step_um / slide.mpp,
-            g.min_tissue,
-        )  # fmt: skip
-        pick = np.linspace(0, len(grid) - 1, min(n, len(grid))).round().astype(int)
-        images = slide.read_patches(grid.xy[pick], size, enc.input_px or g.patch_px)
+    images, _, _ = sample_patches(slide_path, enc, n)
     bs = enc.batch_size
     enc.embed(images[:bs])  # onnxruntime allocates its buffers on the first run
     cpu0, t0 = os.times(), time.perf_counter()
