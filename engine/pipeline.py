@@ -505,9 +505,7 @@ def slide_result(
     few = too_few_to_learn(labels, d, settings)
     confirm = self_test_for(d, settings, k)
     outline = slide_outline(item, d, coarse, proba, settings.regions, kept=few, confirm=confirm)
-    regions = outline.regions
-    if item.negative is not None and not item.negative.is_empty:
-        regions = valid_polygons(regions.difference(item.negative))
+    regions = without_negative(outline.regions, item)
     return SlideResult(
         name=item.label,
         info=d.info,
@@ -553,10 +551,7 @@ def refine_one(
     if few is not None:
         # In a run of several slides in one process such a slide is scored by a model pooled
         # over all of them; its outline is kept either way, so a worker keeps it unscored.
-        t0 = time.perf_counter()
-        result = kept_result(d, coarse, negatives, few)
-        timings["regions"] = time.perf_counter() - t0
-        return result, timings
+        return kept_result(d, coarse, negatives, few, timings), timings
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
@@ -635,21 +630,29 @@ def too_few_to_learn(
     return untrainable(labels, d.grid_settings.side_um, settings.classifier.min_per_class)
 
 
+def without_negative(regions: shapely.Geometry, item: SlideInput) -> shapely.Geometry:
+    """``regions`` less the user's negative regions on the slide (never tumour)."""
+    if item.negative is None or item.negative.is_empty:
+        return regions
+    return valid_polygons(regions.difference(item.negative))
+
+
 def kept_result(
     d: SlideFeatures,
     coarse: npt.NDArray[np.int8],
     hard_negative: npt.NDArray[np.bool_],
     reason: str | None,
+    timings: dict[str, float] | None = None,
 ) -> SlideResult:
     """Slide ``d`` with no model to score it: its outline as drawn, the verdict saying why,
-    and no scores (NaN: the overlay and tiles show none rather than invented ones)."""
+    and no scores (NaN: the overlay and tiles show none rather than invented ones). The
+    seconds it takes count as ``timings["regions"]`` when given."""
+    t0 = time.perf_counter()
     item = d.item
     frame = (d.info.width, d.info.height)
-    regions = valid_polygons(item.coarse, frame)
-    if item.negative is not None and not item.negative.is_empty:
-        regions = valid_polygons(regions.difference(item.negative))
+    regions = without_negative(valid_polygons(item.coarse, frame), item)
     outline = Outline(regions, coarse, False, None, kept=reason or "no model could be trained")
-    return SlideResult(
+    result = SlideResult(
         name=item.label,
         info=d.info,
         grid=d.grid,
@@ -665,6 +668,9 @@ def kept_result(
         grid_settings=d.grid_settings,
         classifier=UNSCORED,
     )
+    if timings is not None:
+        timings["regions"] += time.perf_counter() - t0
+    return result
 
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:

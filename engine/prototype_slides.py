@@ -129,10 +129,7 @@ def slide_step(
     side, need = d.grid_settings.side_um, settings.classifier.min_per_class
     few = untrainable(np.where(negatives, 0, coarse).astype(np.int8), side, need)
     if few is not None:  # before embedding: the outline is kept whatever the features say
-        t0 = time.perf_counter()
-        result = kept_result(d, coarse, negatives, few)
-        timings["regions"] = time.perf_counter() - t0
-        return result, timings
+        return kept_result(d, coarse, negatives, few, timings), timings
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
     t0 = time.perf_counter()
@@ -144,10 +141,8 @@ def slide_step(
     timings["prototypes"] = time.perf_counter() - t0
     why = untrainable(pl.labels, side, need)
     if why is not None:
-        t0 = time.perf_counter()
-        result = kept_result(d, coarse, negatives, f"after the prototype pseudo-labels, {why}")
-        timings["regions"] = time.perf_counter() - t0
-        return result, timings
+        why = f"after the prototype pseudo-labels, {why}"
+        return kept_result(d, coarse, negatives, why, timings), timings
     t0 = time.perf_counter()
     c = settings.classifier
     groups = spatial_groups(d.grid, index, c.cross_fit_block)
