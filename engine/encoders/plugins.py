@@ -11,6 +11,8 @@ import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,9 @@ from engine.encoders.base import Encoder, to_nchw
 from engine.encoders.runtime import onnx_session
 from engine.errors import EncoderError
 from engine.slide import fingerprint_file
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225]) * 255
@@ -36,7 +41,7 @@ def _require_path(path: str, what: str, spec: str, folder: bool = False) -> Path
     return p
 
 
-def _require_module(name: str, pip_name: str, spec: str):
+def _require_module(name: str, pip_name: str, spec: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -86,7 +91,7 @@ class TorchEncoder(Encoder):
     device = "cpu"
     _autocast = False
 
-    def _place(self, model, device: str, vit: bool) -> None:
+    def _place(self, model: torch.nn.Module, device: str, vit: bool) -> None:
         """Move ``model`` to ``device``. ViTs on CUDA run under bf16 autocast (about twice
         as fast on tensor cores); their features then differ from fp32 ones by more than the
         cache's float16 rounding, so the cache key says so."""
@@ -213,7 +218,7 @@ class HuggingFaceEncoder(TorchEncoder):
         except Exception:  # no processor saved: ImageNet conventions
             self.input_px = int(getattr(model.config, "image_size", 224))
 
-        def forward(x):
+        def forward(x: torch.Tensor) -> torch.Tensor:
             out = model(pixel_values=x)
             pooled = getattr(out, "pooler_output", None)
             return pooled if pooled is not None else out.last_hidden_state

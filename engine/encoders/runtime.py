@@ -6,13 +6,18 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.devices import cuda_index, is_cuda
+
+if TYPE_CHECKING:
+    # onnxruntime ships no type information: its session is Any to mypy, named for readers
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger("qupath_refine")
 
 
-def onnx_session(path: Path | str, device: str = "cpu"):
+def onnx_session(path: Path | str, device: str = "cpu") -> InferenceSession:
     """An inference session on ``path``: CUDA when ``device`` is a CUDA device and this
     onnxruntime offers it (the ``onnxruntime-gpu`` package), else the CPU with
     ``QUPATH_REFINE_THREADS`` threads (default: every core)."""
