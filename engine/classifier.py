@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.devices import cuda_index, is_cuda
-from engine.errors import TrainingDataError
+from engine.errors import SettingsError, TrainingDataError
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,7 @@ class ClassifierSettings:
 
     def validate(self) -> None:
         if self.model not in ("mil", "mlp"):
-            raise ValueError(f"classifier model is 'mil' or 'mlp', not {self.model!r}")
+            raise SettingsError(f"ClassifierSettings.model is 'mil' or 'mlp', not {self.model!r}")
 
 
 def focal_loss(

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from engine.encoders import DEFAULT_ENCODER, Encoder
+from engine.errors import SettingsError
 from engine.files import read_entry, write_entry
 from engine.patches import GridSettings, PatchGrid
 from engine.slide import Slide, SlideInfo
@@ -58,7 +59,9 @@ class FeatureSettings:
 
     def validate(self) -> None:
         if self.context < 1:
-            raise ValueError("context is a field-of-view multiple >= 1 (1 = no context window)")
+            raise SettingsError(
+                "FeatureSettings.context is a field-of-view multiple >= 1 (1 = no context window)"
+            )
 
 
 def default_cache_dir() -> Path:

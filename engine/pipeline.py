@@ -28,7 +28,7 @@ import shapely
 from engine.classifier import ClassifierSettings, cross_fit_proba, standardise
 from engine.devices import resolve_device
 from engine.encoders import Encoder, build_encoder
-from engine.errors import TissueError
+from engine.errors import SettingsError, TissueError
 from engine.features import (
     FeatureSettings,
     ProgressFactory,
@@ -114,7 +114,7 @@ class RefineSettings:
         lower and flatter than MIL's; it keeps the guard that was tuned for them on the
         benchmark (no smoothing, add above 0.8, cut below 0.05, never re-draw)."""
         if method not in ("mil", "prototype"):
-            raise ValueError(f"method is 'mil' or 'prototype', not {method!r}")
+            raise SettingsError(f"method is 'mil' or 'prototype', not {method!r}")
         s = cls(**kw)
         if method == "mil":
             return replace(s, classifier=replace(s.classifier, model="mil"))

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from engine.errors import SettingsError
+
 # scikit-learn is imported where it is used: only --method prototype needs it, and at the top
 # it cost every command about a second of start-up (BENCHMARKS.md, issue 11).
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ class PrototypeSettings:
 
     def validate(self) -> None:
         if self.n_local < 1 or self.n_global < 1:
-            raise ValueError("n_local and n_global must be at least 1")
+            raise SettingsError("PrototypeSettings.n_local and n_global must be at least 1")
 
 
 @dataclass(frozen=True)

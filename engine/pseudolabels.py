@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from engine.errors import SettingsError
+
 
 @dataclass(frozen=True)
 class PseudoLabelSettings:
@@ -48,9 +50,11 @@ class PseudoLabelSettings:
 
     def validate(self) -> None:
         if isinstance(self.tau, str) and self.tau != "auto":
-            raise ValueError(f"tau is a cosine, 'auto' or None (off), not {self.tau!r}")
+            raise SettingsError(
+                f"PseudoLabelSettings.tau is a cosine, 'auto' or None (off), not {self.tau!r}"
+            )
         if not 0 <= self.tau_quantile <= 1:
-            raise ValueError("tau_quantile is a fraction between 0 and 1")
+            raise SettingsError("PseudoLabelSettings.tau_quantile is a fraction between 0 and 1")
 
 
 @dataclass

@@ -78,6 +78,8 @@ _FLAGS = {
     "GridSettings.max_patches": "--max-patches",
     "GridSettings.mpp": "--target-mpp",
     "SlideInput.mpp": "--mpp",
+    "FeatureSettings.context": "--context",
+    "PseudoLabelSettings.tau": "--tau",
 }
 _SETTING = re.compile("|".join(re.escape(name) + r"\b" for name in _FLAGS))
 
@@ -94,10 +96,10 @@ def _friendly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> object:
         try:
             return fn(*args, **kwargs)
+        # Bad input and settings (SettingsError included) are the project's own errors; a
+        # plain ValueError is a bug like any other exception, below.
         except RefineError as e:  # engine messages name settings; the user typed flags
             _fail(_as_flags(str(e)), e.exit_code)
-        except ValueError as e:  # settings rejected by a stage's validate()
-            _fail(f"invalid setting: {e}")
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written for unfinished slides", 130)
         except MemoryError:

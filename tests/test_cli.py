@@ -362,3 +362,39 @@ def test_refine_options_map_every_common_option_onto_settings():
     assert s.pseudolabels.tau == 0.5
     assert s.grid.patch_um == "auto" and s.grid.min_tissue == 0.25
     assert opts.classes().negative == "Ignore*"
+
+
+def test_a_stray_value_error_is_an_internal_error_not_a_bad_setting(capsys, monkeypatch):
+    """Every option is range-checked by click, so no input reaches a plain ValueError: one
+    that escapes is a bug (as evaluate's NaN crash was) and says so, exit 1, no traceback."""
+    from qupath_bridge.cli import _friendly
+
+    monkeypatch.delenv("QUPATH_REFINE_DEBUG", raising=False)
+
+    @_friendly
+    def buggy() -> None:
+        float("nan-ish")
+
+    with pytest.raises(SystemExit) as e:
+        buggy()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1
+    assert len(err) == 1 and err[0].startswith("error: internal error (ValueError: could not")
+    assert "Please report it" in err[0] and "invalid setting" not in err[0]
+
+
+def test_a_settings_error_names_the_flag_and_exits_2(capsys):
+    """A stage's validate() raises SettingsError naming the setting; the CLI names the flag."""
+    from engine.features import FeatureSettings
+    from engine.pseudolabels import PseudoLabelSettings
+    from qupath_bridge.cli import _friendly
+
+    for bad, flag in (
+        (FeatureSettings(context=0.5), "--context"),
+        (PseudoLabelSettings(tau="x"), "--tau"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            _friendly(bad.validate)()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2
+        assert len(err) == 1 and err[0].startswith(f"error: {flag} is "), err
