@@ -352,6 +352,13 @@ NO_TILES_OPTION = click.option(
 )
 
 
+def out_option(help: str, **kw: Any) -> Callable[[F], F]:
+    """``--out``: the folder a command writes its results to (``out_dir``)."""
+    return click.option(
+        "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help=help, **kw
+    )
+
+
 def _options(*opts: Callable[[F], F]) -> Callable[[F], F]:
     """The decorators ``opts`` as one, applied so that ``--help`` lists them in order."""
 
@@ -494,13 +501,7 @@ def dask_options(fn: F) -> F:
     type=click.Path(path_type=Path),
     help="QuPath GeoJSON with the coarse annotations, once per slide, same order.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the refined GeoJSON, overlay pictures and summary.json.",
-)
+@out_option("Folder for the refined GeoJSON, overlay pictures and summary.json.", required=True)
 @NO_TILES_OPTION
 @dask_options
 @common_options
@@ -728,14 +729,7 @@ def _nan_to_null(v: object) -> object:
 
 
 @main.command("demo")
-@click.option(
-    "--out",
-    "out_dir",
-    default="qupath-refine-demo",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the results.",
-)
+@out_option("Folder for the results.", default="qupath-refine-demo", show_default=True)
 @SEED_OPTION
 @CACHE_DIR_OPTION
 @DEVICE_OPTION

@@ -27,7 +27,6 @@ from qupath_bridge.geojson_io import (
     refined_features,
     select_geometry,
 )
-from qupath_bridge.outputs import write_files
 
 log = logging.getLogger("qupath_refine")
 
@@ -166,19 +165,3 @@ def render_outputs(
         files[png] = buf.getvalue()
         written.append(SlideFiles(geojson=gj, overlay=png))
     return files, written
-
-
-def write_outputs(
-    result: RefineResult,
-    items: list[SlideInput],
-    out_dir: Path,
-    classes: ClassNames,
-    tiles: bool = True,
-    truths: list[shapely.Geometry | None] | None = None,
-    names: list[str] | None = None,
-) -> list[SlideFiles]:
-    """Refined GeoJSON and an overlay PNG per slide, all written together (or none); returns
-    the paths written."""
-    files, written = render_outputs(result, items, out_dir, classes, tiles, truths, names)
-    write_files(files)
-    return written

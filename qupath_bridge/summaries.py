@@ -4,24 +4,43 @@ frozen dataclasses: the CLI reads their attributes, summary.json is their :func:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shapely
 
 from engine.pipeline import RefineResult, RefineSettings, SlideInput, SlideResult
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 
 @dataclass(frozen=True)
-class SlideRow:
-    """One slide of a ``slide`` or ``demo`` run (field order is summary.json's key order)."""
+class OutlineColumns:
+    """The columns the slide and project rows share (:func:`result_fields`): patches, coarse
+    and refined area (mm²), share of patches relabelled, and how the outline was drawn.
 
-    slide: str
+    A row puts its name first by listing a one-field dataclass after this one among its
+    bases: dataclasses lay fields out base by base from the last, and the field order is
+    summary.json's key order."""
+
     patches: int
     patch_um: float
     coarse_mm2: float
     refined_mm2: float
     relabelled: float
     outline: str
+
+
+@dataclass(frozen=True)
+class _SlideName:
+    slide: str
+
+
+@dataclass(frozen=True)
+class SlideRow(OutlineColumns, _SlideName):
+    """One slide of a ``slide`` or ``demo`` run: ``slide``, the :class:`OutlineColumns`, then
+    these."""
+
     regions: int
     cached: bool
     #: the classifier's scores: "trained" in this run or "cached" from an earlier one
@@ -67,8 +86,7 @@ def slide_rows(
 def result_fields(
     r: SlideResult, coarse: shapely.Geometry, regions: shapely.Geometry
 ) -> dict[str, Any]:
-    """The columns the slide and project rows share: patches, coarse and refined area
-    (mm²), share of patches relabelled, and how the outline was drawn."""
+    """A slide's :class:`OutlineColumns`, as keywords for a row."""
     um2 = r.info.mpp**2
     return {
         "patches": len(r.grid),
@@ -78,6 +96,15 @@ def result_fields(
         "relabelled": round(r.relabelled_share, 4),
         "outline": r.outline,
     }
+
+
+def run_json(run: DataclassInstance) -> dict[str, Any]:
+    """A run's summary.json: its fields, less the Dask ones (``failed``, ``dask``) when it ran
+    in one process."""
+    d = asdict(run)
+    if d["dask"] is None:
+        del d["failed"], d["dask"]
+    return d
 
 
 def settings_dict(settings: RefineSettings) -> dict[str, Any]:

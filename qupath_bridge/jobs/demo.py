@@ -16,8 +16,8 @@ from engine.slide import Slide
 from engine.synthetic import make_demo_slide
 from qupath_bridge.classes import ClassNames
 from qupath_bridge.geojson_io import annotation_features, write_features
-from qupath_bridge.outputs import write_json
-from qupath_bridge.slide_io import load_inputs, write_outputs
+from qupath_bridge.outputs import write_files, write_json
+from qupath_bridge.slide_io import load_inputs, render_outputs
 from qupath_bridge.summaries import Evaluation, SlideRow, rounded, slide_rows
 
 log = logging.getLogger("qupath_refine")
@@ -71,7 +71,8 @@ def run_demo(
     classes = ClassNames()
     items = load_inputs([demo.path], [coarse_path], classes, None)
     result = refine(items, settings, progress=progress)
-    written = write_outputs(result, items, out_dir, classes, tiles=True, truths=[demo.truth])
+    files, written = render_outputs(result, items, out_dir, classes, truths=[demo.truth])
+    write_files(files)  # the refined GeoJSON and overlay: both or neither
     r = result.slides[0]
     with Slide(demo.path) as s:
         grid = GridSettings(patch_um=64.0)

@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ from qupath_bridge.project import (
     work_dir,
     write_refined,
 )
-from qupath_bridge.summaries import result_fields, rounded
+from qupath_bridge.summaries import OutlineColumns, result_fields, rounded, run_json
 
 log = logging.getLogger("qupath_refine")
 
@@ -122,16 +122,14 @@ class ProjectPlan:
 
 
 @dataclass(frozen=True)
-class ImageRow:
-    """One image of a project run (field order is summary.json's key order)."""
-
+class _ImageName:
     image: str
-    patches: int
-    patch_um: float
-    coarse_mm2: float
-    refined_mm2: float
-    relabelled: float
-    outline: str
+
+
+@dataclass(frozen=True)
+class ImageRow(OutlineColumns, _ImageName):
+    """One image of a project run: ``image``, the :class:`OutlineColumns`, then these."""
+
     seconds: float
     written: str  # "project", "live" (the menu script writes it) or "geojson"
 
@@ -152,10 +150,7 @@ class ProjectRun:
     dask: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.dask is None:
-            del d["failed"], d["dask"]
-        return d
+        return run_json(self)
 
 
 @dataclass

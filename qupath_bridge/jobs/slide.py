@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from engine.pipeline import RefineResult, RefineSettings, SlideInput, refine
 from qupath_bridge.classes import ClassNames
 from qupath_bridge.outputs import check_out_dir, json_bytes, locked_out_dir, write_files
 from qupath_bridge.slide_io import SlideFiles, load_inputs, output_names, render_outputs
-from qupath_bridge.summaries import SlideRow, rounded, settings_dict, slide_rows
+from qupath_bridge.summaries import SlideRow, rounded, run_json, settings_dict, slide_rows
 
 log = logging.getLogger("qupath_refine")
 
@@ -60,9 +60,7 @@ class SlideRun:
     dask: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        if self.dask is None:
-            del d["failed"], d["dask"]
+        d = run_json(self)
         d["settings"] = settings_dict(self.settings)
         # "class" is summary.json's name for it (a keyword in Python)
         return {("class" if k == "coarse_class" else k): v for k, v in d.items()}
