@@ -432,7 +432,7 @@ def refine_outline(
     if loose and rim is not None:
         geom, labels = redraw_outline(coarse, grid, proba, c, mpp, rim, settings, frame)
         return Outline(geom, labels, True, rim)
-    geom = edit_outline(coarse, grid, proba, c, mpp, settings, frame)
+    geom = edit_outline(SlideScores(coarse, grid, proba, c, mpp, frame), settings)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
@@ -463,44 +463,36 @@ def redraw_outline(
     return geom, patch_labels(grid, geom)
 
 
-def edit_outline(
-    coarse: shapely.Geometry,
-    grid: PatchGrid,
-    proba: npt.NDArray[np.floating],
-    coarse_labels: npt.NDArray[np.integer],
-    mpp: float,
-    settings: RegionSettings = RegionSettings(),
-    frame: tuple[int, int] | None = None,
-) -> MultiPolygon:
+@dataclass(frozen=True)
+class SlideScores:
+    """A slide's coarse outline with its patches' scores and coarse labels: what an edit
+    reads (``frame``: the image's width and height, to clip to)."""
+
+    coarse: shapely.Geometry
+    grid: PatchGrid
+    proba: npt.NDArray[np.floating]
+    coarse_labels: npt.NDArray[np.integer]
+    mpp: float
+    frame: tuple[int, int] | None = None
+
+
+def edit_outline(s: SlideScores, settings: RegionSettings = RegionSettings()) -> MultiPolygon:
     """The coarse outline minus confidently normal regions inside it, plus confidently
     tumour regions outside it; both traced like :func:`regions_from_probabilities`."""
-    remove, add = edit_masks(grid, proba, coarse_labels, settings)
-    return _trace_edit(coarse, grid, remove, add, mpp, settings, frame)
-
-
-def _trace_edit(
-    coarse: shapely.Geometry,
-    grid: PatchGrid,
-    remove: npt.NDArray[np.bool_],
-    add: npt.NDArray[np.bool_],
-    mpp: float,
-    settings: RegionSettings,
-    frame: tuple[int, int] | None,
-) -> MultiPolygon:
-    """The coarse outline with the ``remove`` patches cut out and the ``add`` ones added."""
+    remove, add = edit_masks(s.grid, s.proba, s.coarse_labels, settings)
     # The masks are not smoothed over the lattice again (the scores already were); the
     # tracer's opening drops edits narrower than about two cells (RegionSettings).
     mask_settings = replace(settings, threshold=0.5, sigma=0.0)
-    geom = coarse if coarse is not None else Polygon()
+    geom = s.coarse if s.coarse is not None else Polygon()
     if remove.any():
         geom = geom.difference(
-            regions_from_probabilities(grid, remove.astype(np.float32), mpp, mask_settings)
+            regions_from_probabilities(s.grid, remove.astype(np.float32), s.mpp, mask_settings)
         )
     if add.any():
         geom = geom.union(
-            regions_from_probabilities(grid, add.astype(np.float32), mpp, mask_settings)
+            regions_from_probabilities(s.grid, add.astype(np.float32), s.mpp, mask_settings)
         )
-    return _in_frame(geom, frame)
+    return _in_frame(geom, s.frame)
 
 
 def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:

@@ -11,6 +11,7 @@ import shapely
 from engine.patches import make_grid
 from engine.regions import (
     RegionSettings,
+    SlideScores,
     cell_probabilities,
     clean,
     edit_masks,
@@ -107,7 +108,7 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     p[(grid.ij == [9, 9]).all(1)] = 0.95  # confident tumour far outside
     p[(grid.ij == [5, 5]).all(1)] = 0.01  # confident normal inside
     s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0)
-    out = edit_outline(coarse, grid, p, c, 1.0, s)
+    out = edit_outline(SlideScores(coarse, grid, p, c, 1.0), s)
     # The coarse outline survives exactly where nothing was confident ...
     assert out.boundary.distance(shapely.Point(500, 180)) < 1e-6
     # ... the confident inside patch is cut out and the outside one added.
