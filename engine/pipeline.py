@@ -189,6 +189,36 @@ class SlideFeatures:
             raise RuntimeError(f"{self.item.label}: features used before the slide was embedded")
         return self.features
 
+    def result(
+        self,
+        coarse: npt.NDArray[np.int8],
+        hard_negative: npt.NDArray[np.bool_],
+        pseudo: npt.NDArray[np.int8],
+        proba: npt.NDArray[np.float32],
+        refined: npt.NDArray[np.int8],
+        regions: shapely.Geometry,
+        outline: str,
+        classifier: str,
+    ) -> SlideResult:
+        """This slide's result: the labels, scores, regions and verdict given (in
+        :class:`SlideResult`'s field order), the rest from what was read and cached."""
+        return SlideResult(
+            self.item.label,
+            self.info,
+            self.grid,
+            coarse,
+            hard_negative,
+            pseudo,
+            proba,
+            refined,
+            regions,
+            self.cached,
+            self.seconds,
+            outline,
+            self.grid_settings,
+            classifier,
+        )
+
 
 def slide_grid(
     item: SlideInput, settings: RefineSettings, encoder: Encoder, timings: dict[str, float]
@@ -506,21 +536,9 @@ def slide_result(
     confirm = self_test_for(d, settings, k)
     outline = slide_outline(item, d, coarse, proba, settings.regions, kept=few, confirm=confirm)
     regions = without_negative(outline.regions, item)
-    return SlideResult(
-        name=item.label,
-        info=d.info,
-        grid=d.grid,
-        coarse=coarse,
-        hard_negative=hard_negative,
-        pseudo=labels,
-        proba=proba,
-        refined=outline.labels,
-        regions=regions,
-        cached=d.cached,
-        seconds=d.seconds,
-        outline=outline_verdict(outline, settings.regions),
-        grid_settings=d.grid_settings,
-        classifier=classifier,
+    verdict = outline_verdict(outline, settings.regions)
+    return d.result(
+        coarse, hard_negative, labels, proba, outline.labels, regions, verdict, classifier
     )
 
 
@@ -652,22 +670,9 @@ def kept_result(
     frame = (d.info.width, d.info.height)
     regions = without_negative(valid_polygons(item.coarse, frame), item)
     outline = Outline(regions, coarse, False, None, kept=reason or "no model could be trained")
-    result = SlideResult(
-        name=item.label,
-        info=d.info,
-        grid=d.grid,
-        coarse=coarse,
-        hard_negative=hard_negative,
-        pseudo=coarse,
-        proba=np.full(len(d.grid), np.nan, np.float32),
-        refined=coarse,
-        regions=regions,
-        cached=d.cached,
-        seconds=d.seconds,
-        outline=outline.verdict(RegionSettings()),
-        grid_settings=d.grid_settings,
-        classifier=UNSCORED,
-    )
+    nan = np.full(len(d.grid), np.nan, np.float32)
+    verdict = outline.verdict(RegionSettings())
+    result = d.result(coarse, hard_negative, coarse, nan, coarse, regions, verdict, UNSCORED)
     if timings is not None:
         timings["regions"] += time.perf_counter() - t0
     return result
