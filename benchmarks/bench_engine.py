@@ -326,6 +326,17 @@ def _busy_cpu_s() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def add_wait_quiet(ap: argparse.ArgumentParser, note: str = "") -> None:
+    """``--wait-quiet`` (:func:`_wait_quiet`), as every timed benchmark takes it."""
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=300,
+        help="before each measurement wait up to this many seconds for other processes to "
+        "use under 0.2 cores (0: don't wait)" + note,
+    )
+
+
 def _wait_quiet(max_s: float, threshold: float = 0.2, window: float = 5.0) -> float:
     """Wait (up to ``max_s``) until other processes use under ``threshold`` cores; returns
     the last measured load. On a shared machine this keeps other jobs out of the figures."""
@@ -716,13 +727,7 @@ def _parser() -> argparse.ArgumentParser:
         help="patches pre-read for the encoder-alone measurement",
     )
     ap.add_argument("--min-patches", type=int, default=10_000)
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=300,
-        help="before each measurement wait up to this many seconds for other processes to "
-        "use under 0.2 cores (0: don't wait); each run records the load it saw",
-    )
+    add_wait_quiet(ap, "; each run records the load it saw")
     ap.add_argument(
         "--report",
         type=Path,

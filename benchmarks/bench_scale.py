@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_engine import timed_run
+from benchmarks.bench_engine import add_wait_quiet, timed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -338,55 +338,65 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
     cols, rows = (24, 20) if args.quick else (args.cols, args.rows)
     print(f"slide in {args.dir} ...", flush=True)
     meta = build_slide(args.dir, cols, rows, args.compression)
-    meta_path = args.dir / (Path(meta["path"]).stem + ".json")
     import shapely
 
     coarse = write_features(
         args.dir / (Path(meta["path"]).stem + ".coarse.geojson"),
         annotation_features(shapely.from_wkt(meta["coarse_wkt"]), "Tumor"),
     )
+    build_encoder(args.encoder, args.dir / "cache")  # bench_engine's cache (encoder alone)
+    runs = [
+        _cached_rerun_round(args, r, meta, coarse) for r in range(1 if args.quick else args.runs)
+    ]
+    return {"slide": meta["path"], "runs": runs, "summary": summarise_cached_reruns(runs)}
+
+
+def _cached_rerun_round(
+    args: argparse.Namespace, r: int, meta: dict[str, Any], coarse: Path
+) -> dict[str, Any]:
+    """One round: the encoder alone, then a cold run and a cached re-run of the CLI."""
     engine_cache = args.dir / "cache"  # bench_engine's: the encoder-alone worker uses it
-    build_encoder(args.encoder, engine_cache)
     cache = args.dir / "cache-scale"
-    runs: list[dict[str, Any]] = []
-    n = 1 if args.quick else args.runs
-    for r in range(n):
-        _wait_quiet(args.wait_quiet)
-        enc_argv = [
-            sys.executable, "-m", "benchmarks.bench_engine", "--worker", "encoder",
-            "--meta", str(meta_path), "--dir", str(args.dir), "--encoder", args.encoder,
-            "--encoder-patches", str(128 if args.quick else args.encoder_patches),
-        ]  # fmt: skip
-        p, _ = timed_run(enc_argv, "the encoder-alone measurement", cwd=ROOT)
-        enc = json.loads(p.stdout.strip().splitlines()[-1])
-        _wait_quiet(args.wait_quiet)
-        for sub in ("features", "scores", "self-tests"):
-            shutil.rmtree(cache / sub, ignore_errors=True)
-        shutil.copytree(engine_cache / "encoders", cache / "encoders", dirs_exist_ok=True)
-        cold_out, warm_out = args.dir / "out-cold", args.dir / "out-cached"
-        cold = cli_run(meta, coarse, cold_out, cache)
-        _wait_quiet(args.wait_quiet)
-        warm = cli_run(meta, coarse, warm_out, cache)
-        res = {
-            "round": r,
-            "encoder_patches_per_s": enc["encoder_patches_per_s"],
-            "encoder_other_load_cores": enc["other_load_cores"],
-            "cold": cold,
-            "cached": warm,
-            "e2e_patches_per_s": cold["patches"] / cold["process_s"],
-            "outputs_differ": same_outputs(cold_out, warm_out),
-        }
-        res["e2e_over_encoder"] = res["e2e_patches_per_s"] / res["encoder_patches_per_s"]
-        runs.append(res)
-        print(
-            f"round {r + 1}: encoder {enc['encoder_patches_per_s']:.0f}/s; cold "
-            f"{cold['process_s']:.1f} s ({res['e2e_patches_per_s']:.0f} patches/s, "
-            f"{res['e2e_over_encoder']:.2f} of the encoder); cached re-run "
-            f"{warm['process_s']:.2f} s (classifier {warm['classifier']}); other load "
-            f"{cold['other_load_cores']:.2f}/{warm['other_load_cores']:.2f} cores",
-            flush=True,
-        )
-    summary = {
+    meta_path = args.dir / (Path(meta["path"]).stem + ".json")
+    _wait_quiet(args.wait_quiet)
+    enc_argv = [
+        sys.executable, "-m", "benchmarks.bench_engine", "--worker", "encoder",
+        "--meta", str(meta_path), "--dir", str(args.dir), "--encoder", args.encoder,
+        "--encoder-patches", str(128 if args.quick else args.encoder_patches),
+    ]  # fmt: skip
+    p, _ = timed_run(enc_argv, "the encoder-alone measurement", cwd=ROOT)
+    enc = json.loads(p.stdout.strip().splitlines()[-1])
+    _wait_quiet(args.wait_quiet)
+    for sub in ("features", "scores", "self-tests"):
+        shutil.rmtree(cache / sub, ignore_errors=True)
+    shutil.copytree(engine_cache / "encoders", cache / "encoders", dirs_exist_ok=True)
+    cold_out, warm_out = args.dir / "out-cold", args.dir / "out-cached"
+    cold = cli_run(meta, coarse, cold_out, cache)
+    _wait_quiet(args.wait_quiet)
+    warm = cli_run(meta, coarse, warm_out, cache)
+    res = {
+        "round": r,
+        "encoder_patches_per_s": enc["encoder_patches_per_s"],
+        "encoder_other_load_cores": enc["other_load_cores"],
+        "cold": cold,
+        "cached": warm,
+        "e2e_patches_per_s": cold["patches"] / cold["process_s"],
+        "outputs_differ": same_outputs(cold_out, warm_out),
+    }
+    res["e2e_over_encoder"] = res["e2e_patches_per_s"] / res["encoder_patches_per_s"]
+    print(
+        f"round {r + 1}: encoder {enc['encoder_patches_per_s']:.0f}/s; cold "
+        f"{cold['process_s']:.1f} s ({res['e2e_patches_per_s']:.0f} patches/s, "
+        f"{res['e2e_over_encoder']:.2f} of the encoder); cached re-run "
+        f"{warm['process_s']:.2f} s (classifier {warm['classifier']}); other load "
+        f"{cold['other_load_cores']:.2f}/{warm['other_load_cores']:.2f} cores",
+        flush=True,
+    )
+    return res
+
+
+def summarise_cached_reruns(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "patches": runs[0]["cold"]["patches"],
         "cold_process_s": _median([r["cold"]["process_s"] for r in runs]),
         "cached_process_s": _median([r["cached"]["process_s"] for r in runs]),
@@ -400,7 +410,6 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
             max(r["cold"]["other_load_cores"], r["cached"]["other_load_cores"]) for r in runs
         ),
     }
-    return {"slide": meta["path"], "runs": runs, "summary": summary}
 
 
 # --------------------------------------------------------------------------- main
@@ -423,13 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=124)
     ap.add_argument("--compression", choices=("jpeg", "zlib"), default="jpeg")
     ap.add_argument("--encoder-patches", type=int, default=1024)
-    ap.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=300,
-        help="before each measurement wait up to this many seconds for other processes to "
-        "use under 0.2 cores (0: don't wait)",
-    )
+    add_wait_quiet(ap)
     ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -62,34 +62,13 @@ def on_seeds(cell: dict[str, Any], run_seeds: list[int], seeds: set[int]) -> dic
     }
 
 
+View = dict[str, dict[tuple[str, str, str], dict[str, dict[str, Any]]]]
+
+
 def compare(paths: list[Path]) -> str:
     runs = [json.loads(p.read_text()) for p in paths]
-    ref = H.DEFAULT_ENCODER
-    encs: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
-    source: dict[str, str] = {}
-    for p, r in zip(paths, runs, strict=True):
-        for ename, cells in engine_cells(r).items():
-            if ename not in encs:  # the first file that has an encoder is its source
-                encs[ename], source[ename] = cells, p.name
-    if ref not in encs:
-        raise SystemExit(f"error: {paths[0]} has no {ref} engine cells to compare against")
-    names = [ref, *sorted(e for e in encs if e != ref)]
-    # like with like: the cells every encoder ran, on the seeds every encoder ran
-    keys = [k for k in encs[ref] if all(k in encs[e] for e in names)]
-    seeds = set.intersection(*(set(c["seeds"]) for e in names for c in encs[e].values()))
-    for e in names:
-        for k in keys:
-            if cases(encs[e][k]["coarse"], seeds) != cases(encs[ref][k]["coarse"], seeds):
-                raise SystemExit(f"error: {e} ran other slide cases than {ref} at {k}")
-    view = {
-        e: {
-            k: {
-                m: on_seeds(encs[e][k][m], encs[e][k]["seeds"], seeds) for m in ("coarse", "engine")
-            }
-            for k in keys
-        }
-        for e in names
-    }
+    names, source, seeds, view = _common_cells(paths, runs)
+    ref, keys = names[0], list(view[names[0]])
     labels = _grid_labels(runs[0])
     lines = [
         f"Engine Dice per encoder on the same slides, seeds {sorted(seeds)}; each entry: mean "
@@ -107,7 +86,48 @@ def compare(paths: list[Path]) -> str:
             row.append(f"{c['dice']:.3f} / {c['worst']:+.3f} / {c['n_worse']}/{c['n_cases']}")
         b, g, lv = k
         lines.append(f"| {b} | {labels.get((b, g), g)} | {lv} | " + " | ".join(row) + " |")
-    lines += [
+    return "\n".join(lines + _verdicts(view, names)) + "\n"
+
+
+def _common_cells(
+    paths: list[Path], runs: list[dict[str, Any]]
+) -> tuple[list[str], dict[str, str], set[int], View]:
+    """The encoders (the reference first), the file each came from, and their coarse and
+    engine summaries on like with like: the cells every encoder ran, on the seeds every
+    encoder ran."""
+    ref = H.DEFAULT_ENCODER
+    encs: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = {}
+    source: dict[str, str] = {}
+    for p, r in zip(paths, runs, strict=True):
+        for ename, cells in engine_cells(r).items():
+            if ename not in encs:  # the first file that has an encoder is its source
+                encs[ename], source[ename] = cells, p.name
+    if ref not in encs:
+        raise SystemExit(f"error: {paths[0]} has no {ref} engine cells to compare against")
+    names = [ref, *sorted(e for e in encs if e != ref)]
+    keys = [k for k in encs[ref] if all(k in encs[e] for e in names)]
+    seeds = set.intersection(*(set(c["seeds"]) for e in names for c in encs[e].values()))
+    for e in names:
+        for k in keys:
+            if cases(encs[e][k]["coarse"], seeds) != cases(encs[ref][k]["coarse"], seeds):
+                raise SystemExit(f"error: {e} ran other slide cases than {ref} at {k}")
+    view = {
+        e: {
+            k: {
+                m: on_seeds(encs[e][k][m], encs[e][k]["seeds"], seeds) for m in ("coarse", "engine")
+            }
+            for k in keys
+        }
+        for e in names
+    }
+    return names, source, seeds, view
+
+
+def _verdicts(view: View, names: list[str]) -> list[str]:
+    """Per encoder: mean gain, worst slide case, and whether it beats the reference
+    (``names[0]``)."""
+    ref, keys = names[0], list(view[names[0]])
+    lines = [
         "",
         "| encoder | cells | mean gain over coarse (mean of cells) | worst slide case | "
         f"cells with a slide < coarse {H.WORST_SLIDE:+g} | cells with mean < coarse "
@@ -134,13 +154,13 @@ def compare(paths: list[Path]) -> str:
             f"| {e} | {len(keys)} | {gain(e):+.4f} | {e_min:+.3f} | {below} | {low} | "
             f"{held}/{len(keys)} | {beats} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         "A candidate beats the reference when its worst slide case over all these cells is not "
         "worse than the reference's and its mean gain over coarse is higher (reference: "
         f"{gain(ref):+.4f}, worst {ref_min:+.3f}).",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def _yes(ok: bool) -> str:
