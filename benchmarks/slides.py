@@ -39,12 +39,13 @@ made): drop pieces, close, dilate, add a false blob over benign tissue, simplify
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -513,25 +514,57 @@ def _reuse(out: Path, name: str, meta: dict[str, Any], overwrite: bool) -> Bench
 
 # --------------------------------------------------------------------------- builders
 
+S = TypeVar("S")
 
-def glas_mosaic(
-    data_dir: str | Path,
-    out: str | Path,
-    seed: int,
-    settings: GlasMosaicSettings | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-) -> BenchSlide:
+
+@dataclass(frozen=True)
+class _Build(Generic[S]):
+    """What a builder body gets: where to read and write, the slide's name, its settings and
+    the sidecar's metadata (the body adds what it chose)."""
+
+    data_dir: Path
+    out: Path
+    seed: int
+    name: str
+    settings: S
+    meta: dict[str, Any]
+
+
+def _builder(
+    kind: str, default: Callable[[], S]
+) -> Callable[[Callable[[_Build[S]], BenchSlide]], Callable[..., BenchSlide]]:
+    """A slide builder from its body: ``settings`` default to ``default()``, the slide is
+    named ``<kind>-s<seed>`` unless named, and one built earlier from the same inputs is
+    reused (:func:`_reuse`) unless ``overwrite``."""
+
+    def wrap(body: Callable[[_Build[S]], BenchSlide]) -> Callable[..., BenchSlide]:
+        @functools.wraps(body)
+        def build(
+            data_dir: str | Path,
+            out: str | Path,
+            seed: int,
+            settings: S | None = None,
+            name: str | None = None,
+            overwrite: bool = False,
+        ) -> BenchSlide:
+            s = settings or default()
+            name = name or f"{kind}-s{seed}"
+            meta = _meta(kind, Path(data_dir), seed, s)
+            hit = _reuse(Path(out), name, meta, overwrite)
+            if hit is not None:
+                return hit
+            return body(_Build(Path(data_dir), Path(out), seed, name, s, meta))
+
+        return build
+
+    return wrap
+
+
+@_builder("glas-gland", GlasMosaicSettings)
+def glas_mosaic(b: _Build[GlasMosaicSettings]) -> BenchSlide:
     """A gland-level mosaic of whole GlaS crops; truth = glands of the malignant crops."""
-    s = settings or GlasMosaicSettings()
-    data_dir, out = Path(data_dir), Path(out)
-    name = name or f"glas-gland-s{seed}"
-    meta = _meta("glas-gland", data_dir, seed, s)
-    hit = _reuse(out, name, meta, overwrite)
-    if hit is not None:
-        return hit
-
-    rng = np.random.default_rng(seed)
+    s, data_dir, meta = b.settings, b.data_dir, b.meta
+    rng = np.random.default_rng(b.seed)
     crops = choose_glas_crops(
         read_glas_grades(data_dir), s.n_crops, s.malignant_share, rng, s.names
     )
@@ -560,28 +593,15 @@ def glas_mosaic(
         placed.append({"crop": n, "malignant": malignant, "orient": k, "xy": [x, y]})
     truth, tissue = merge(truth_parts), merge(tissue_parts)
     meta["crops"] = placed
-    return write_bench_slide(out, name, rgb, s.mpp, truth, tissue, truth_px, meta)
+    return write_bench_slide(b.out, b.name, rgb, s.mpp, truth, tissue, truth_px, meta)
 
 
-def region_slide(
-    data_dir: str | Path,
-    out: str | Path,
-    seed: int,
-    settings: RegionSlideSettings | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-) -> BenchSlide:
+@_builder("region", RegionSlideSettings)
+def region_slide(b: _Build[RegionSlideSettings]) -> BenchSlide:
     """Region level: malignant GlaS texture inside smooth random blobs, benign texture outside,
     both cut at random offsets; truth = the blobs within the tissue outline."""
-    s = settings or RegionSlideSettings()
-    data_dir, out = Path(data_dir), Path(out)
-    name = name or f"region-s{seed}"
-    meta = _meta("region", data_dir, seed, s)
-    hit = _reuse(out, name, meta, overwrite)
-    if hit is not None:
-        return hit
-
-    rng = np.random.default_rng(seed)
+    s, data_dir, meta = b.settings, b.data_dir, b.meta
+    rng = np.random.default_rng(b.seed)
     grades = read_glas_grades(data_dir)
     pool = sorted(n for n in grades if s.names is None or n in set(s.names))
     malignant = [n for n in pool if grades[n]]
@@ -604,27 +624,14 @@ def region_slide(
     used_b = fill_texture(rgb, tissue_px & ~truth_px, benign, loader, tile, rng)
     used_m = fill_texture(rgb, truth_px, malignant, loader, tile, rng)
     meta["tiles"] = {"tile_px": list(tile), "benign": used_b, "malignant": used_m}
-    return write_bench_slide(out, name, rgb, s.mpp, truth, tissue, truth_px, meta)
+    return write_bench_slide(b.out, b.name, rgb, s.mpp, truth, tissue, truth_px, meta)
 
 
-def wsss4luad_mosaic(
-    data_dir: str | Path,
-    out: str | Path,
-    seed: int,
-    settings: WsssMosaicSettings | None = None,
-    name: str | None = None,
-    overwrite: bool = False,
-) -> BenchSlide:
+@_builder("wsss4luad", WsssMosaicSettings)
+def wsss4luad_mosaic(b: _Build[WsssMosaicSettings]) -> BenchSlide:
     """A mosaic of WSSS4LUAD crops; truth = tumour epithelium (palette index 0) on tissue."""
-    s = settings or WsssMosaicSettings()
-    data_dir, out = Path(data_dir), Path(out)
-    name = name or f"wsss4luad-s{seed}"
-    meta = _meta("wsss4luad", data_dir, seed, s)
-    hit = _reuse(out, name, meta, overwrite)
-    if hit is not None:
-        return hit
-
-    rng = np.random.default_rng(seed)
+    s, data_dir, meta = b.settings, b.data_dir, b.meta
+    rng = np.random.default_rng(b.seed)
     pool = wsss_names(data_dir, s.names)
     n = len(pool) if s.n_crops is None else s.n_crops
     if not 0 < n <= len(pool):
@@ -655,7 +662,7 @@ def wsss4luad_mosaic(
         placed.append({"crop": c, "orient": k, "xy": [x, y]})
     truth, tissue = merge(truth_parts), merge(tissue_parts)
     meta["crops"] = placed
-    return write_bench_slide(out, name, rgb, s.mpp, truth, tissue, truth_px, meta)
+    return write_bench_slide(b.out, b.name, rgb, s.mpp, truth, tissue, truth_px, meta)
 
 
 def default_slides(data_root: str | Path, out: str | Path, seed: int = 0) -> list[BenchSlide]:
