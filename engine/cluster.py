@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,11 +119,68 @@ class DaskSettings:
         return {"address": self.address, "workers": self.workers, "classifier": PER_SLIDE}
 
 
-def _worker_env(workers: int) -> dict[str, str]:
-    """onnxruntime takes every core by default: share them out between the workers."""
-    key = "QUPATH_REFINE_THREADS"
-    threads = os.environ.get(key) or str(max(1, (os.cpu_count() or 1) // workers))
-    return {key: threads}
+#: the thread pools a worker's libraries size from the environment when they load: OpenMP
+#: (torch), MKL, OpenBLAS, and onnxruntime's through ours (:func:`engine.encoders.runtime.
+#: onnx_session`)
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "QUPATH_REFINE_THREADS",
+)
+#: Dask's default malloc setting for workers, left out of the workers we start (see below)
+_MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+def worker_environ(workers: int) -> dict[str, str]:
+    """What the nanny sets in each worker process of a local cluster before spawning it
+    (``distributed.nanny.pre-spawn-environ``), in place of Dask's defaults, which made
+    ``--workers 1`` 21% slower than one process (BENCHMARKS.md, issue 11):
+
+    * each thread pool gets the worker's share of the cores (a value in this process's
+      environment wins), where Dask gives OpenMP/MKL/OpenBLAS, so torch, one thread;
+    * no ``MALLOC_TRIM_THRESHOLD_``: setting it turns off glibc's dynamic mmap threshold, so
+      every large temporary (decoded tiles, encoder batches, MIL bags) became a fresh mmap,
+      zero-filled page by page: 2-3x slower allocation loops in a worker. A value in this
+      process's environment still reaches the workers, which inherit it.
+    """
+    import dask
+
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop(_MALLOC_TRIM, None)
+    env.update({k: os.environ.get(k) or share for k in THREAD_VARS})
+    return {k: str(v) for k, v in env.items()}
+
+
+def _local_cluster_config(workers: int) -> dict[str, Any]:
+    """Dask settings for a local cluster of ``workers`` processes, read as it starts: the
+    scheduler's (:data:`SCHEDULER_CONFIG`), the workers' environment (:func:`worker_environ`),
+    no statistical profiler sampling the slide's thread every 10 ms (nobody reads it), and a
+    scheduler HTTP server with no pages: Dask starts one even without a dashboard, on the
+    fixed port 8787, and a second run on the machine warned that the port was taken."""
+    return {
+        **SCHEDULER_CONFIG,
+        "distributed.nanny.pre-spawn-environ": worker_environ(workers),
+        "distributed.worker.profile.enabled": False,
+        "distributed.scheduler.http.routes": [],
+    }
+
+
+@contextlib.contextmanager
+def _environ_kept(keys: Iterable[str]) -> Iterator[None]:
+    """This process's values of ``keys`` restored on exit: a nanny sets the workers'
+    pre-spawn environment in the process that starts it, here the driver (a documented Dask
+    caveat), which would run on with its workers' thread counts after the cluster is gone."""
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -144,17 +201,19 @@ def dask_client(s: DaskSettings) -> Iterator[Client]:
         with client:
             yield client
         return
-    with dask.config.set(SCHEDULER_CONFIG):  # read by the scheduler, in this process
-        cluster = LocalCluster(
-            n_workers=s.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=_worker_env(s.workers or 1),
-        )
-    with cluster, Client(cluster) as client:
-        yield client
+    config = _local_cluster_config(s.workers or 1)
+    with _environ_kept(config["distributed.nanny.pre-spawn-environ"]):
+        with dask.config.set(config):  # read as the scheduler and the nannies start, here
+            cluster = LocalCluster(
+                n_workers=s.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,  # no dashboard; the HTTP server: see the config
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+            )
+        with cluster, Client(cluster) as client:
+            yield client
 
 
 def _probe(cache_dir: str, token: str) -> str | None:
