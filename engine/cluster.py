@@ -86,6 +86,9 @@ SCHEDULER_CONFIG = {
 SlideTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideResult, dict[str, float]]]
 #: phase 1 of ``--method prototype`` (:func:`engine.prototype_slides.local_step`)
 LocalTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideLocal, dict[str, float]]]
+#: told, on the driver, of each slide that phase 1 of ``--method prototype`` finished: its
+#: number of patches (0: it failed), for the driver's progress bar
+OnLocal = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -366,11 +369,13 @@ def refine_on_cluster(
     settings: RefineSettings,
     task: SlideTask = refine_one,
     local_task: LocalTask = local_step,
+    on_local: OnLocal | None = None,
 ) -> Iterator[SlideOutcome]:
     """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
     outcome as it completes (not in input order). ``task`` does one slide on a worker with
     MIL; with ``model="mlp"`` (--method prototype) ``local_task`` is phase 1 and phase 2 is
-    :func:`engine.prototype_slides.slide_step` (see the module's docstring).
+    :func:`engine.prototype_slides.slide_step` (see the module's docstring), and
+    ``on_local`` hears of each slide phase 1 finishes, before any outcome is yielded.
 
     Slide paths and the feature cache are made absolute here, so that workers use the
     driver's files and folder rather than their own default; check first that they share the
@@ -378,7 +383,7 @@ def refine_on_cluster(
     """
     settings = _prepared(settings)
     if settings.classifier.model == "mlp":
-        yield from _prototype_route(client, items, settings, local_task)
+        yield from _prototype_route(client, items, settings, local_task, on_local)
         return
     for k, result, timings, error in _each_slide(
         client, task, dict(enumerate(items)), settings, "refine-slide"
@@ -406,10 +411,12 @@ def prototypes_on_cluster(
     items: Sequence[SlideInput],
     settings: RefineSettings,
     local_task: LocalTask = local_step,
+    on_local: OnLocal | None = None,
 ) -> PhaseOne:
     """Phase 1 of ``--method prototype`` on the workers (with ``patch_um="auto"``, after a
     thumbnail task per slide), then the global prototypes here: with every slide through,
-    identical to :func:`engine.pipeline.refine`'s for the same slides and seed."""
+    identical to :func:`engine.pipeline.refine`'s for the same slides and seed.
+    ``on_local(patches)`` is called as each slide's phase 1 ends (0 patches: it failed)."""
     settings = _prepared(settings)
     failed: list[SlideOutcome] = []
     todo = dict(enumerate(items))
@@ -433,6 +440,8 @@ def prototypes_on_cluster(
             failed.append(SlideOutcome(k, items[k], error=error))
         else:
             local[k] = (one, timings)
+        if on_local is not None:
+            on_local(0 if one is None else one.patches)
     if not local:
         return PhaseOne(settings, None, {}, failed)
     ordered = [local[k][0].prototypes for k in sorted(local)]
@@ -440,13 +449,17 @@ def prototypes_on_cluster(
 
 
 def _prototype_route(
-    client: Client, items: Sequence[SlideInput], settings: RefineSettings, local_task: LocalTask
+    client: Client,
+    items: Sequence[SlideInput],
+    settings: RefineSettings,
+    local_task: LocalTask,
+    on_local: OnLocal | None,
 ) -> Iterator[SlideOutcome]:
     log.info(
         "--method prototype on a cluster: global prototypes shared by all slides, a "
         f"classifier {PER_SLIDE}"
     )
-    one = prototypes_on_cluster(client, items, settings, local_task)
+    one = prototypes_on_cluster(client, items, settings, local_task, on_local)
     yield from one.failed  # before phase 2: the others go on
     if one.global_prototypes is None:
         return

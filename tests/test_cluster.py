@@ -42,6 +42,7 @@ from engine.prototype_slides import SlideLocal, local_step, refine_per_slide  # 
 from engine.tiff import write_pyramidal_tiff  # noqa: E402
 from qupath_bridge.classes import ClassNames  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
+from qupath_bridge.dask_runner import refine_slides_dask  # noqa: E402
 from qupath_bridge.geojson_io import annotation_features, write_features  # noqa: E402
 from qupath_bridge.slide_io import load_inputs, render_outputs  # noqa: E402
 
@@ -384,6 +385,64 @@ def test_prototype_slide_command_on_a_local_cluster(inputs, items, per_slide, tm
     assert summary["failed"] == []
     assert summary["dask"] == {"address": None, "workers": 2, "classifier": "per slide"}
     assert summary["settings"]["classifier"]["model"] == "mlp"
+
+
+class Bars:
+    """A progress factory that records what the driver's bars are told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def __call__(self, desc: str, total: int) -> Bars.Bar:
+        self.events.append(("open", desc, total))
+        return Bars.Bar(self, desc)
+
+    class Bar:
+        def __init__(self, bars: Bars, desc: str) -> None:
+            self.bars, self.desc = bars, desc
+
+        def __enter__(self) -> Bars.Bar:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.bars.events.append(("close", self.desc))
+
+        def update(self, n: int) -> None:
+            self.bars.events.append(("update", self.desc, n))
+
+        def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+            self.bars.events.append(("rate", self.desc, s))
+
+
+def test_the_driver_bar_counts_slides_in_both_prototype_phases(client, inputs, per_slide, tmp_path):
+    # --method prototype: phase 1 (local prototypes, from the cache here) feeds a bar of its
+    # own, one step per slide, then phase 2 the slides' bar; each step with patches/s.
+    _, _, settings = per_slide
+    short = replace(settings.classifier, iterations=20, refinetune_epochs=0)
+    bars = Bars()
+    run = refine_slides_dask(
+        *inputs,
+        tmp_path / "out",
+        replace(settings, classifier=short),
+        DaskSettings(address=client.scheduler.address),
+        progress=bars,
+    )
+    assert len(run.slides) == 2
+    steps = [e for e in bars.events if e[0] != "rate"]
+    assert steps == [
+        ("open", "local prototypes", 2),
+        ("update", "local prototypes", 1),
+        ("update", "local prototypes", 1),
+        ("close", "local prototypes"),
+        ("open", "slides", 2),
+        ("update", "slides", 1),
+        ("update", "slides", 1),
+        ("close", "slides"),
+    ]
+    rates = [e for e in bars.events if e[0] == "rate"]
+    assert [desc for _, desc, _ in rates] == ["local prototypes"] * 2 + ["slides"] * 2
+    for _, _, rate in rates:
+        assert int(re.fullmatch(r"(\d+) patches/s", rate)[1]) > 0, rate
 
 
 def test_a_worker_killed_in_prototype_phase_one_still_yields_every_slide(
