@@ -416,7 +416,8 @@ def prototypes_on_cluster(
     """Phase 1 of ``--method prototype`` on the workers (with ``patch_um="auto"``, after a
     thumbnail task per slide), then the global prototypes here: with every slide through,
     identical to :func:`engine.pipeline.refine`'s for the same slides and seed.
-    ``on_local(patches)`` is called as each slide's phase 1 ends (0 patches: it failed)."""
+    ``on_local(patches)`` is called once per slide as its phase 1 ends (0 patches: it
+    failed)."""
     settings = _prepared(settings)
     failed: list[SlideOutcome] = []
     todo = dict(enumerate(items))
@@ -425,6 +426,8 @@ def prototypes_on_cluster(
         for k, side, _, error in _each_slide(client, grid_side, todo, settings, "grid-side"):
             if side is None:
                 failed.append(SlideOutcome(k, items[k], error=error))
+                if on_local is not None:
+                    on_local(0)  # through phase 1 too, without local prototypes
             else:
                 sides[k] = side
         if not sides:

@@ -47,7 +47,7 @@ def _not_refined(item: SlideInput, error: str | None) -> str:
 class DriverBar:
     """The driver's progress: slides done, with patches/s over them. ``--method prototype``
     (``model="mlp"``) shows phase 1 first, as a bar of its own ("local prototypes", fed by
-    :meth:`local_done`), then the slides' bar from the first outcome on."""
+    :meth:`local_done`), then the slides' bar as soon as every slide is through phase 1."""
 
     def __init__(self, progress: bool | ProgressFactory, total: int, settings: RefineSettings):
         self.progress, self.total = progress, total
@@ -72,10 +72,11 @@ class DriverBar:
         else:
             bar = tqdm(total=self.total, desc=desc, unit="slide", disable=not self.progress)
         self.bar = bar.__enter__()
-        self.t0, self.patches = time.perf_counter(), 0
+        self.t0, self.slides, self.patches = time.perf_counter(), 0, 0
 
     def _done(self, patches: int) -> None:
         self.bar.update(1)
+        self.slides += 1
         self.patches += patches
         postfix = getattr(self.bar, "set_postfix_str", None)  # tqdm's, or a factory's bar's
         if postfix is not None:
@@ -85,10 +86,12 @@ class DriverBar:
     def local_done(self, patches: int) -> None:
         """A slide finished phase 1 (``patches`` embedded or read from the cache; 0: failed)."""
         self._done(patches)
+        if self.slides == self.total and self.phases:  # phase 2 starts now
+            self._next_phase()
 
     def slide_done(self, o: SlideOutcome) -> None:
         """A slide's outcome arrived (refined or failed)."""
-        if self.phases:  # the first outcome of --method prototype: phase 1 is over
+        if self.phases:  # not reached: every slide reports phase 1 (safety for the bar)
             self._next_phase()
         self._done(len(o.result.grid) if o.result is not None else 0)
 

@@ -441,8 +441,10 @@ def test_the_driver_bar_counts_slides_in_both_prototype_phases(client, inputs, p
     ]
     rates = [e for e in bars.events if e[0] == "rate"]
     assert [desc for _, desc, _ in rates] == ["local prototypes"] * 2 + ["slides"] * 2
-    for _, _, rate in rates:
-        assert int(re.fullmatch(r"(\d+) patches/s", rate)[1]) > 0, rate
+    for _, desc, rate in rates:
+        # The slides' bar opens when phase 1 ends, not when the first slide is done: its
+        # clock includes phase 2's training (a bar opened late showed millions of patches/s).
+        assert 0 < int(re.fullmatch(r"(\d+) patches/s", rate)[1]) < 100_000, (desc, rate)
 
 
 def test_a_worker_killed_in_prototype_phase_one_still_yields_every_slide(
