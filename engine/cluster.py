@@ -137,15 +137,15 @@ _MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 def worker_environ(workers: int) -> dict[str, str]:
     """What the nanny sets in each worker process of a local cluster before spawning it
-    (``distributed.nanny.pre-spawn-environ``), in place of Dask's defaults, which made
-    ``--workers 1`` 21% slower than one process (BENCHMARKS.md, issue 11):
+    (``distributed.nanny.pre-spawn-environ``), in place of Dask's defaults, the main cause
+    found of ``--workers 1`` costing 21% over one process (BENCHMARKS.md, issue 11):
 
     * each thread pool gets the worker's share of the cores (a value in this process's
       environment wins), where Dask gives OpenMP/MKL/OpenBLAS, so torch, one thread;
     * no ``MALLOC_TRIM_THRESHOLD_``: setting it turns off glibc's dynamic mmap threshold, so
       every large temporary (decoded tiles, encoder batches, MIL bags) became a fresh mmap,
-      zero-filled page by page: 2-3x slower allocation loops in a worker. A value in this
-      process's environment still reaches the workers, which inherit it.
+      zero-filled page by page: 7x the page faults of one process, MIL training ~17% slower.
+      A value in this process's environment still reaches the workers, which inherit it.
     """
     import dask
 
@@ -205,7 +205,8 @@ def dask_client(s: DaskSettings) -> Iterator[Client]:
             yield client
         return
     config = _local_cluster_config(s.workers or 1)
-    with _environ_kept(config["distributed.nanny.pre-spawn-environ"]):
+    # the nanny also sets PYTHONHASHSEED (the same in every worker)
+    with _environ_kept([*config["distributed.nanny.pre-spawn-environ"], "PYTHONHASHSEED"]):
         with dask.config.set(config):  # read as the scheduler and the nannies start, here
             cluster = LocalCluster(
                 n_workers=s.workers,
