@@ -144,7 +144,8 @@ def worker_environ(workers: int) -> dict[str, str]:
       environment wins), where Dask gives OpenMP/MKL/OpenBLAS, so torch, one thread;
     * no ``MALLOC_TRIM_THRESHOLD_``: setting it turns off glibc's dynamic mmap threshold, so
       every large temporary (decoded tiles, encoder batches, MIL bags) became a fresh mmap,
-      zero-filled page by page: 7x the page faults of one process, MIL training ~17% slower.
+      zero-filled page by page: 12x the page faults of one process, MIL training ~17%
+      slower.
       A value in this process's environment still reaches the workers, which inherit it.
     """
     import dask
