@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_scale [--dir /tmp/qupath-refine-scale] [--rounds 3] [--quick]
     python -m benchmarks.bench_scale --cached-rerun [--dir /tmp/qupath-refine-bench] [--runs 5]
+    PAQUO_QUPATH_DIR=/path/to/QuPath python -m benchmarks.bench_scale --paquo-write [--runs 3]
 
 (from the repository root). Measure on a quiet machine: other load changes the figures far
 more than anything measured here (each measurement records the cores other processes used).
@@ -29,6 +30,15 @@ measurement), a cold run (features, scores and self-tests removed from the cache
 export kept) and a cached re-run. Reported: medians of cold and cached wall time, the cold
 run's patches/s over the encoder alone's (same rounds), whether each re-run's classifier came
 from the cache, and whether its outputs equal the cold run's.
+
+``--paquo-write``: what the driver of a project run does per image, alone: 20,000 tiles (each
+with its ``p_Tumor`` measurement, like the engine's patches) and a refined region written into
+one image of a fresh QuPath project (the demo slide, its coarse outline as an annotation)
+through :func:`qupath_bridge.project.write_refined` (backup, replace, ``entry.save()``), then
+the project file saved. Each run is a fresh process on a fresh project. Reported: median
+seconds per image (``write_refined``), the project save and the JVM start beside it, and the
+object count QuPath recorded. Needs QuPath (``PAQUO_QUPATH_DIR``); exits with one line when
+none is found.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -49,6 +60,7 @@ from benchmarks.bench_engine import add_wait_quiet, timed_run
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 MODES = ("in-process", "workers-1", "workers-2")
+PAQUO_WRITE = "paquo-write"
 
 
 # --------------------------------------------------------------------------- measuring
@@ -412,6 +424,142 @@ def summarise_cached_reruns(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- paquo write
+
+
+def tile_boxes(width: int, height: int, n: int) -> list[Any]:
+    """``n`` square-ish tiles (a full grid, row by row) covering a ``width`` x ``height`` image."""
+    import math
+
+    import shapely
+
+    cols = math.ceil(math.sqrt(n * width / height))
+    rows = math.ceil(n / cols)
+    w, h = width / cols, height / rows
+    return [
+        shapely.box(c * w, r * h, (c + 1) * w, (r + 1) * h)
+        for r in range(rows)
+        for c in range(cols)
+    ][:n]
+
+
+def worker_paquo_write(slide_meta: Path, project_dir: Path, n_tiles: int) -> dict[str, Any]:
+    """One run in this (fresh) process: a fresh project with the slide, then one image's
+    refined objects written by the project's own writer, timed."""
+    import numpy as np
+    import shapely
+
+    from engine.errors import RefineError
+    from qupath_bridge.classes import probability_key
+    from qupath_bridge.project import (
+        open_project,
+        qupath_version,
+        save_project,
+        summary_object_count,
+        timestamp,
+        write_refined,
+    )
+
+    meta = json.loads(slide_meta.read_text())
+    t0 = time.perf_counter()
+    try:
+        version = qupath_version()  # starts the JVM, with the options a run gives it
+    except RefineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    jvm_s = time.perf_counter() - t0
+    from paquo.classes import QuPathPathClass
+    from paquo.projects import QuPathProject
+
+    # The user's project: the slide, a Tumor class and the coarse outline as an annotation.
+    with QuPathProject(project_dir, mode="x") as qp:
+        tumor = QuPathPathClass("Tumor", color="#c80000")
+        qp.path_classes = [tumor]
+        entry = qp.add_image(meta["path"])
+        entry.hierarchy.add_annotation(roi=shapely.from_wkt(meta["coarse_wkt"]), path_class=tumor)
+        entry_id = str(entry.entry_id)
+    boxes = tile_boxes(meta["width"], meta["height"], n_tiles)
+    proba = np.random.default_rng(0).random(len(boxes)).tolist()
+    region = shapely.from_wkt(meta["truth_wkt"])
+    regions = list(getattr(region, "geoms", [region]))
+    busy0, cpu0 = _busy(), os.times()
+    t1 = time.perf_counter()
+    with open_project(project_dir, write=True) as qp:
+        t2 = time.perf_counter()
+        rep = write_refined(
+            qp, project_dir, entry_id, regions, list(zip(boxes, proba, strict=True)),
+            "Tumor", (255, 136, 0), timestamp(),
+        )  # fmt: skip
+        t3 = time.perf_counter()
+        save_project(qp)
+        t4 = time.perf_counter()
+    return {
+        "qupath": version,
+        "tiles": len(boxes),
+        "regions": len(regions),
+        "measurement": probability_key("Tumor"),
+        "added": rep.added,
+        "objects_saved": summary_object_count(project_dir, entry_id),
+        "jvm_start_s": jvm_s,
+        "open_project_s": t2 - t1,
+        "write_image_s": t3 - t2,
+        "save_project_s": t4 - t3,
+        "other_load_cores": _other_load(t4 - t1, busy0, cpu0),
+    }
+
+
+def paquo_write_mode(args: argparse.Namespace) -> dict[str, Any]:
+    from engine.synthetic import make_demo_slide
+
+    meta_path = args.dir / "demo.json"
+    if not meta_path.exists():
+        demo = make_demo_slide(args.dir / "demo.tif", seed=1)
+        meta = {
+            "path": str(demo.path),
+            "width": demo.size[0],
+            "height": demo.size[1],
+            "coarse_wkt": demo.coarse.wkt,
+            "truth_wkt": demo.truth.wkt,
+        }
+        meta_path.write_text(json.dumps(meta))
+    runs: list[dict[str, Any]] = []
+    for r in range(args.runs):
+        _wait_quiet(args.wait_quiet)
+        project = args.dir / "project"
+        shutil.rmtree(project, ignore_errors=True)
+        cmd = [
+            sys.executable, "-m", "benchmarks.bench_scale", "--worker", PAQUO_WRITE,
+            "--manifest", str(meta_path), "--out", str(project), "--tiles", str(args.tiles),
+        ]  # fmt: skip
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if p.returncode == 2 and "paquo found no QuPath" in p.stderr:
+            raise SystemExit(p.stderr.strip().splitlines()[-1])
+        if p.returncode != 0:
+            sys.stderr.write(p.stderr)
+            raise SystemExit(f"the paquo write run failed ({p.returncode})")
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+        res["run"] = r
+        runs.append(res)
+        print(
+            f"run {r + 1}: {res['tiles']} tiles written in {res['write_image_s']:.1f} s per "
+            f"image (project save {res['save_project_s']:.2f} s, JVM start "
+            f"{res['jvm_start_s']:.1f} s), {res['objects_saved']} objects saved; other load "
+            f"{res['other_load_cores']:.2f} cores",
+            flush=True,
+        )
+    summary = {
+        "tiles": runs[0]["tiles"],
+        "write_image_s": _median([r["write_image_s"] for r in runs]),
+        "write_image_runs_s": [round(r["write_image_s"], 2) for r in runs],
+        "save_project_s": _median([r["save_project_s"] for r in runs]),
+        "jvm_start_s": _median([r["jvm_start_s"] for r in runs]),
+        # QuPath's count: ours, the coarse annotation and the hierarchy's root object
+        "all_objects_saved": all(r["objects_saved"] == r["tiles"] + r["regions"] + 2 for r in runs),
+        "max_other_load_cores": max(r["other_load_cores"] for r in runs),
+    }
+    return {"runs": runs, "summary": summary}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -423,31 +571,44 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None, help="results (default: DIR/...json)")
     ap.add_argument("--quick", action="store_true", help="small: proves the bench runs")
     ap.add_argument("--cached-rerun", action="store_true", help="the cached re-run mode")
+    ap.add_argument(
+        "--paquo-write", action="store_true", help="paquo write time per image (needs QuPath)"
+    )
+    ap.add_argument("--tiles", type=int, default=20000, help="--paquo-write tiles per image")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the three modes")
     ap.add_argument("--slides", type=int, default=0, help="slides (default 8; quick 2)")
     ap.add_argument("--patch-um", type=float, default=80.0, help="the region benchmark's")
     ap.add_argument("--encoder", default="efficientnet-lite0")
-    ap.add_argument("--runs", type=int, default=5, help="--cached-rerun rounds")
+    ap.add_argument("--runs", type=int, default=5, help="--cached-rerun/--paquo-write runs")
     ap.add_argument("--cols", type=int, default=136, help="--cached-rerun slide, 256 px tiles")
     ap.add_argument("--rows", type=int, default=124)
     ap.add_argument("--compression", choices=("jpeg", "zlib"), default="jpeg")
     ap.add_argument("--encoder-patches", type=int, default=1024)
     add_wait_quiet(ap)
-    ap.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=(*MODES, PAQUO_WRITE), help=argparse.SUPPRESS)
     ap.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    if args.worker == PAQUO_WRITE:
+        print(json.dumps(worker_paquo_write(args.manifest, args.out, args.tiles)))
+        return
     if args.worker:
         manifest = json.loads(args.manifest.read_text())
         print(json.dumps(worker_slides(manifest, args.worker, args.out, args.cache)))
         return
     if args.dir is None:
         name = "qupath-refine-bench" if args.cached_rerun else "qupath-refine-scale"
+        name = "qupath-refine-paquo" if args.paquo_write else name
         args.dir = Path("/tmp") / (name + ("-quick" if args.quick else ""))
     args.dir.mkdir(parents=True, exist_ok=True)
-    result = cached_rerun_mode(args) if args.cached_rerun else slides_mode(args)
+    if args.paquo_write:
+        result = paquo_write_mode(args)
+    elif args.cached_rerun:
+        result = cached_rerun_mode(args)
+    else:
+        result = slides_mode(args)
     result["command"] = "python -m benchmarks.bench_scale " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
@@ -455,7 +616,8 @@ def main(argv: list[str] | None = None) -> None:
 
     result["machine"] = _machine()
     result["code"] = _git_state()
-    path = args.json or args.dir / ("bench-rerun.json" if args.cached_rerun else "bench-scale.json")
+    default = "bench-rerun.json" if args.cached_rerun else "bench-scale.json"
+    path = args.json or args.dir / ("bench-paquo-write.json" if args.paquo_write else default)
     path.write_text(json.dumps(result, indent=1, default=str))
     print(json.dumps(result["summary"], indent=1))
     print(f"results: {path}")

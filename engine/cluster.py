@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +86,9 @@ SCHEDULER_CONFIG = {
 SlideTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideResult, dict[str, float]]]
 #: phase 1 of ``--method prototype`` (:func:`engine.prototype_slides.local_step`)
 LocalTask = Callable[[SlideInput, RefineSettings, int], tuple[SlideLocal, dict[str, float]]]
+#: told, on the driver, of each slide that phase 1 of ``--method prototype`` finished: its
+#: number of patches (0: it failed), for the driver's progress bar
+OnLocal = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,69 @@ class DaskSettings:
         return {"address": self.address, "workers": self.workers, "classifier": PER_SLIDE}
 
 
-def _worker_env(workers: int) -> dict[str, str]:
-    """onnxruntime takes every core by default: share them out between the workers."""
-    key = "QUPATH_REFINE_THREADS"
-    threads = os.environ.get(key) or str(max(1, (os.cpu_count() or 1) // workers))
-    return {key: threads}
+#: the thread pools a worker's libraries size from the environment when they load: OpenMP
+#: (torch), MKL, OpenBLAS, and onnxruntime's through ours (:func:`engine.encoders.runtime.
+#: onnx_session`)
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "QUPATH_REFINE_THREADS",
+)
+#: Dask's default malloc setting for workers, left out of the workers we start (see below)
+_MALLOC_TRIM = "MALLOC_TRIM_THRESHOLD_"
+
+
+def worker_environ(workers: int) -> dict[str, str]:
+    """What the nanny sets in each worker process of a local cluster before spawning it
+    (``distributed.nanny.pre-spawn-environ``), in place of Dask's defaults, the main cause
+    found of ``--workers 1`` costing 21% over one process (BENCHMARKS.md, issue 11):
+
+    * each thread pool gets the worker's share of the cores (a value in this process's
+      environment wins), where Dask gives OpenMP/MKL/OpenBLAS, so torch, one thread;
+    * no ``MALLOC_TRIM_THRESHOLD_``: setting it turns off glibc's dynamic mmap threshold, so
+      every large temporary (decoded tiles, encoder batches, MIL bags) became a fresh mmap,
+      zero-filled page by page: 12x the page faults of one process, MIL training ~17%
+      slower.
+      A value in this process's environment still reaches the workers, which inherit it.
+    """
+    import dask
+
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop(_MALLOC_TRIM, None)
+    env.update({k: os.environ.get(k) or share for k in THREAD_VARS})
+    return {k: str(v) for k, v in env.items()}
+
+
+def _local_cluster_config(workers: int) -> dict[str, Any]:
+    """Dask settings for a local cluster of ``workers`` processes, read as it starts: the
+    scheduler's (:data:`SCHEDULER_CONFIG`), the workers' environment (:func:`worker_environ`),
+    no statistical profiler sampling the slide's thread every 10 ms (nobody reads it), and a
+    scheduler HTTP server with no pages: Dask starts one even without a dashboard, on the
+    fixed port 8787, and a second run on the machine warned that the port was taken."""
+    return {
+        **SCHEDULER_CONFIG,
+        "distributed.nanny.pre-spawn-environ": worker_environ(workers),
+        "distributed.worker.profile.enabled": False,
+        "distributed.scheduler.http.routes": [],
+    }
+
+
+@contextlib.contextmanager
+def _environ_kept(keys: Iterable[str]) -> Iterator[None]:
+    """This process's values of ``keys`` restored on exit: a nanny sets the workers'
+    pre-spawn environment in the process that starts it, here the driver (a documented Dask
+    caveat), which would run on with its workers' thread counts after the cluster is gone."""
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -144,17 +205,20 @@ def dask_client(s: DaskSettings) -> Iterator[Client]:
         with client:
             yield client
         return
-    with dask.config.set(SCHEDULER_CONFIG):  # read by the scheduler, in this process
-        cluster = LocalCluster(
-            n_workers=s.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=_worker_env(s.workers or 1),
-        )
-    with cluster, Client(cluster) as client:
-        yield client
+    config = _local_cluster_config(s.workers or 1)
+    # the nanny also sets PYTHONHASHSEED (the same in every worker)
+    with _environ_kept([*config["distributed.nanny.pre-spawn-environ"], "PYTHONHASHSEED"]):
+        with dask.config.set(config):  # read as the scheduler and the nannies start, here
+            cluster = LocalCluster(
+                n_workers=s.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,  # no dashboard; the HTTP server: see the config
+                scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                silence_logs=logging.ERROR,
+            )
+        with cluster, Client(cluster) as client:
+            yield client
 
 
 def _probe(cache_dir: str, token: str) -> str | None:
@@ -307,11 +371,13 @@ def refine_on_cluster(
     settings: RefineSettings,
     task: SlideTask = refine_one,
     local_task: LocalTask = local_step,
+    on_local: OnLocal | None = None,
 ) -> Iterator[SlideOutcome]:
     """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
     outcome as it completes (not in input order). ``task`` does one slide on a worker with
     MIL; with ``model="mlp"`` (--method prototype) ``local_task`` is phase 1 and phase 2 is
-    :func:`engine.prototype_slides.slide_step` (see the module's docstring).
+    :func:`engine.prototype_slides.slide_step` (see the module's docstring), and
+    ``on_local`` hears of each slide phase 1 finishes, before any outcome is yielded.
 
     Slide paths and the feature cache are made absolute here, so that workers use the
     driver's files and folder rather than their own default; check first that they share the
@@ -319,7 +385,7 @@ def refine_on_cluster(
     """
     settings = _prepared(settings)
     if settings.classifier.model == "mlp":
-        yield from _prototype_route(client, items, settings, local_task)
+        yield from _prototype_route(client, items, settings, local_task, on_local)
         return
     for k, result, timings, error in _each_slide(
         client, task, dict(enumerate(items)), settings, "refine-slide"
@@ -347,10 +413,13 @@ def prototypes_on_cluster(
     items: Sequence[SlideInput],
     settings: RefineSettings,
     local_task: LocalTask = local_step,
+    on_local: OnLocal | None = None,
 ) -> PhaseOne:
     """Phase 1 of ``--method prototype`` on the workers (with ``patch_um="auto"``, after a
     thumbnail task per slide), then the global prototypes here: with every slide through,
-    identical to :func:`engine.pipeline.refine`'s for the same slides and seed."""
+    identical to :func:`engine.pipeline.refine`'s for the same slides and seed.
+    ``on_local(patches)`` is called once per slide as its phase 1 ends (0 patches: it
+    failed)."""
     settings = _prepared(settings)
     failed: list[SlideOutcome] = []
     todo = dict(enumerate(items))
@@ -359,6 +428,8 @@ def prototypes_on_cluster(
         for k, side, _, error in _each_slide(client, grid_side, todo, settings, "grid-side"):
             if side is None:
                 failed.append(SlideOutcome(k, items[k], error=error))
+                if on_local is not None:
+                    on_local(0)  # through phase 1 too, without local prototypes
             else:
                 sides[k] = side
         if not sides:
@@ -374,6 +445,8 @@ def prototypes_on_cluster(
             failed.append(SlideOutcome(k, items[k], error=error))
         else:
             local[k] = (one, timings)
+        if on_local is not None:
+            on_local(0 if one is None else one.patches)
     if not local:
         return PhaseOne(settings, None, {}, failed)
     ordered = [local[k][0].prototypes for k in sorted(local)]
@@ -381,13 +454,17 @@ def prototypes_on_cluster(
 
 
 def _prototype_route(
-    client: Client, items: Sequence[SlideInput], settings: RefineSettings, local_task: LocalTask
+    client: Client,
+    items: Sequence[SlideInput],
+    settings: RefineSettings,
+    local_task: LocalTask,
+    on_local: OnLocal | None,
 ) -> Iterator[SlideOutcome]:
     log.info(
         "--method prototype on a cluster: global prototypes shared by all slides, a "
         f"classifier {PER_SLIDE}"
     )
-    one = prototypes_on_cluster(client, items, settings, local_task)
+    one = prototypes_on_cluster(client, items, settings, local_task, on_local)
     yield from one.failed  # before phase 2: the others go on
     if one.global_prototypes is None:
         return

@@ -65,6 +65,8 @@ class SlideLocal:
     prototypes: npt.NDArray[np.float32]
     cached: bool
     seconds: float
+    #: the slide's patches (for the driver's patches/s)
+    patches: int = 0
 
 
 def check_prototype_settings(settings: RefineSettings) -> None:
@@ -107,7 +109,7 @@ def local_step(
     t0 = time.perf_counter()
     local = local_prototypes(d.embedded(), settings.prototypes)
     timings["prototypes"] = time.perf_counter() - t0
-    return SlideLocal(local, d.cached, d.seconds), timings
+    return SlideLocal(local, d.cached, d.seconds, len(d.grid)), timings
 
 
 def slide_step(

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from engine.cluster import (
     DaskSettings,
+    SlideOutcome,
     check_shared_cache,
     dask_client,
     refine_on_cluster,
@@ -43,10 +44,56 @@ def _not_refined(item: SlideInput, error: str | None) -> str:
     return why
 
 
-def _slide_bar(progress: bool | ProgressFactory, total: int) -> Any:
-    if callable(progress):
-        return progress("slides", total)
-    return tqdm(total=total, desc="slides", unit="slide", disable=not progress)
+class DriverBar:
+    """The driver's progress: slides done, with patches/s over them. ``--method prototype``
+    (``model="mlp"``) shows phase 1 first, as a bar of its own ("local prototypes", fed by
+    :meth:`local_done`), then the slides' bar as soon as every slide is through phase 1."""
+
+    def __init__(self, progress: bool | ProgressFactory, total: int, settings: RefineSettings):
+        self.progress, self.total = progress, total
+        self.phases = ["slides"]
+        if settings.classifier.model == "mlp":
+            self.phases.insert(0, "local prototypes")
+        self.bar: Any = None
+
+    def __enter__(self) -> DriverBar:
+        self._next_phase()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def _next_phase(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        desc = self.phases.pop(0)
+        if callable(self.progress):
+            bar = self.progress(desc, self.total)
+        else:
+            bar = tqdm(total=self.total, desc=desc, unit="slide", disable=not self.progress)
+        self.bar = bar.__enter__()
+        self.t0, self.slides, self.patches = time.perf_counter(), 0, 0
+
+    def _done(self, patches: int) -> None:
+        self.bar.update(1)
+        self.slides += 1
+        self.patches += patches
+        postfix = getattr(self.bar, "set_postfix_str", None)  # tqdm's, or a factory's bar's
+        if postfix is not None:
+            rate = self.patches / max(time.perf_counter() - self.t0, 1e-9)
+            postfix(f"{rate:.0f} patches/s", refresh=False)
+
+    def local_done(self, patches: int) -> None:
+        """A slide finished phase 1 (``patches`` embedded or read from the cache; 0: failed)."""
+        self._done(patches)
+        if self.slides == self.total and self.phases:  # phase 2 starts now
+            self._next_phase()
+
+    def slide_done(self, o: SlideOutcome) -> None:
+        """A slide's outcome arrived (refined or failed)."""
+        if self.phases:  # not reached: every slide reports phase 1 (safety for the bar)
+            self._next_phase()
+        self._done(len(o.result.grid) if o.result is not None else 0)
 
 
 def refine_slides_dask(
@@ -74,8 +121,8 @@ def refine_slides_dask(
             done: dict[int, tuple[SlideResult, SlideFiles]] = {}
             failed: list[dict[str, str]] = []
             timings = dict.fromkeys(STAGES, 0.0)
-            with _slide_bar(progress, len(items)) as bar:
-                for o in refine_on_cluster(client, items, settings):
+            with DriverBar(progress, len(items), settings) as bar:
+                for o in refine_on_cluster(client, items, settings, on_local=bar.local_done):
                     if o.result is None:
                         why = _not_refined(o.item, o.error)
                         failed.append({"slide": str(o.item.path), "error": why})
@@ -88,7 +135,7 @@ def refine_slides_dask(
                         done[o.index] = (o.result, written[0])
                         for stage, s in o.timings.items():
                             timings[stage] += s  # worker seconds, summed over slides
-                    bar.update(1)
+                    bar.slide_done(o)
             order = sorted(done)
             ok: list[SlideInput] = [items[k] for k in order]
             result = RefineResult([done[k][0] for k in order], None, None, timings)
@@ -126,8 +173,8 @@ def images_on_dask(
         check_shared_cache(client, cache_dir)
 
         def arrivals() -> Iterator[tuple[int, SlideResult, float]]:
-            with _slide_bar(progress, len(items)) as bar:
-                for o in refine_on_cluster(client, items, settings):
+            with DriverBar(progress, len(items), settings) as bar:
+                for o in refine_on_cluster(client, items, settings, on_local=bar.local_done):
                     if o.result is None:
                         failed[o.index] = _not_refined(o.item, o.error)
                     else:
@@ -138,6 +185,6 @@ def images_on_dask(
                         own = ("prototypes", "train", "regions")
                         shared = sum(o.timings.get(k, 0.0) for k in own)
                         yield o.index, o.result, o.result.seconds + shared
-                    bar.update(1)
+                    bar.slide_done(o)
 
         yield arrivals()

@@ -3,12 +3,17 @@ process, real worker deaths, and the one-line errors a user gets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +27,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from engine.classifier import ClassifierSettings, MilSettings  # noqa: E402
 from engine.cluster import (  # noqa: E402
+    THREAD_VARS,
     DaskSettings,
     check_shared_cache,
     dask_client,
@@ -36,6 +42,7 @@ from engine.prototype_slides import SlideLocal, local_step, refine_per_slide  # 
 from engine.tiff import write_pyramidal_tiff  # noqa: E402
 from qupath_bridge.classes import ClassNames  # noqa: E402
 from qupath_bridge.cli import main  # noqa: E402
+from qupath_bridge.dask_runner import refine_slides_dask  # noqa: E402
 from qupath_bridge.geojson_io import annotation_features, write_features  # noqa: E402
 from qupath_bridge.slide_io import load_inputs, render_outputs  # noqa: E402
 
@@ -256,6 +263,51 @@ def test_unreachable_scheduler_is_one_error_line(inputs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _threads_here() -> dict:
+    """On a worker: its environment's thread settings and the thread pools its libraries
+    really use (torch; OpenMP and BLAS as threadpoolctl finds them loaded)."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    env = {k: os.environ.get(k) for k in (*THREAD_VARS, "MALLOC_TRIM_THRESHOLD_")}
+    pools = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
+    return {"env": env, "torch": torch.get_num_threads(), "pools": pools}
+
+
+def test_a_local_cluster_shares_the_cores_and_serves_no_dashboard(monkeypatch, recwarn):
+    # Dask's nanny gives every worker one OpenMP/BLAS thread (so torch one) and a malloc
+    # setting that slowed --workers 1 by 21% against one process; our workers get their share
+    # of the cores, except where the user set a value (OpenBLAS here), and the driver its own
+    # environment. Port 8787, Dask's dashboard port, is taken (here, if nobody had it): a
+    # scheduler HTTP server there warned "Port 8787 is already in use" on stderr.
+    for k in THREAD_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    share = max(1, (os.cpu_count() or 1) // 1)
+    taken = socket.socket()
+    with contextlib.suppress(OSError):  # else someone else has it
+        taken.bind(("127.0.0.1", 8787))
+        taken.listen()
+    with taken, dask_client(DaskSettings(workers=1)) as c:
+        (got,) = c.run(_threads_here).values()
+        port = c.scheduler_info()["services"]["dashboard"]
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/info/main/workers.html")
+    assert got["env"] == {
+        "OMP_NUM_THREADS": str(share),
+        "MKL_NUM_THREADS": str(share),
+        "OPENBLAS_NUM_THREADS": "1",
+        "QUPATH_REFINE_THREADS": str(share),
+        "MALLOC_TRIM_THRESHOLD_": None,
+    }
+    assert got["torch"] == share and got["pools"]["openmp"] == share
+    assert got["pools"]["openblas"] == 1
+    assert port != 8787 and not [w for w in recwarn if "8787" in str(w.message)]
+    assert {k: os.environ.get(k) for k in THREAD_VARS} == dict.fromkeys(THREAD_VARS) | {
+        "OPENBLAS_NUM_THREADS": "1"
+    }
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -333,6 +385,66 @@ def test_prototype_slide_command_on_a_local_cluster(inputs, items, per_slide, tm
     assert summary["failed"] == []
     assert summary["dask"] == {"address": None, "workers": 2, "classifier": "per slide"}
     assert summary["settings"]["classifier"]["model"] == "mlp"
+
+
+class Bars:
+    """A progress factory that records what the driver's bars are told."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def __call__(self, desc: str, total: int) -> Bars.Bar:
+        self.events.append(("open", desc, total))
+        return Bars.Bar(self, desc)
+
+    class Bar:
+        def __init__(self, bars: Bars, desc: str) -> None:
+            self.bars, self.desc = bars, desc
+
+        def __enter__(self) -> Bars.Bar:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.bars.events.append(("close", self.desc))
+
+        def update(self, n: int) -> None:
+            self.bars.events.append(("update", self.desc, n))
+
+        def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+            self.bars.events.append(("rate", self.desc, s))
+
+
+def test_the_driver_bar_counts_slides_in_both_prototype_phases(client, inputs, per_slide, tmp_path):
+    # --method prototype: phase 1 (local prototypes, from the cache here) feeds a bar of its
+    # own, one step per slide, then phase 2 the slides' bar; each step with patches/s.
+    _, _, settings = per_slide
+    short = replace(settings.classifier, iterations=20, refinetune_epochs=0)
+    bars = Bars()
+    run = refine_slides_dask(
+        *inputs,
+        tmp_path / "out",
+        replace(settings, classifier=short),
+        DaskSettings(address=client.scheduler.address),
+        progress=bars,
+    )
+    assert len(run.slides) == 2
+    steps = [e for e in bars.events if e[0] != "rate"]
+    assert steps == [
+        ("open", "local prototypes", 2),
+        ("update", "local prototypes", 1),
+        ("update", "local prototypes", 1),
+        ("close", "local prototypes"),
+        ("open", "slides", 2),
+        ("update", "slides", 1),
+        ("update", "slides", 1),
+        ("close", "slides"),
+    ]
+    rates = [e for e in bars.events if e[0] == "rate"]
+    assert [desc for _, desc, _ in rates] == ["local prototypes"] * 2 + ["slides"] * 2
+    for _, desc, rate in rates:
+        # The slides' bar opens when phase 1 ends, not when the first slide is done: its
+        # clock includes phase 2's training (a bar opened late showed millions of patches/s).
+        assert 0 < int(re.fullmatch(r"(\d+) patches/s", rate)[1]) < 100_000, (desc, rate)
 
 
 def test_a_worker_killed_in_prototype_phase_one_still_yields_every_slide(
