@@ -37,6 +37,7 @@ from engine.pipeline import RefineSettings, SlideInput, embed_slide, label_patch
 from engine.regions import (
     DEEP,
     RegionSettings,
+    SlideScores,
     outline_depth,
     redraw_outline,
     refine_outline,
@@ -56,6 +57,10 @@ EDITS = {
 }
 #: re-draws tried with stricter additions outside the outline (RegionSettings.redraw_add_above)
 REDRAW_ADDS = (0.8, 1.0)
+#: re-draws that move the outline inwards by at most this many patches, the edit's cuts
+#: deeper inside (RegionSettings.redraw_depth; stop 16). Every other re-draw column cuts
+#: anywhere (redraw_depth=None), as the engine did before.
+CAPS = (1.0, 2.0)
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
@@ -78,6 +83,7 @@ GUARDS: dict[str, tuple[float, float | None, float | None, float]] = {
     "rim<0.75 & self-test>=0.5, adds>0.8": (0.75, 0.5, None, 0.8),
     "rim<0.6 & self-test>=0.5, no adds": (0.6, 0.5, None, 1.0),
     "never re-draw": (-1.0, None, None, 0.6),
+    "any rim, adds>0.8": (float("inf"), None, None, 0.8),
 }
 #: name -> (guard rule it extends, bar on retained, bar on recovered - (1 - retained))
 SELF_TEST_BALANCE: dict[str, tuple[str, float | None, float | None]] = {
@@ -90,6 +96,30 @@ SELF_TEST_BALANCE: dict[str, tuple[str, float | None, float | None]] = {
         for t in (0.2, 0.3, 0.4, 0.5)
     },
 }
+
+
+#: name -> guard rule it extends with the self-test's comparison (stop 16): re-draw only where
+#: the test's re-draw gave the pathologist's outline back better than the test's edit did
+#: (Youden's J: band taken out + outline kept - 1; no threshold)
+SELF_TEST_J: dict[str, str] = {
+    "chosen & J(redraw)>J(edit)": "rim<0.6 & self-test>=0.5, adds>0.8 (chosen)",
+    "rim<0.6 & J(redraw)>J(edit), adds>0.8": "rim<0.6, adds>0.8",
+    "any rim & J(redraw)>J(edit), adds>0.8": "any rim, adds>0.8",
+}
+
+
+CHOSEN = "rim<0.6 & self-test>=0.5, adds>0.8 (chosen)"
+#: the chosen guard with its re-draw's cuts limited to ``cap`` patches: name -> column
+CAPPED = {f"chosen, re-draw cuts <= {cap:g} patch": f"redraw_cap{cap:g}" for cap in CAPS}
+
+
+def j_better(r: dict[str, Any]) -> bool:
+    """Did slide case ``r``'s self-test re-draw give the outline back better than its edit?"""
+    keys = ("self_test", "self_test_retained", "self_test_edit", "self_test_edit_retained")
+    if any(r.get(k) is None for k in keys):
+        return False
+    redraw = r["self_test"] + r["self_test_retained"]
+    return bool(redraw > r["self_test_edit"] + r["self_test_edit_retained"])
 
 
 def _key(name: str, add: float) -> str:
@@ -184,7 +214,7 @@ def case_row(
     rim = rim_scores(p, c, outline_depth(d.grid, coarse))
     row["rim"] = None if rim is None else rim.level
     row["separation"] = None if rim is None else rim.deep - rim.outside
-    base = RegionSettings(min_separation=0.0, redraw_add_above=0.6)
+    base = RegionSettings(min_separation=0.0, redraw_add_above=0.6, redraw_depth=None)
     row.update(outline_columns(coarse, d, p, c, rim, base, dice))
     if skip_self_test:
         return row
@@ -194,6 +224,8 @@ def case_row(
     )  # fmt: skip
     row["self_test"] = test.recovered
     row["self_test_retained"] = test.retained
+    row["self_test_edit"] = test.edit_recovered
+    row["self_test_edit_retained"] = test.edit_retained
     return row
 
 
@@ -221,16 +253,17 @@ def outline_columns(
     if rim is not None:
         depth = outline_depth(d.grid, coarse)
         deep = c.astype(bool) & (depth >= DEEP)
-        _, lab = redraw_outline(coarse, d.grid, p, c, d.info.mpp, rim, base, frame)
+        scores = SlideScores(coarse, d.grid, p, c, d.info.mpp, frame)
+        _, lab = redraw_outline(scores, rim, base)
         kept = float(np.mean(lab[deep] == 1)) if deep.any() else None
         row["deep_kept"] = kept
         row["area_kept"] = float(lab.sum() / max(1, c.sum()))
         row.update(redraw_move(c, lab, depth))
+        for cap in CAPS:  # cuts deeper than `cap` patches left to the edit
+            capped = replace(base, redraw_add_above=0.8, redraw_depth=cap)
+            row[f"redraw_cap{cap:g}"] = dice(redraw_outline(scores, rim, capped)[0])
         for add in REDRAW_ADDS:  # stricter additions outside the outline
-            g, lab = redraw_outline(
-                coarse, d.grid, p, c, d.info.mpp, rim,
-                replace(base, redraw_add_above=add), frame,
-            )  # fmt: skip
+            g, lab = redraw_outline(scores, rim, replace(base, redraw_add_above=add))
             row[f"redraw_add{add:g}"] = dice(g)
             row[f"agree_add{add:g}"] = redraw_move(c, lab, depth)["agree"]
     return row
@@ -247,15 +280,27 @@ def balanced(r: dict[str, Any], retain: float | None, balance: float | None) -> 
 def judge(rows: list[dict[str, Any]]) -> list[str]:
     """Per edit x guard rule: per cell and overall mean / worst gain over coarse."""
     lines = []
-    rules = {name: (rule, None, None) for name, rule in GUARDS.items()}
+    rules = {name: (rule, None, None, False) for name, rule in GUARDS.items()}
     if any("self_test_retained" in r for r in rows):
-        rules |= {n: (GUARDS[g], t, b) for n, (g, t, b) in SELF_TEST_BALANCE.items()}
+        rules |= {n: (GUARDS[g], t, b, False) for n, (g, t, b) in SELF_TEST_BALANCE.items()}
+    if any("redraw_cap1" in r for r in rows):
+        rules |= {n: (GUARDS[CHOSEN], None, None, False) for n in CAPPED}
+    if any("self_test_edit" in r for r in rows):
+        rules |= {n: (GUARDS[g], None, None, True) for n, g in SELF_TEST_J.items()}
+        rules["any rim & self-test>=0.5 & J(redraw)>J(edit)"] = (
+            (float("inf"), 0.5, None, 0.8),
+            None,
+            None,
+            True,
+        )
     for edit in EDITS:
-        for gname, (rule, retain, balance) in rules.items():
+        for gname, (rule, retain, balance, compare) in rules.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
             for r in rows:
                 redraw = redraws(r, *rule) and balanced(r, retain, balance)
-                v = r[_key("redraw", rule[3])] if redraw else r[edit]
+                redraw = redraw and (not compare or j_better(r))
+                column = CAPPED.get(gname, _key("redraw", rule[3]))
+                v = r[column] if redraw else r[edit]
                 cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
             gains = [g for v in cells.values() for g in v]
             lines.append(

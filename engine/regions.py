@@ -56,7 +56,10 @@ class RegionSettings:
     at the midpoint of the outside and deep-inside levels, at least 0.5), and tissue outside
     it whose smoothed score exceeds ``redraw_add_above`` is added. A loose rim says the
     outline was drawn too far out, nothing about tumour beyond it: additions keep the edit's
-    bar (0.8); lower, they added false tumour on fine grids (BENCHMARKS.md, issue 9).
+    bar (0.8); lower, they added false tumour on fine grids (BENCHMARKS.md, issue 9). The
+    re-draw moves the outline inwards by at most ``redraw_depth`` patches (None: anywhere);
+    deeper inside, only the edit's confident cuts apply: re-draws that cut deeper dropped
+    tumour on gland-level slides (BENCHMARKS.md, issue 9, "how far a re-draw may cut").
 
     Before the guard re-draws, the slide's scores must pass a self-test (``self_test``,
     :mod:`engine.guard`): the outline loosened by ``self_test_dilate`` patches, a model
@@ -86,6 +89,7 @@ class RegionSettings:
     outline: str = "auto"
     redraw_below: float = 0.6
     redraw_add_above: float = 0.8
+    redraw_depth: float | None = 1.0
     min_separation: float = 0.1
     self_test: bool = True
     self_test_dilate: float = 2.0
@@ -104,6 +108,8 @@ class RegionSettings:
             )
         if not self.redraw_below >= 0:
             raise SettingsError("redraw_below is a rim level, 0 or more")
+        if self.redraw_depth is not None and not self.redraw_depth >= 0:
+            raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
         if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
             raise SettingsError("sigma, smooth and min_separation must be 0 or more")
 
@@ -429,38 +435,15 @@ def refine_outline(
         and rim.level < settings.redraw_below
         and (confirm is None or confirm())
     )
+    scores = SlideScores(coarse, grid, proba, c, mpp, frame)
     if loose and rim is not None:
-        geom, labels = redraw_outline(coarse, grid, proba, c, mpp, rim, settings, frame)
+        geom, labels = redraw_outline(scores, rim, settings)
         return Outline(geom, labels, True, rim)
-    geom = edit_outline(SlideScores(coarse, grid, proba, c, mpp, frame), settings)
+    geom = edit_outline(scores, settings)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
     return Outline(geom, patch_labels(grid, geom), False, rim, unchanged=unchanged)
-
-
-def redraw_outline(
-    coarse: shapely.Geometry,
-    grid: PatchGrid,
-    proba: npt.NDArray[np.floating],
-    coarse_labels: npt.NDArray[np.integer],
-    mpp: float,
-    rim: RimScores,
-    settings: RegionSettings = RegionSettings(),
-    frame: tuple[int, int] | None = None,
-) -> tuple[MultiPolygon, npt.NDArray[np.int8]]:
-    """A loose outline re-drawn: inside it, the smoothed scores' iso-line at ``rim.cut_at``
-    (finer than whole patches: a loose rim is often narrower than one); outside it, tissue
-    whose smoothed score exceeds ``settings.redraw_add_above``. Returns the regions and the
-    label of each patch."""
-    smoothed = smooth_on_grid(grid, proba, settings.sigma)
-    trace = replace(settings, mode="replace", sigma=0.0, threshold=rim.cut_at)
-    keep = regions_from_probabilities(grid, smoothed, mpp, trace)
-    added = regions_from_probabilities(
-        grid, smoothed, mpp, replace(trace, threshold=settings.redraw_add_above)
-    )
-    geom = _in_frame(coarse.intersection(keep).union(added.difference(coarse)), frame)
-    return geom, patch_labels(grid, geom)
 
 
 @dataclass(frozen=True)
@@ -493,6 +476,28 @@ def edit_outline(s: SlideScores, settings: RegionSettings = RegionSettings()) ->
             regions_from_probabilities(s.grid, add.astype(np.float32), s.mpp, mask_settings)
         )
     return _in_frame(geom, s.frame)
+
+
+def redraw_outline(
+    s: SlideScores, rim: RimScores, settings: RegionSettings = RegionSettings()
+) -> tuple[MultiPolygon, npt.NDArray[np.int8]]:
+    """A loose outline re-drawn: inside it, the smoothed scores' iso-line at ``rim.cut_at``
+    (finer than whole patches: a loose rim is often narrower than one); outside it, tissue
+    whose smoothed score exceeds ``settings.redraw_add_above``. Deeper inside the outline
+    than ``settings.redraw_depth`` patches only the edit's confident cuts apply. Returns the
+    regions and the label of each patch."""
+    smoothed = smooth_on_grid(s.grid, s.proba, settings.sigma)
+    trace = replace(settings, mode="replace", sigma=0.0, threshold=rim.cut_at)
+    keep = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)
+    added = regions_from_probabilities(
+        s.grid, smoothed, s.mpp, replace(trace, threshold=settings.redraw_add_above)
+    )
+    geom = s.coarse.intersection(keep).union(added.difference(s.coarse))
+    if settings.redraw_depth is not None:
+        core = s.coarse.buffer(-settings.redraw_depth * s.grid.size)
+        geom = geom.union(core.intersection(edit_outline(s, settings)))
+    geom = _in_frame(geom, s.frame)
+    return geom, patch_labels(s.grid, geom)
 
 
 def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import shapely
 
+from engine.errors import SettingsError
 from engine.patches import make_grid
 from engine.regions import (
     RegionSettings,
@@ -270,3 +271,29 @@ def test_valid_polygons_repairs_and_clips():
         assert out.difference(shapely.box(0, 0, 30, 30)).area == 0
     assert valid_polygons(touching).area == pytest.approx(200)
     assert valid_polygons(sliver).is_empty
+
+
+def test_a_redraw_moves_the_outline_inwards_by_at_most_redraw_depth_patches():
+    """Deeper inside the outline than ``redraw_depth`` patches only the edit's confident cuts
+    apply: tissue there that scores below the re-draw's level but above the edit's cut stays
+    (re-draws that cut deeper dropped tumour on gland-level slides)."""
+    s = RegionSettings(sigma=0.0, outline="redraw")
+    grid, truth, p, coarse, c = _disc_case(950)
+    centres = grid.xy + grid.size / 2
+    r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
+    p = np.where((r > 700) & (r < 850), 0.45, p).astype(np.float32)  # doubtful, not normal
+    free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None))
+    capped = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert free.redrawn and capped.redrawn
+    # Free: the doubtful ring is cut as well, down to the tumour.
+    assert free.regions.area < truth.buffer(60).area
+    # Capped at one patch (100 px): the outline comes in from 950 to about 850, no further
+    # than the edit's whole-patch cut of the outer ring reaches.
+    assert shapely.Point(1500, 1500).buffer(780).within(capped.regions)
+    assert capped.regions.within(shapely.Point(1500, 1500).buffer(900))
+    # A ring scored as clearly normal (below the edit's 0.4) is cut however deep it lies.
+    clear = np.where((r > 700) & (r < 850), 0.1, p).astype(np.float32)
+    out = refine_outline(coarse, grid, clear, c, 1.0, s)
+    assert out.regions.area < truth.buffer(60).area
+    with pytest.raises(SettingsError):
+        replace(s, redraw_depth=-1.0).validate()
