@@ -700,15 +700,21 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
         )
         log.info(
             "%s: the outline looks loose; self-test took back %s of a %d-patch test band "
-            "and kept %s of the outline",
+            "and kept %s of the outline (an edit: %s and %s)",
             d.item.label,
-            "n/a" if test.recovered is None else f"{test.recovered:.0%}",
+            _share(test.recovered),
             test.band_patches,
-            "n/a" if test.retained is None else f"{test.retained:.0%}",
+            _share(test.retained),
+            _share(test.edit_recovered),
+            _share(test.edit_retained),
         )
         return test.passed(r.self_test_recovered)
 
     return confirm
+
+
+def _share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
 
 
 def slide_outline(
