@@ -12,7 +12,7 @@ while refining a slide has the slide rescheduled by the scheduler up to its
 ``distributed.scheduler.allowed-failures`` (:data:`SCHEDULER_CONFIG` on the clusters
 :func:`dask_client` starts), after which the slide is reported failed. Other slides go on.
 
-``--method prototype`` (``model="mlp"``) runs in two phases around one step on the driver
+``--method prototype`` runs in two phases around one step on the driver
 (:mod:`engine.prototype_slides`): one task per slide reads, embeds into the shared feature
 cache and returns the slide's local prototypes (small, not its features); the driver fits
 the global prototypes from all of them, with the very function and seed a single process
@@ -351,7 +351,7 @@ def _prepared(settings: RefineSettings) -> RefineSettings:
     driver's folder, not their own default); the encoder exported there once."""
     for s in (settings.grid, settings.features, settings.regions, settings.classifier):
         s.validate()
-    if settings.classifier.model == "mlp":
+    if settings.method == "prototype":
         settings.prototypes.validate()
         settings.pseudolabels.validate()
     cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
@@ -375,7 +375,7 @@ def refine_on_cluster(
 ) -> Iterator[SlideOutcome]:
     """Refine ``items`` on ``client``'s workers, one task per slide; yield each slide's
     outcome as it completes (not in input order). ``task`` does one slide on a worker with
-    MIL; with ``model="mlp"`` (--method prototype) ``local_task`` is phase 1 and phase 2 is
+    MIL; with ``--method prototype`` ``local_task`` is phase 1 and phase 2 is
     :func:`engine.prototype_slides.slide_step` (see the module's docstring), and
     ``on_local`` hears of each slide phase 1 finishes, before any outcome is yielded.
 
@@ -384,7 +384,7 @@ def refine_on_cluster(
     cache (:func:`check_shared_cache`).
     """
     settings = _prepared(settings)
-    if settings.classifier.model == "mlp":
+    if settings.method == "prototype":
         yield from _prototype_route(client, items, settings, local_task, on_local)
         return
     for k, result, timings, error in _each_slide(

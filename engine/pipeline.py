@@ -2,9 +2,9 @@
 
 slide -> patches -> features -> [prototypes -> pseudo-labels] -> classifier -> regions.
 
-Default (``model="mil"``): each slide gets its own attention-MIL model trained on bags drawn
+Default (``method="mil"``): each slide gets its own attention-MIL model trained on bags drawn
 inside and outside its coarse outline, then the outline is edited where the scores are clear.
-With ``model="mlp"`` (``--method prototype``, the paper's route) slides refined together
+With ``method="prototype"`` (``--method prototype``, the paper's route) slides refined together
 share the global prototypes and one patch classifier, trained on the slides it refines (each
 patch scored by a model trained on the other cross-fitting folds, see :mod:`engine.classifier`).
 On a cluster the same global prototypes are shared, but each slide gets a classifier of its
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -71,6 +71,8 @@ from engine.slide import Slide, SlideInfo
 log = logging.getLogger("qupath_refine")
 
 STAGES = ("read", "embed", "prototypes", "train", "regions")
+#: the route, in the user's word (``--method``); see :attr:`RefineSettings.method`
+Method = Literal["mil", "prototype"]
 
 
 @dataclass
@@ -131,6 +133,14 @@ class RefineSettings:
             classifier=replace(self.classifier, random_state=seed),
         )
 
+    @property
+    def method(self) -> Method:
+        """The route, in the user's word (``--method``): ``"mil"`` or ``"prototype"``. Read
+        from ``classifier.model`` (``"mil"`` or ``"mlp"``), its one source, so the two never
+        disagree; an unknown model is a :class:`SettingsError`, not a guess."""
+        self.classifier.validate()
+        return "prototype" if self.classifier.model == "mlp" else "mil"
+
 
 @dataclass
 class SlideResult:
@@ -163,7 +173,7 @@ class SlideResult:
 @dataclass
 class RefineResult:
     slides: list[SlideResult]
-    #: the prototypes and pseudo-labels of the paper's route (``model="mlp"``), else None
+    #: the prototypes and pseudo-labels of the paper's route (``method="prototype"``), else None
     prototypes: LocalGlobalPrototypes | None
     pseudo: PseudoLabels | None
     timings: dict[str, float]
@@ -395,7 +405,7 @@ def refine(
     encoder = build_encoder(
         settings.features.encoder, settings.cache_dir or default_cache_dir(), settings.device
     )
-    if settings.grid.is_auto and settings.classifier.model == "mlp":
+    if settings.grid.is_auto and settings.method == "prototype":
         sides = [slide_grid_settings(item, settings).side_um for item in items]
         settings = with_shared_grid(settings, sides)
     data = [slide_grid(item, settings, encoder, timings) for item in items]
@@ -420,7 +430,7 @@ def refine(
     negatives = np.concatenate(hard_neg)
     protos: LocalGlobalPrototypes | None = None
     pl: PseudoLabels | None = None
-    if settings.classifier.model == "mlp":
+    if settings.method == "prototype":
         protos, pl = prototype_labels(data, all_coarse, negatives, settings, timings)
     labels = pl.labels if pl is not None else np.where(negatives, 0, all_coarse).astype(np.int8)
 
@@ -505,7 +515,7 @@ def run_scores(
     """Every patch's tumour score (0 on the user's negatives) and, per slide, whether its
     model was trained or read from the cache: MIL per slide, or the prototype route's
     classifier cross-fitted over all slides."""
-    if settings.classifier.model == "mil":
+    if settings.method == "mil":
         proba, how = slide_mil_proba([d.embedded() for d in data], labels, negatives, settings)
     else:
         how = [TRAINED] * len(data)
@@ -556,8 +566,8 @@ def refine_one(
     :class:`TrainingDataError` here: :func:`refine` scores it with a model pooled over all
     slides of the run, which needs them all in one place.
     """
-    if settings.classifier.model != "mil":
-        raise ValueError("one slide at a time is the MIL route (model='mil') only")
+    if settings.method != "mil":
+        raise ValueError("one slide at a time is the MIL route (method 'mil') only")
     for s in (settings.grid, settings.features, settings.regions, settings.classifier):
         s.validate()
     timings = dict.fromkeys(STAGES, 0.0)
@@ -643,7 +653,7 @@ def too_few_to_learn(
 ) -> str | None:
     """Why a slide's own patches cannot train its model (MIL learns per slide), or None.
     Such a slide is scored by the model pooled over all slides, but its outline is kept."""
-    if settings.classifier.model != "mil":
+    if settings.method != "mil":
         return None
     return untrainable(labels, d.grid_settings.side_um, settings.classifier.min_per_class)
 
@@ -682,7 +692,7 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
     only if the guard is about to re-draw."""
     r, c = settings.regions, settings.classifier
-    if c.model != "mil" or not r.self_test or d.features is None:
+    if settings.method != "mil" or not r.self_test or d.features is None:
         return None
 
     def confirm() -> bool:

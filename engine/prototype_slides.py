@@ -70,8 +70,8 @@ class SlideLocal:
 
 
 def check_prototype_settings(settings: RefineSettings) -> None:
-    if settings.classifier.model != "mlp":
-        raise ValueError("the prototype route's steps need model='mlp' (--method prototype)")
+    if settings.method != "prototype":
+        raise ValueError("the prototype route's steps need method 'prototype'")
     for s in (
         settings.grid,
         settings.features,

@@ -45,6 +45,9 @@ class RegionSettings:
     "replace"``: the paper's step 8, regions from the smoothed scores alone, thresholded at
     ``threshold``. The thresholds (cut below 0.4, add above 0.8) were chosen on the tuning
     part of the benchmark for the worst slide, not the mean (BENCHMARKS.md, issue 9 item).
+    ``mode`` is not a user setting (users choose ``outline``): ``"replace"`` is the paper's
+    literal step 8, kept for the ablation benchmark (``benchmarks/methods.py``) and reused by
+    the guard's re-draw to trace its iso-line.
 
     ``outline`` (``edit`` mode) says what happens to the coarse outline: ``"auto"`` lets the
     guard below choose per slide; ``"edit"`` always edits; ``"redraw"`` always re-draws.

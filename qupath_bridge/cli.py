@@ -22,7 +22,7 @@ from engine.errors import RefineError
 if TYPE_CHECKING:
     from engine.cluster import DaskSettings
     from engine.features import ProgressFactory
-    from engine.pipeline import RefineSettings
+    from engine.pipeline import Method, RefineSettings
     from qupath_bridge.classes import ClassNames
 
 log = logging.getLogger("qupath_refine")
@@ -157,7 +157,7 @@ class RefineOptions:
     max_patches: int
     min_tissue: float
     context: float
-    method: Literal["mil", "prototype"]
+    method: Method
     outline: Literal["auto", "edit", "redraw"]
     #: a cosine, "auto", "off"/"none" (relabelling off) or None (the method's default)
     tau: float | Literal["auto", "off", "none"] | None

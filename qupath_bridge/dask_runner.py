@@ -46,13 +46,13 @@ def _not_refined(item: SlideInput, error: str | None) -> str:
 
 class DriverBar:
     """The driver's progress: slides done, with patches/s over them. ``--method prototype``
-    (``model="mlp"``) shows phase 1 first, as a bar of its own ("local prototypes", fed by
+    shows phase 1 first, as a bar of its own ("local prototypes", fed by
     :meth:`local_done`), then the slides' bar as soon as every slide is through phase 1."""
 
     def __init__(self, progress: bool | ProgressFactory, total: int, settings: RefineSettings):
         self.progress, self.total = progress, total
         self.phases = ["slides"]
-        if settings.classifier.model == "mlp":
+        if settings.method == "prototype":
             self.phases.insert(0, "local prototypes")
         self.bar: Any = None
 

@@ -358,7 +358,7 @@ def test_refine_options_map_every_common_option_onto_settings():
     )
     s = opts.settings()
     assert s.regions.outline == "redraw"
-    assert s.classifier.model == "mlp"
+    assert s.method == "prototype" and s.classifier.model == "mlp"
     assert s.pseudolabels.tau == 0.5
     assert s.grid.patch_um == "auto" and s.grid.min_tissue == 0.25
     assert opts.classes().negative == "Ignore*"

@@ -50,6 +50,10 @@ def test_mil_model_per_slide_and_a_pooled_one_for_a_slide_without_annotation(dem
 def test_prototype_route_and_hard_negatives(demo_slide, settings):
     s = RefineSettings.for_method("prototype", grid=settings.grid, cache_dir=settings.cache_dir)
     assert s.classifier.model == "mlp" and s.regions.add_above == 0.8
+    # The engine routes by the user's word, read from the classifier's model.
+    assert s.method == "prototype" and settings.method == "mil"
+    with pytest.raises(ValueError, match="method 'mil'"):
+        refine_one(SlideInput(demo_slide.path, demo_slide.coarse), s)
     # A user's negative region over part of the coarse outline: never tumour in the result.
     neg = demo_slide.coarse.intersection(demo_slide.coarse.centroid.buffer(150))
     for route in (s, settings):
@@ -62,12 +66,11 @@ def test_prototype_route_and_hard_negatives(demo_slide, settings):
     assert proto.pseudo is not None and proto.pseudo.major.any()
     with pytest.raises(ValueError, match="'mil' or 'prototype'"):
         RefineSettings.for_method("svm")
+    svm = replace(settings, classifier=replace(settings.classifier, model="svm"))
     with pytest.raises(ValueError, match="'mil' or 'mlp'"):
-        refine(
-            [SlideInput(demo_slide.path, demo_slide.coarse)],
-            replace(settings, classifier=replace(settings.classifier, model="svm")),
-            progress=False,
-        )
+        _ = svm.method  # an unknown model is no route at all, not silently MIL
+    with pytest.raises(ValueError, match="'mil' or 'mlp'"):
+        refine([SlideInput(demo_slide.path, demo_slide.coarse)], svm, progress=False)
 
 
 def test_a_slide_too_small_to_learn_from_is_kept_on_a_worker_too(demo_slide, settings):
