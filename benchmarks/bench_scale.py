@@ -443,6 +443,21 @@ def tile_boxes(width: int, height: int, n: int) -> list[Any]:
     ][:n]
 
 
+def _user_project(project_dir: Path, meta: dict[str, Any]) -> str:
+    """A user's project: the slide, a Tumor class and the coarse outline as an annotation;
+    the image's entry id."""
+    import shapely
+    from paquo.classes import QuPathPathClass
+    from paquo.projects import QuPathProject
+
+    with QuPathProject(project_dir, mode="x") as qp:
+        tumor = QuPathPathClass("Tumor", color="#c80000")
+        qp.path_classes = [tumor]
+        entry = qp.add_image(meta["path"])
+        entry.hierarchy.add_annotation(roi=shapely.from_wkt(meta["coarse_wkt"]), path_class=tumor)
+        return str(entry.entry_id)
+
+
 def worker_paquo_write(slide_meta: Path, project_dir: Path, n_tiles: int) -> dict[str, Any]:
     """One run in this (fresh) process: a fresh project with the slide, then one image's
     refined objects written by the project's own writer, timed."""
@@ -468,16 +483,7 @@ def worker_paquo_write(slide_meta: Path, project_dir: Path, n_tiles: int) -> dic
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     jvm_s = time.perf_counter() - t0
-    from paquo.classes import QuPathPathClass
-    from paquo.projects import QuPathProject
-
-    # The user's project: the slide, a Tumor class and the coarse outline as an annotation.
-    with QuPathProject(project_dir, mode="x") as qp:
-        tumor = QuPathPathClass("Tumor", color="#c80000")
-        qp.path_classes = [tumor]
-        entry = qp.add_image(meta["path"])
-        entry.hierarchy.add_annotation(roi=shapely.from_wkt(meta["coarse_wkt"]), path_class=tumor)
-        entry_id = str(entry.entry_id)
+    entry_id = _user_project(project_dir, meta)
     boxes = tile_boxes(meta["width"], meta["height"], n_tiles)
     proba = np.random.default_rng(0).random(len(boxes)).tolist()
     region = shapely.from_wkt(meta["truth_wkt"])
