@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -24,8 +25,9 @@ from engine.errors import SettingsError
 from engine.geometry import polygons
 from engine.patches import PatchGrid, coarse_labels
 
-#: what ``RegionSettings.outline`` may say
-OUTLINES = ("auto", "edit", "redraw")
+#: what ``RegionSettings.outline`` may say (the words of ``--outline``)
+OutlineChoice = Literal["auto", "edit", "redraw"]
+OUTLINES: tuple[OutlineChoice, ...] = get_args(OutlineChoice)
 
 F32 = npt.NDArray[np.float32]
 
@@ -89,7 +91,7 @@ class RegionSettings:
     min_area_um2: float | None = None
     min_hole_um2: float | None = None
     smooth: float = 0.5
-    outline: str = "auto"
+    outline: OutlineChoice = "auto"
     redraw_below: float = 0.6
     redraw_add_above: float = 0.8
     redraw_depth: float | None = 1.0

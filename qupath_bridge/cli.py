@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.cluster import DaskSettings
     from engine.features import ProgressFactory
     from engine.pipeline import Method, RefineSettings
+    from engine.regions import OutlineChoice
     from qupath_bridge.classes import ClassNames
 
 log = logging.getLogger("qupath_refine")
@@ -158,7 +159,7 @@ class RefineOptions:
     min_tissue: float
     context: float
     method: Method
-    outline: Literal["auto", "edit", "redraw"]
+    outline: OutlineChoice
     #: a cosine, "auto", "off"/"none" (relabelling off) or None (the method's default)
     tau: float | Literal["auto", "off", "none"] | None
     seed: int

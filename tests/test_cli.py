@@ -364,6 +364,18 @@ def test_refine_options_map_every_common_option_onto_settings():
     assert opts.classes().negative == "Ignore*"
 
 
+def test_outline_and_method_choices_are_the_engines_words():
+    """--outline and --method offer exactly the words the engine's settings take."""
+    from typing import get_args
+
+    from engine.pipeline import Method
+    from engine.regions import OUTLINES
+
+    params = {p.name: p for p in main.commands["slide"].params}
+    assert tuple(params["outline"].type.choices) == OUTLINES
+    assert tuple(params["method"].type.choices) == get_args(Method)
+
+
 def test_a_stray_value_error_is_an_internal_error_not_a_bad_setting(capsys, monkeypatch):
     """Every option is range-checked by click, so no input reaches a plain ValueError: one
     that escapes is a bug (as evaluate's NaN crash was) and says so, exit 1, no traceback."""
