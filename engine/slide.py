@@ -313,6 +313,10 @@ def _tiff_damage(path: Path) -> str | None:
 def _to_rgb_array(region: Image.Image) -> npt.NDArray[np.uint8]:
     """RGBA from OpenSlide (premultiplied, transparent outside tissue scans) to RGB on white."""
     a = np.asarray(region)
+    if a[..., 3].min() == 255:
+        # Opaque (nearly every patch on tissue): premultiplied RGB is the colour itself; the
+        # compositing below cost 0.2 ms a patch on the read thread.
+        return np.ascontiguousarray(a[..., :3])
     rgb = a[..., :3].astype(np.uint16)
     alpha = a[..., 3:4].astype(np.uint16)
     # OpenSlide returns premultiplied alpha: composite over white.

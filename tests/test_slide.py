@@ -100,3 +100,18 @@ def test_no_resolution_needs_mpp(tmp_path):
         assert s.mpp == 0.5
     with pytest.raises(SlideError, match="is not a slide.s pixel size"):
         Slide(path, mpp=-1)
+
+
+def test_patches_match_openslides_pixels_composited_on_white(cmu_svs):
+    """Opaque patches skip the compositing; patches reaching past the slide's edge are
+    composited over white. Either way the pixels are OpenSlide's premultiplied RGBA over
+    white, to the bit."""
+    xy = np.array([[600.0, 900.0], [2220.0 - 100.0, 2967.0 - 80.0]])  # inside; over the corner
+    with Slide(cmu_svs) as s:
+        got = s.read_patches(xy, 256.0, 256)
+    osr = openslide.OpenSlide(str(cmu_svs))
+    for (x, y), patch in zip(xy.astype(int), got, strict=True):
+        a = np.asarray(osr.read_region((int(x), int(y)), 0, (256, 256))).astype(np.uint16)
+        want = (a[..., :3] + (255 - a[..., 3:4])).clip(0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(patch, want)
+    assert (got[1][-10:, -10:] == 255).all() and got[0].std() > 5  # glass past the corner
