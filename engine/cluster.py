@@ -349,11 +349,7 @@ def _each_slide(
 def _prepared(settings: RefineSettings) -> RefineSettings:
     """``settings`` checked, with the feature cache as an absolute path (workers use the
     driver's folder, not their own default); the encoder exported there once."""
-    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
-        s.validate()
-    if settings.method == "prototype":
-        settings.prototypes.validate()
-        settings.pseudolabels.validate()
+    settings.validate()
     cache_dir = Path(settings.cache_dir or default_cache_dir()).expanduser().absolute()
     settings = replace(settings, cache_dir=cache_dir)
     spec = settings.features.encoder.strip()

@@ -133,6 +133,19 @@ class RefineSettings:
             classifier=replace(self.classifier, random_state=seed),
         )
 
+    def validate(self) -> None:
+        """Every stage's settings, checked in the order of the stages; a
+        :class:`SettingsError` names the first one that is wrong."""
+        for stage in (
+            self.grid,
+            self.features,
+            self.prototypes,
+            self.pseudolabels,
+            self.classifier,
+            self.regions,
+        ):
+            stage.validate()
+
     @property
     def method(self) -> Method:
         """The route, in the user's word (``--method``): ``"mil"`` or ``"prototype"``. Read
@@ -455,11 +468,7 @@ def refine(
 def on_device(settings: RefineSettings) -> RefineSettings:
     """``settings`` validated, with ``device`` resolved (``auto`` -> what this machine has)
     for the run and its classifier."""
-    settings.grid.validate()
-    settings.features.validate()
-    settings.pseudolabels.validate()
-    settings.regions.validate()
-    settings.classifier.validate()
+    settings.validate()
     device = resolve_device(settings.device)
     if device != "cpu":
         log.info(f"running on {device}")
@@ -568,8 +577,7 @@ def refine_one(
     """
     if settings.method != "mil":
         raise ValueError("one slide at a time is the MIL route (method 'mil') only")
-    for s in (settings.grid, settings.features, settings.regions, settings.classifier):
-        s.validate()
+    settings.validate()
     timings = dict.fromkeys(STAGES, 0.0)
     encoder = build_encoder(settings.features.encoder, settings.cache_dir or default_cache_dir())
     d = slide_grid(item, settings, encoder, timings)

@@ -72,15 +72,7 @@ class SlideLocal:
 def check_prototype_settings(settings: RefineSettings) -> None:
     if settings.method != "prototype":
         raise ValueError("the prototype route's steps need method 'prototype'")
-    for s in (
-        settings.grid,
-        settings.features,
-        settings.prototypes,
-        settings.pseudolabels,
-        settings.classifier,
-        settings.regions,
-    ):
-        s.validate()
+    settings.validate()
     if settings.grid.is_auto:
         raise ValueError("resolve patch_um 'auto' for all slides first (with_shared_grid)")
 

@@ -453,8 +453,8 @@ def refine_outline(
 
 @dataclass(frozen=True)
 class SlideScores:
-    """A slide's coarse outline with its patches' scores and coarse labels: what an edit
-    reads (``frame``: the image's width and height, to clip to)."""
+    """A slide's coarse outline with its patches' scores and coarse labels: what an edit and
+    a re-draw read (``frame``: the image's width and height, to clip to)."""
 
     coarse: shapely.Geometry
     grid: PatchGrid

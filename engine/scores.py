@@ -84,15 +84,19 @@ def score_key(
 ) -> str:
     """The key of the scores of a model trained with ``settings`` and ``seed`` on the
     features whose digest is ``features`` and on ``labels``."""
-    payload = {
-        "v": SCORES_VERSION,
-        "features": features,
-        "labels": checksum({"y": np.ascontiguousarray(labels, dtype=np.int8)}),
-        "classifier": asdict(replace(settings, device=device_kind(settings.device))),
-        "seed": int(seed),
-        "code": _code(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    return _entry_key(
+        features=features,
+        labels=checksum({"y": np.ascontiguousarray(labels, dtype=np.int8)}),
+        classifier=asdict(replace(settings, device=device_kind(settings.device))),
+        seed=int(seed),
+    )
+
+
+def _entry_key(**payload: Any) -> str:
+    """A cache entry's key: ``payload`` (JSON) with the entries' version, the engine's code
+    and torch's version."""
+    full = {"v": SCORES_VERSION, **payload, "code": _code()}
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _entry_path(cache_dir: Path, key: str) -> Path:
@@ -195,14 +199,11 @@ def cached_self_test(
     only on a miss."""
     from engine.guard import SelfTest
 
-    payload = {
-        "v": SCORES_VERSION,
-        "test": test.__qualname__,
-        "args": _canonical(args),
-        "kwargs": {k: _canonical(v) for k, v in kwargs.items()},
-        "code": _code(),
-    }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    key = _entry_key(
+        test=test.__qualname__,
+        args=_canonical(args),
+        kwargs={k: _canonical(v) for k, v in kwargs.items()},
+    )
     path = Path(cache_dir) / "self-tests" / f"{key}.npz"
 
     def check(arrays: dict[str, np.ndarray]) -> None:
