@@ -84,6 +84,7 @@ GUARDS: dict[str, tuple[float, float | None, float | None, float]] = {
     "rim<0.6 & self-test>=0.5, no adds": (0.6, 0.5, None, 1.0),
     "never re-draw": (-1.0, None, None, 0.6),
     "any rim, adds>0.8": (float("inf"), None, None, 0.8),
+    "any rim & self-test>=0.5, adds>0.8": (float("inf"), 0.5, None, 0.8),
 }
 #: name -> (guard rule it extends, bar on retained, bar on recovered - (1 - retained))
 SELF_TEST_BALANCE: dict[str, tuple[str, float | None, float | None]] = {
@@ -105,6 +106,7 @@ SELF_TEST_J: dict[str, str] = {
     "chosen & J(redraw)>J(edit)": "rim<0.6 & self-test>=0.5, adds>0.8 (chosen)",
     "rim<0.6 & J(redraw)>J(edit), adds>0.8": "rim<0.6, adds>0.8",
     "any rim & J(redraw)>J(edit), adds>0.8": "any rim, adds>0.8",
+    "any rim & self-test>=0.5 & J(redraw)>J(edit)": "any rim & self-test>=0.5, adds>0.8",
 }
 
 
@@ -287,12 +289,6 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
         rules |= {n: (GUARDS[CHOSEN], None, None, False) for n in CAPPED}
     if any("self_test_edit" in r for r in rows):
         rules |= {n: (GUARDS[g], None, None, True) for n, g in SELF_TEST_J.items()}
-        rules["any rim & self-test>=0.5 & J(redraw)>J(edit)"] = (
-            (float("inf"), 0.5, None, 0.8),
-            None,
-            None,
-            True,
-        )
     for edit in EDITS:
         for gname, (rule, retain, balance, compare) in rules.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
