@@ -415,9 +415,7 @@ def refine(
     """
     settings = on_device(settings)
     timings = dict.fromkeys(STAGES, 0.0)
-    encoder = build_encoder(
-        settings.features.encoder, settings.cache_dir or default_cache_dir(), settings.device
-    )
+    encoder = run_encoder(settings)
     if settings.grid.is_auto and settings.method == "prototype":
         sides = [slide_grid_settings(item, settings).side_um for item in items]
         settings = with_shared_grid(settings, sides)
@@ -473,6 +471,13 @@ def on_device(settings: RefineSettings) -> RefineSettings:
     if device != "cpu":
         log.info(f"running on {device}")
     return replace(settings, device=device, classifier=replace(settings.classifier, device=device))
+
+
+def run_encoder(settings: RefineSettings) -> Encoder:
+    """The run's encoder on its (resolved) device."""
+    return build_encoder(
+        settings.features.encoder, settings.cache_dir or default_cache_dir(), settings.device
+    )
 
 
 def embed_all(
@@ -577,9 +582,10 @@ def refine_one(
     """
     if settings.method != "mil":
         raise ValueError("one slide at a time is the MIL route (method 'mil') only")
-    settings.validate()
+    # Resolved here, on the worker: "auto" means the worker's GPU, not the driver's.
+    settings = on_device(settings)
     timings = dict.fromkeys(STAGES, 0.0)
-    encoder = build_encoder(settings.features.encoder, settings.cache_dir or default_cache_dir())
+    encoder = run_encoder(settings)
     d = slide_grid(item, settings, encoder, timings)
     coarse, negatives = label_patches(item, d.grid, settings.min_coarse_overlap)
     labels = np.where(negatives, 0, coarse).astype(np.int8)

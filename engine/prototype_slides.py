@@ -30,8 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.classifier import cross_fit_proba
-from engine.encoders import build_encoder
-from engine.features import ProgressFactory, default_cache_dir
+from engine.features import ProgressFactory
 from engine.pipeline import (
     STAGES,
     RefineResult,
@@ -41,6 +40,8 @@ from engine.pipeline import (
     embed_slide,
     kept_result,
     label_patches,
+    on_device,
+    run_encoder,
     slide_grid,
     slide_grid_settings,
     slide_result,
@@ -69,12 +70,13 @@ class SlideLocal:
     patches: int = 0
 
 
-def check_prototype_settings(settings: RefineSettings) -> None:
+def check_prototype_settings(settings: RefineSettings) -> RefineSettings:
     if settings.method != "prototype":
         raise ValueError("the prototype route's steps need method 'prototype'")
     settings.validate()
     if settings.grid.is_auto:
         raise ValueError("resolve patch_um 'auto' for all slides first (with_shared_grid)")
+    return settings
 
 
 def grid_side(item: SlideInput, settings: RefineSettings, index: int = 0) -> tuple[float, dict]:
@@ -92,9 +94,9 @@ def local_step(
     """Phase 1 for one slide: its features (embedded into the cache unless there already) and
     local prototypes, with the stage timings. ``index`` is unused: a slide's local
     prototypes depend on its own features and the seed alone."""
-    check_prototype_settings(settings)
+    settings = on_device(check_prototype_settings(settings))
     timings = dict.fromkeys(STAGES, 0.0)
-    encoder = build_encoder(settings.features.encoder, settings.cache_dir or default_cache_dir())
+    encoder = run_encoder(settings)
     d = slide_grid(item, settings, encoder, timings)
     if d.features is None:
         embed_slide(d, settings, encoder, timings, progress)
@@ -115,9 +117,9 @@ def slide_step(
     classifier trained on this slide's patches alone, its regions. Features come from the
     cache phase 1 filled (embedded again if they are gone). A slide with too few patches of
     either label to train its own classifier keeps its outline, the verdict says why."""
-    check_prototype_settings(settings)
+    settings = on_device(check_prototype_settings(settings))
     timings = dict.fromkeys(STAGES, 0.0)
-    encoder = build_encoder(settings.features.encoder, settings.cache_dir or default_cache_dir())
+    encoder = run_encoder(settings)
     d = slide_grid(item, settings, encoder, timings)
     coarse, negatives = label_patches(item, d.grid, settings.min_coarse_overlap)
     side, need = d.grid_settings.side_um, settings.classifier.min_per_class

@@ -170,7 +170,8 @@ class RefineOptions:
 
     def settings(self) -> RefineSettings:
         """The engine settings these options ask for; a missing GPU fails here, before any
-        slide is read."""
+        slide is read. ``auto`` stays ``auto``: each process that runs slides (this one, or a
+        Dask worker on another machine) resolves it to the GPU it has."""
         # Imported here: torch and scikit-learn make `--help` slow when imported at the top.
         from engine.devices import resolve_device
         from engine.features import FeatureSettings
@@ -188,7 +189,7 @@ class RefineOptions:
             ),
             features=FeatureSettings(encoder=self.encoder, context=self.context),
             cache_dir=Path(self.cache_dir) if self.cache_dir else None,
-            device=resolve_device(self.device),
+            device=self.device if self.device == "auto" else resolve_device(self.device),
         ).with_seed(self.seed)
         if self.tau is not None:
             tau = None if self.tau in ("off", "none") else self.tau

@@ -25,7 +25,8 @@ from engine.devices import resolve_device
 from engine.encoders import runtime
 from engine.errors import SettingsError
 from engine.patches import GridSettings
-from engine.pipeline import RefineSettings, SlideInput, refine, slide_grid
+from engine.pipeline import RefineSettings, SlideInput, refine, refine_one, slide_grid
+from engine.prototype_slides import local_step
 from qupath_bridge.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,37 @@ def test_auto_is_the_cpu_here_and_cuda_is_one_clear_error():
     for spec in ("cuda", "cuda:1"):
         with pytest.raises(SettingsError, match="CUDA build of torch.*onnxruntime-gpu"):
             resolve_device(spec)
+
+
+@no_cuda
+def test_slide_tasks_resolve_the_device_where_they_run(demo_slide, tmp_path):
+    """A Dask worker runs refine_one / local_step with the driver's settings: each resolves
+    the device itself (before stop 17 both built a CPU encoder whatever the setting said, so
+    a cluster of GPU workers never used a GPU); asking for CUDA where there is none fails
+    before the slide is read."""
+    item = SlideInput(demo_slide.path, demo_slide.coarse)
+    mil = RefineSettings(cache_dir=tmp_path, device="cuda")
+    with pytest.raises(SettingsError, match="device cuda"):
+        refine_one(item, mil)
+    proto = replace(RefineSettings.for_method("prototype", cache_dir=tmp_path), device="cuda")
+    proto = replace(proto, grid=replace(proto.grid, patch_um=64.0))
+    with pytest.raises(SettingsError, match="device cuda"):
+        local_step(item, proto)
+
+
+def test_cli_keeps_auto_for_each_process_to_resolve():
+    """``--device auto`` reaches the engine as ``auto`` (a driver without a GPU must not
+    decide for workers that have one); named devices are checked on the driver."""
+    from qupath_bridge.cli import RefineOptions
+
+    base = RefineOptions(
+        class_name="Tumor", negative_class="Stroma", encoder="efficientnet-lite0", mpp=None,
+        target_mpp=0.5, patch_um="auto", stride_um=None, max_patches=200_000, min_tissue=0.5,
+        context=1.0, method="mil", outline="auto", tau=None, seed=0, cache_dir=None,
+        device="auto", quiet=True, progress_lines=False,
+    )  # fmt: skip
+    assert base.settings().device == "auto"
+    assert replace(base, device="cpu").settings().device == "cpu"
 
 
 @no_cuda
