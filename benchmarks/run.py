@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -371,10 +372,19 @@ def n_worse(cell: dict[str, Any] | None) -> str:
     return f"{cell['n_worse']}/{cell['n_cases']}"
 
 
+#: "re-drawn (loose), 3 regions added away from the outline" counts as "re-drawn (loose) +
+#: islands" in the per-cell tallies (the per-slide table keeps the whole verdict)
+ISLANDS = re.compile(r", \d+ regions? added away from the outline")
+
+
 def verdicts(cell: dict[str, Any] | None) -> str:
     if not cell or "verdicts" not in cell:
         return ""
-    return ", ".join(f"{v} {n}" for v, n in sorted(cell["verdicts"].items()))
+    tally: dict[str, int] = {}
+    for v, n in cell["verdicts"].items():
+        key = ISLANDS.sub(" + islands", v)
+        tally[key] = tally.get(key, 0) + n
+    return ", ".join(f"{v} {n}" for v, n in sorted(tally.items()))
 
 
 def part_table(results: dict[str, Any]) -> list[str]:

@@ -4,8 +4,9 @@ For every slide case of the tuning part (benchmark x grid x noise x seed; both t
 benchmark's grid and the CLI's ``auto`` grid) this records, from one MIL model per slide as
 the engine trains it: the coarse Dice, the Dice of the edited and of the re-drawn outline
 under several edit thresholds, the rim level, the separation of the scores, how far the
-re-draw moves the outline and how well its patches agree with the outline's, and the guard's
-self-test (:mod:`engine.guard`). Candidate rules are then judged per slide case (mean gain,
+re-draw moves the outline and how well its patches agree with the outline's, the chosen edit
+and capped re-draw with islands added (regions away from the outline, ISLANDS), and the
+guard's self-test (:mod:`engine.guard`). Candidate rules are then judged per slide case (mean gain,
 worst gain, cases worse than coarse by > 0.02) without retraining::
 
     python -m benchmarks.tune_guard --seeds 3 --out benchmarks/results/tune-guard.json
@@ -38,6 +39,7 @@ from engine.regions import (
     DEEP,
     RegionSettings,
     SlideScores,
+    island_additions,
     outline_depth,
     redraw_outline,
     refine_outline,
@@ -61,6 +63,10 @@ REDRAW_ADDS = (0.8, 1.0)
 #: deeper inside (RegionSettings.redraw_depth; stop 16). Every other re-draw column cuts
 #: anywhere (redraw_depth=None), as the engine did before.
 CAPS = (1.0, 2.0)
+#: islands tried (stop 17): regions scoring above ``above`` more than ``gap`` patches away
+#: from the outline, added to the chosen edit (e40/80) and to the capped re-draw
+#: (RegionSettings.island_above / island_gap)
+ISLANDS = tuple((above, gap) for above in (0.5, 0.6, 0.7, 0.75, 0.8, 0.9) for gap in (0.0, 1.0))
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
@@ -264,10 +270,28 @@ def outline_columns(
         for cap in CAPS:  # cuts deeper than `cap` patches left to the edit
             capped = replace(base, redraw_add_above=0.8, redraw_depth=cap)
             row[f"redraw_cap{cap:g}"] = dice(redraw_outline(scores, rim, capped)[0])
+        row.update(island_columns(scores, rim, base, dice))
         for add in REDRAW_ADDS:  # stricter additions outside the outline
             g, lab = redraw_outline(scores, rim, replace(base, redraw_add_above=add))
             row[f"redraw_add{add:g}"] = dice(g)
             row[f"agree_add{add:g}"] = redraw_move(c, lab, depth)["agree"]
+    return row
+
+
+def island_columns(
+    scores: SlideScores, rim: Any, base: RegionSettings, dice: Callable[[Any], float]
+) -> dict[str, float]:
+    """Dice of the chosen edit and of the capped re-draw, each with the islands of ISLANDS."""
+    edit = refine_outline(
+        scores.coarse, scores.grid, scores.proba, scores.coarse_labels, scores.mpp,
+        replace(base, outline="edit"), scores.frame,
+    ).regions  # fmt: skip
+    capped = redraw_outline(scores, rim, replace(base, redraw_add_above=0.8, redraw_depth=1.0))[0]
+    row: dict[str, float] = {}
+    for above, gap in ISLANDS:
+        found = island_additions(scores, replace(base, island_above=above, island_gap=gap))
+        row[f"isl{above:g}g{gap:g}"] = dice(edit.union(found))
+        row[f"cap1_isl{above:g}g{gap:g}"] = dice(capped.union(found))
     return row
 
 
@@ -289,6 +313,8 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
         rules |= {n: (GUARDS[CHOSEN], None, None, False) for n in CAPPED}
     if any("self_test_edit" in r for r in rows):
         rules |= {n: (GUARDS[g], None, None, True) for n, g in SELF_TEST_J.items()}
+    if any("isl0.6g1" in r for r in rows):
+        lines += judge_islands(rows)
     for edit in EDITS:
         for gname, (rule, retain, balance, compare) in rules.items():
             cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -308,6 +334,40 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
                 lines.append(
                     f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
                 )
+    return lines
+
+
+def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
+    """The chosen guard (edit e40/80, capped re-draw) with each of ISLANDS added, on every
+    slide or only on the slides the guard re-draws, per cell and overall, beside the chosen
+    guard alone."""
+    rim_below, st_min, agree, add = GUARDS[CHOSEN]
+    rules: list[tuple[str, str | None, bool]] = [("chosen", None, False)]
+    for a, g in ISLANDS:
+        name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
+        rules += [(name, column, False), (f"{name}, re-drawn only", column, True)]
+    lines = []
+    for name, suffix, redrawn_only in rules:
+        cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        for r in rows:
+            redraw = redraws(r, rim_below, st_min, agree, add)
+            if suffix is None:
+                v = r["redraw_cap1"] if redraw else r["e40/80"]
+            elif redraw:
+                v = r[f"cap1_{suffix}"]
+            else:
+                v = r["e40/80"] if redrawn_only else r[suffix]
+            cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
+        gains = [g for v in cells.values() for g in v]
+        lines.append(
+            f"islands   guard {name:48s} mean {np.mean(gains):+.4f} "
+            f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
+        )
+        for k in sorted(cells):
+            v = cells[k]
+            lines.append(
+                f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
+            )
     return lines
 
 

@@ -71,6 +71,14 @@ class RegionSettings:
     trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
     band back out; otherwise the outline is edited.
 
+    A re-draw also adds **islands**: regions whose smoothed score exceeds ``island_above``
+    and that lie more than ``island_gap`` patches away from the outline (None: none), tumour
+    the outline missed altogether. A slide whose outline was drawn loosely, and whose scores
+    found its edge in the self-test, is one where a missed focus is both likely and
+    findable; next to the outline the edit's bar still holds (the smoothing leaks the
+    inside's scores out there), and an edited slide gets none: on tight outlines islands
+    were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
+
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
     pathologist drew, and the outline is **kept** unchanged (``Outline.kept``), whatever
@@ -99,6 +107,8 @@ class RegionSettings:
     self_test: bool = True
     self_test_dilate: float = 2.0
     self_test_recovered: float = 0.5
+    island_above: float | None = 0.75
+    island_gap: float = 1.0
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
@@ -113,6 +123,10 @@ class RegionSettings:
             )
         if not self.redraw_below >= 0:
             raise SettingsError("redraw_below is a rim level, 0 or more")
+        if self.island_above is not None and not 0 <= self.island_above <= 1:
+            raise SettingsError("island_above is a probability between 0 and 1 (or None)")
+        if not self.island_gap >= 0:
+            raise SettingsError("island_gap is a number of patches, 0 or more")
         if self.redraw_depth is not None and not self.redraw_depth >= 0:
             raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
         if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
@@ -392,18 +406,24 @@ class Outline:
     kept: str | None = None
     #: the edit left the outline as it was (no confident edit survived the tracer)
     unchanged: bool = False
+    #: regions a re-draw added away from the outline (tumour it missed altogether)
+    islands: int = 0
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
-        (loose)`` (the guard's call), ``re-drawn`` (as asked) or ``kept (weak evidence:
-        why)``."""
+        (loose)`` (the guard's call), ``re-drawn`` (as asked), either with how many regions it
+        added away from the outline, or ``kept (weak evidence: why)``."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
         if self.unchanged:
             return "unchanged (no confident edit)"
         if not self.redrawn:
             return "edited"
-        return "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
+        drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
+        if self.islands:  # new regions the pathologist should look at
+            n = self.islands
+            drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
+        return drawn
 
 
 def patch_labels(grid: PatchGrid, geom: shapely.Geometry) -> npt.NDArray[np.int8]:
@@ -443,7 +463,11 @@ def refine_outline(
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
     if loose and rim is not None:
         geom, labels = redraw_outline(scores, rim, settings)
-        return Outline(geom, labels, True, rim)
+        islands = island_additions(scores, settings)
+        if not islands.is_empty:
+            geom = _in_frame(geom.union(islands), frame)
+            labels = patch_labels(grid, geom)
+        return Outline(geom, labels, True, rim, islands=len(islands.geoms))
     geom = edit_outline(scores, settings)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
@@ -503,6 +527,20 @@ def redraw_outline(
         geom = geom.union(core.intersection(edit_outline(s, settings)))
     geom = _in_frame(geom, s.frame)
     return geom, patch_labels(s.grid, geom)
+
+
+def island_additions(s: SlideScores, settings: RegionSettings) -> MultiPolygon:
+    """Tumour the outline missed altogether: regions whose smoothed score reaches
+    ``settings.island_above`` and that lie more than ``settings.island_gap`` patches away from
+    the coarse outline (empty when ``island_above`` is None). Regions touching the outline
+    are left to the edit's stricter bar: there the smoothing leaks the inside's scores out."""
+    if settings.island_above is None or s.coarse is None or s.coarse.is_empty:
+        return MultiPolygon()
+    smoothed = smooth_on_grid(s.grid, s.proba, settings.sigma)
+    trace = replace(settings, mode="replace", sigma=0.0, threshold=settings.island_above)
+    found = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)
+    near = s.coarse.buffer(settings.island_gap * s.grid.size)
+    return MultiPolygon([g for g in found.geoms if not g.intersects(near)])
 
 
 def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:

@@ -37,18 +37,19 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     coarse, refined = s["coarse"]["pixel"]["dice"], s["refined"]["pixel"]["dice"]
-    # Measured 0.758 -> 0.907 (seed 0): the demo's outline is loose, so the guard re-draws it
+    # Measured 0.758 -> 0.916 (seed 0): the demo's outline is loose, so the guard re-draws it
     # (edited, it reached 0.834); a margin of 0.12 fails if either stops working.
     assert refined > coarse + 0.12, (coarse, refined)
-    assert "Dice +" in r.output and "coarse outline: re-drawn (loose)" in r.output
-    assert s["rows"][0]["outline"] == "re-drawn (loose)"
+    verdict = "re-drawn (loose), 1 region added away from the outline"
+    assert "Dice +" in r.output and f"coarse outline: {verdict}" in r.output
+    assert s["rows"][0]["outline"] == verdict
     img = Image.open(out / "demo-slide.overlay.png")
     assert max(img.size) >= 1000
     objs = read_objects(out / "demo-slide.refined.geojson")
     assert {o.object_type for o in objs} == {"detection", "tile"}
-    # The missed focus (right of the main mass) is found: a re-draw adds tissue outside the
-    # outline along the confident (0.8) iso-line of the scores, so it is drawn inside the
-    # focus's edge (measured 36% of its area), around its centre.
+    # The missed focus (right of the main mass) is found: the re-draw adds it as an island,
+    # along the 0.75 iso-line of the scores, so it is drawn inside the focus's edge
+    # (measured 49% of its area; 36% before islands, at the 0.8 bar), around its centre.
     detections = shapely.union_all([o.geometry for o in objs if o.object_type == "detection"])
     truth = read_objects(out / "demo-slide.truth.geojson")
     focus = max((o.geometry for o in truth), key=lambda g: g.centroid.x)
@@ -125,7 +126,12 @@ def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
         ev = run("evaluate", "--slide", slide.path, "--truth", truth, "--pred",
                  out / "demo.refined.geojson")  # fmt: skip
         dice[mode] = json.loads(ev.output)["pixel"]["dice"]
-    assert verdicts == {"auto": "re-drawn (loose)", "edit": "edited", "redraw": "re-drawn"}
+    island = ", 1 region added away from the outline"
+    assert verdicts == {
+        "auto": f"re-drawn (loose){island}",
+        "edit": "edited",
+        "redraw": f"re-drawn{island}",
+    }
     assert dice["auto"] == dice["redraw"] > dice["edit"] + 0.05, dice
     r = run("slide", slide.path, "--coarse", coarse, "--outline", "sometimes")
     assert r.exit_code == 2 and "--outline" in r.output

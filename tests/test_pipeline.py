@@ -39,7 +39,7 @@ def test_mil_model_per_slide_and_a_pooled_one_for_a_slide_without_annotation(dem
     bare = both.slides[1]
     assert bare.coarse.sum() == 0 and bare.regions.is_empty
     assert bare.outline.startswith("kept (weak evidence: only 0 patches of 64 µm inside")
-    assert both.slides[0].outline in ("edited", "re-drawn (loose)")
+    assert both.slides[0].outline.startswith(("edited", "re-drawn (loose)"))
     tumour = alone.slides[0].refined == 1
     assert bare.proba[tumour].mean() > bare.proba[~tumour].mean() + 0.3
     # The default route skips prototypes.

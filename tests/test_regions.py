@@ -297,3 +297,37 @@ def test_a_redraw_moves_the_outline_inwards_by_at_most_redraw_depth_patches():
     assert out.regions.area < truth.buffer(60).area
     with pytest.raises(SettingsError):
         replace(s, redraw_depth=-1.0).validate()
+
+
+def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
+    """``island_above``: a re-drawn slide gets regions scoring above it that lie away from
+    the outline (tumour the pathologist missed altogether), on a lower bar than additions
+    next to the outline, where the smoothing leaks the inside's scores out; an edited slide
+    (a tight outline) gets none."""
+    s = RegionSettings(island_above=0.7, island_gap=1.0)
+    grid, truth, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 23) & (j >= 23)] = 0.75  # 7 x 7 patches far from the outline: likely tumour
+    p[(i >= 13) & (i < 17) & (j < 7)] = 0.75  # 4 x 7 patches across the outline's top edge
+    far, near = shapely.box(2300, 2300, 3000, 3000), shapely.box(1300, 0, 1700, 500)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert out.redrawn and out.islands == 1
+    assert out.verdict(s) == "re-drawn (loose), 1 region added away from the outline"
+    assert out.regions.intersection(far).area > 0.5 * far.area
+    assert out.regions.intersection(near).area < 0.05 * near.area
+    np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+    # Without islands the re-draw keeps the edit's bar (0.8) and adds neither.
+    plain = refine_outline(coarse, grid, p, c, 1.0, replace(s, island_above=None))
+    assert plain.islands == 0 and plain.regions.intersection(far).area < 0.05 * far.area
+    # A tight outline is edited, and an edit adds no islands.
+    grid, truth, p, coarse, c = _disc_case(700)
+    p = p.copy()
+    p[(grid.ij[:, 0] >= 23) & (grid.ij[:, 1] >= 23)] = 0.75
+    edited = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert not edited.redrawn and edited.islands == 0
+    assert edited.regions.intersection(far).area < 0.05 * far.area
+    with pytest.raises(SettingsError, match="island_above"):
+        replace(s, island_above=1.5).validate()
+    with pytest.raises(SettingsError, match="island_gap"):
+        replace(s, island_gap=-1.0).validate()

@@ -6,9 +6,11 @@ coarse annotations simulated at the benchmark's noise levels. Margins are below 
 measured (in brackets, 2-core CPU, default settings) so that a real regression fails:
 
 * region-level slide (malignant GlaS texture in random blobs), severe noise, seed 0: the
-  guard judges the outline loose, its self-test agrees, and it is re-drawn, refined >=
-  coarse + 0.04 (0.727 -> 0.779; with re-draws adding tissue above 0.6 instead of the edit's
-  0.8 it was +0.10, at a cost of up to 0.067 on single tuning slides); moderate noise:
+  guard judges the outline loose, its self-test agrees, and it is re-drawn with 3 islands
+  (tumour blobs the outline missed), refined >= coarse + 0.07 (0.727 -> 0.825; 0.787
+  without the islands; with re-draws adding tissue above 0.6 instead of the edit's 0.8
+  next to the outline it was +0.10, at a cost of up to 0.067 on single tuning slides);
+  moderate noise:
   edited, >= coarse + 0.02 (0.787 -> 0.813, +0.026; with the issue-4 edit thresholds, add
   above 0.7, it was +0.100, at a cost of up to 0.04 on single tuning slides at mild noise,
   see BENCHMARKS.md);
@@ -32,7 +34,7 @@ from tests.conftest import GLAS, need
 
 CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict
-    ("region", 80.0, "severe", 0, 0.04, "re-drawn (loose)"),
+    ("region", 80.0, "severe", 0, 0.07, "re-drawn (loose), 3 regions added away from the outline"),
     ("region", 80.0, "moderate", 0, 0.02, "edited"),
     ("glas", 40.0, "severe", 1, 0.01, "edited"),
     ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
