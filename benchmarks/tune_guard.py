@@ -67,6 +67,10 @@ CAPS = (1.0, 2.0)
 #: from the outline, added to the chosen edit (e40/80) and to the capped re-draw
 #: (RegionSettings.island_above / island_gap)
 ISLANDS = tuple((above, gap) for above in (0.5, 0.6, 0.7, 0.75, 0.8, 0.9) for gap in (0.0, 1.0))
+#: the islands chosen (above, gap), and the rim levels tried at which an outline is left as
+#: drawn (RegionSettings.tight_above; stop 17): judged from the same rows, no new column
+CHOSEN_ISLANDS = (0.75, 1.0)
+TIGHT = (0.8, 0.85, 0.9, 0.95, 1.0)
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
@@ -340,14 +344,20 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
 def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     """The chosen guard (edit e40/80, capped re-draw) with each of ISLANDS added, on every
     slide or only on the slides the guard re-draws, per cell and overall, beside the chosen
-    guard alone."""
+    guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
+    left as drawn instead of edited."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
     rules: list[tuple[str, str | None, bool]] = [("chosen", None, False)]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
         rules += [(name, column, False), (f"{name}, re-drawn only", column, True)]
+    # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
+    chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
+    tights = [(f"chosen + islands (chosen), rim>={t:g} left as drawn", t) for t in TIGHT]
     lines = []
-    for name, suffix, redrawn_only in rules:
+    for name, suffix, redrawn_only, tight in [(*r, None) for r in rules] + [
+        (n, chosen, True, t) for n, t in tights
+    ]:
         cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for r in rows:
             redraw = redraws(r, rim_below, st_min, agree, add)
@@ -355,6 +365,8 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
                 v = r["redraw_cap1"] if redraw else r["e40/80"]
             elif redraw:
                 v = r[f"cap1_{suffix}"]
+            elif tight is not None and r["rim"] is not None and r["rim"] >= tight:
+                v = r["coarse"]
             else:
                 v = r["e40/80"] if redrawn_only else r[suffix]
             cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])

@@ -79,6 +79,12 @@ class RegionSettings:
     inside's scores out there), and an edited slide gets none: on tight outlines islands
     were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
 
+    A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
+    (None: never), the band just inside the outline scores like its deep inside: the line
+    already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
+    there changed outlines by a few patches' worth, mostly for the worse (BENCHMARKS.md,
+    issue 9, "tight outlines").
+
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
     pathologist drew, and the outline is **kept** unchanged (``Outline.kept``), whatever
@@ -109,6 +115,7 @@ class RegionSettings:
     self_test_recovered: float = 0.5
     island_above: float | None = 0.75
     island_gap: float = 1.0
+    tight_above: float | None = 0.9
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
@@ -125,6 +132,8 @@ class RegionSettings:
             raise SettingsError("redraw_below is a rim level, 0 or more")
         if self.island_above is not None and not 0 <= self.island_above <= 1:
             raise SettingsError("island_above is a probability between 0 and 1 (or None)")
+        if self.tight_above is not None and not self.tight_above >= 0:
+            raise SettingsError("tight_above is a rim level, 0 or more (or None)")
         if not self.island_gap >= 0:
             raise SettingsError("island_gap is a number of patches, 0 or more")
         if self.redraw_depth is not None and not self.redraw_depth >= 0:
@@ -408,6 +417,8 @@ class Outline:
     unchanged: bool = False
     #: regions a re-draw added away from the outline (tumour it missed altogether)
     islands: int = 0
+    #: left as drawn: its rim scores like its deep inside (``RegionSettings.tight_above``)
+    tight: bool = False
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
@@ -415,6 +426,8 @@ class Outline:
         added away from the outline, or ``kept (weak evidence: why)``."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
+        if self.tight:
+            return "unchanged (tight outline: its edge scores like its inside)"
         if self.unchanged:
             return "unchanged (no confident edit)"
         if not self.redrawn:
@@ -454,6 +467,13 @@ def refine_outline(
     weak = kept or weak_evidence(proba, c, rim, settings.min_separation)
     if weak:
         return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
+    if (
+        settings.outline == "auto"
+        and settings.tight_above is not None
+        and rim is not None
+        and rim.level >= settings.tight_above
+    ):
+        return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
     loose = settings.outline == "redraw" or (
         settings.outline == "auto"
         and rim is not None

@@ -331,3 +331,26 @@ def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
         replace(s, island_above=1.5).validate()
     with pytest.raises(SettingsError, match="island_gap"):
         replace(s, island_gap=-1.0).validate()
+
+
+def test_a_tight_outline_is_left_as_drawn():
+    """``tight_above``: where the band just inside the outline scores like its deep inside
+    (rim level >= 0.9), the line already runs along tumour and ``auto`` leaves the outline
+    as drawn, saying so; ``--outline edit`` (or the rule off) still edits it."""
+    s = RegionSettings()
+    grid, truth, p, coarse, c = _disc_case(700)
+    centres = grid.xy + grid.size / 2
+    r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
+    p = np.where(r < 200, 0.05, p).astype(np.float32)  # a clearly normal core, deep inside
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert out.rim is not None and out.rim.level >= s.tight_above
+    assert out.tight and not out.redrawn
+    assert out.verdict(s) == "unchanged (tight outline: its edge scores like its inside)"
+    assert out.regions.symmetric_difference(coarse).area < 1e-6 * coarse.area
+    np.testing.assert_array_equal(out.labels, c)
+    for other in (replace(s, tight_above=None), replace(s, outline="edit")):
+        edited = refine_outline(coarse, grid, p, c, 1.0, other)
+        assert not edited.tight and edited.verdict(other) == "edited"
+        assert edited.regions.area < coarse.area - 2 * grid.size**2  # the core is cut
+    with pytest.raises(SettingsError, match="tight_above"):
+        replace(s, tight_above=-0.5).validate()
