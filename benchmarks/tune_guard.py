@@ -328,16 +328,22 @@ def judge(rows: list[dict[str, Any]]) -> list[str]:
                 column = CAPPED.get(gname, _key("redraw", rule[3]))
                 v = r[column] if redraw else r[edit]
                 cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
-            gains = [g for v in cells.values() for g in v]
-            lines.append(
-                f"edit {edit:9s} guard {gname:40s} mean {np.mean(gains):+.4f} "
-                f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
-            )
-            for k in sorted(cells):
-                v = cells[k]
-                lines.append(
-                    f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
-                )
+            lines += rule_lines(f"edit {edit:9s} guard {gname:40s}", cells)
+    return lines
+
+
+def rule_lines(head: str, cells: dict[tuple[str, str, str], list[float]]) -> list[str]:
+    """One rule's judgement: overall mean / worst gain over coarse, then per cell."""
+    gains = [g for v in cells.values() for g in v]
+    lines = [
+        f"{head} mean {np.mean(gains):+.4f} "
+        f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
+    ]
+    for k in sorted(cells):
+        v = cells[k]
+        lines.append(
+            f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
+        )
     return lines
 
 
@@ -370,16 +376,7 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
             else:
                 v = r["e40/80"] if redrawn_only else r[suffix]
             cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
-        gains = [g for v in cells.values() for g in v]
-        lines.append(
-            f"islands   guard {name:48s} mean {np.mean(gains):+.4f} "
-            f"worst {min(gains):+.3f} worse-by-0.02 {sum(g < -0.02 for g in gains)}"
-        )
-        for k in sorted(cells):
-            v = cells[k]
-            lines.append(
-                f"    {k[0]:10s} {k[1]:9s} {k[2]:8s} mean {np.mean(v):+.3f} worst {min(v):+.3f}"
-            )
+        lines += rule_lines(f"islands   guard {name:48s}", cells)
     return lines
 
 
