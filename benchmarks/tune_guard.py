@@ -226,7 +226,15 @@ def case_row(
     rim = rim_scores(p, c, outline_depth(d.grid, coarse))
     row["rim"] = None if rim is None else rim.level
     row["separation"] = None if rim is None else rim.deep - rim.outside
-    base = RegionSettings(min_separation=0.0, redraw_add_above=0.6, redraw_depth=None)
+    # Every rule off that the columns compare (islands and tight outlines, stop 17, included):
+    # each column adds only what it names.
+    base = RegionSettings(
+        min_separation=0.0,
+        redraw_add_above=0.6,
+        redraw_depth=None,
+        island_above=None,
+        tight_above=None,
+    )
     row.update(outline_columns(coarse, d, p, c, rim, base, dice))
     if skip_self_test:
         return row
@@ -353,17 +361,17 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
     left as drawn instead of edited."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
-    rules: list[tuple[str, str | None, bool]] = [("chosen", None, False)]
+    # name, island column (None: no islands), islands on re-drawn slides only, tight bar
+    rules: list[tuple[str, str | None, bool, float | None]] = [("chosen", None, False, None)]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
-        rules += [(name, column, False), (f"{name}, re-drawn only", column, True)]
+        rules += [(name, column, False, None), (f"{name}, re-drawn only", column, True, None)]
     # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
     chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
-    tights = [(f"chosen + islands (chosen), rim>={t:g} left as drawn", t) for t in TIGHT]
+    for t in TIGHT:
+        rules.append((f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t))
     lines = []
-    for name, suffix, redrawn_only, tight in [(*r, None) for r in rules] + [
-        (n, chosen, True, t) for n, t in tights
-    ]:
+    for name, suffix, redrawn_only, tight in rules:
         cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for r in rows:
             redraw = redraws(r, rim_below, st_min, agree, add)

@@ -70,13 +70,12 @@ class SlideLocal:
     patches: int = 0
 
 
-def check_prototype_settings(settings: RefineSettings) -> RefineSettings:
+def check_prototype_settings(settings: RefineSettings) -> None:
     if settings.method != "prototype":
         raise ValueError("the prototype route's steps need method 'prototype'")
     settings.validate()
     if settings.grid.is_auto:
         raise ValueError("resolve patch_um 'auto' for all slides first (with_shared_grid)")
-    return settings
 
 
 def grid_side(item: SlideInput, settings: RefineSettings, index: int = 0) -> tuple[float, dict]:
@@ -94,7 +93,8 @@ def local_step(
     """Phase 1 for one slide: its features (embedded into the cache unless there already) and
     local prototypes, with the stage timings. ``index`` is unused: a slide's local
     prototypes depend on its own features and the seed alone."""
-    settings = on_device(check_prototype_settings(settings))
+    check_prototype_settings(settings)
+    settings = on_device(settings)  # on the worker: "auto" is the worker's GPU
     timings = dict.fromkeys(STAGES, 0.0)
     encoder = run_encoder(settings)
     d = slide_grid(item, settings, encoder, timings)
@@ -117,7 +117,8 @@ def slide_step(
     classifier trained on this slide's patches alone, its regions. Features come from the
     cache phase 1 filled (embedded again if they are gone). A slide with too few patches of
     either label to train its own classifier keeps its outline, the verdict says why."""
-    settings = on_device(check_prototype_settings(settings))
+    check_prototype_settings(settings)
+    settings = on_device(settings)  # on the worker: "auto" is the worker's GPU
     timings = dict.fromkeys(STAGES, 0.0)
     encoder = run_encoder(settings)
     d = slide_grid(item, settings, encoder, timings)
