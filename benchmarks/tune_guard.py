@@ -359,26 +359,39 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     """The chosen guard (edit e40/80, capped re-draw) with each of ISLANDS added, on every
     slide or only on the slides the guard re-draws, per cell and overall, beside the chosen
     guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
-    left as drawn instead of edited."""
+    left as drawn instead of edited; last, that engine with the self-test deciding only the
+    islands (stop 18): a loose slide that fails it is re-drawn all the same, capped, without
+    islands."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
-    # name, island column (None: no islands), islands on re-drawn slides only, tight bar
-    rules: list[tuple[str, str | None, bool, float | None]] = [("chosen", None, False, None)]
+    # name, island column (None: no islands), islands on re-drawn slides only, tight bar,
+    # whether the self-test decides the islands only (not the capped re-draw)
+    Rule = tuple[str, str | None, bool, float | None, bool]
+    rules: list[Rule] = [("chosen", None, False, None, False)]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
-        rules += [(name, column, False, None), (f"{name}, re-drawn only", column, True, None)]
+        rules += [
+            (name, column, False, None, False),
+            (f"{name}, re-drawn only", column, True, None, False),
+        ]
     # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
     chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
     for t in TIGHT:
-        rules.append((f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t))
+        rules.append(
+            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, False)
+        )
+    rules.append(("stop 17's engine, self-test decides the islands only", chosen, True, 0.9, True))
     lines = []
-    for name, suffix, redrawn_only, tight in rules:
+    for name, suffix, redrawn_only, tight, islands_only in rules:
         cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for r in rows:
             redraw = redraws(r, rim_below, st_min, agree, add)
+            loose = islands_only and redraws(r, rim_below, None, agree, add)
             if suffix is None:
                 v = r["redraw_cap1"] if redraw else r["e40/80"]
             elif redraw:
                 v = r[f"cap1_{suffix}"]
+            elif loose:
+                v = r["redraw_cap1"]
             elif tight is not None and r["rim"] is not None and r["rim"] >= tight:
                 v = r["coarse"]
             else:

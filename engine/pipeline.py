@@ -170,8 +170,9 @@ class SlideResult:
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
     #: (the guard judged the outline loose), "re-drawn" (as asked), either followed by ", N
-    #: regions added away from the outline" where it found some, "kept (weak evidence:
-    #: why)" (the coarse outline unchanged) or "from scores" (region mode "replace")
+    #: regions added away from the outline" where it found some, "re-drawn (loose; near the
+    #: outline only: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
+    #: (the coarse outline unchanged) or "from scores" (region mode "replace")
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
     grid_settings: GridSettings = field(default_factory=GridSettings)

@@ -66,11 +66,6 @@ class RegionSettings:
     deeper inside, only the edit's confident cuts apply: re-draws that cut deeper dropped
     tumour on gland-level slides (BENCHMARKS.md, issue 9, "how far a re-draw may cut").
 
-    Before the guard re-draws, the slide's scores must pass a self-test (``self_test``,
-    :mod:`engine.guard`): the outline loosened by ``self_test_dilate`` patches, a model
-    trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
-    band back out; otherwise the outline is edited.
-
     A re-draw also adds **islands**: regions whose smoothed score exceeds ``island_above``
     and that lie more than ``island_gap`` patches away from the outline (None: none), tumour
     the outline missed altogether. A slide whose outline was drawn loosely, and whose scores
@@ -78,6 +73,14 @@ class RegionSettings:
     findable; next to the outline the edit's bar still holds (the smoothing leaks the
     inside's scores out there), and an edited slide gets none: on tight outlines islands
     were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
+
+    The **self-test** (``self_test``, :mod:`engine.guard`) decides what trusts the scores
+    away from the line: the outline loosened by ``self_test_dilate`` patches, a model
+    trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
+    band back out. A loose slide that fails it is still re-drawn within ``redraw_depth``
+    patches of the line (there a capped re-draw differs from the edit, and on the tuning
+    part it beat the edit on every loose slide case, the refused ones included), but gets no
+    islands; with ``redraw_depth`` None it is edited instead.
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
     (None: never), the band just inside the outline scores like its deep inside: the line
@@ -419,11 +422,15 @@ class Outline:
     islands: int = 0
     #: left as drawn: its rim scores like its deep inside (``RegionSettings.tight_above``)
     tight: bool = False
+    #: re-drawn near the line only: the self-test did not confirm the scores, so nothing was
+    #: added away from the outline
+    unconfirmed: bool = False
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
         (loose)`` (the guard's call), ``re-drawn`` (as asked), either with how many regions it
-        added away from the outline, or ``kept (weak evidence: why)``."""
+        added away from the outline, a loose outline re-drawn near the line only (its slide
+        failed the self-test), or ``kept (weak evidence: why)``."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
         if self.tight:
@@ -433,6 +440,8 @@ class Outline:
         if not self.redrawn:
             return "edited"
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
+        if self.unconfirmed:
+            return "re-drawn (loose; near the outline only: self-test not passed)"
         if self.islands:  # new regions the pathologist should look at
             n = self.islands
             drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
@@ -475,19 +484,20 @@ def refine_outline(
     ):
         return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
     loose = settings.outline == "redraw" or (
-        settings.outline == "auto"
-        and rim is not None
-        and rim.level < settings.redraw_below
-        and (confirm is None or confirm())
+        settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below
     )
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
-    if loose and rim is not None:
+    # What reaches away from the line (islands, an uncapped re-draw's cuts) trusts the scores
+    # to find tumour on their own: in auto mode the self-test must agree. A capped re-draw
+    # differs from the edit only within redraw_depth patches of the line and needs no test.
+    trusted = not (loose and settings.outline == "auto") or confirm is None or confirm()
+    if loose and rim is not None and (trusted or settings.redraw_depth is not None):
         geom, labels = redraw_outline(scores, rim, settings)
-        islands = island_additions(scores, settings)
+        islands = island_additions(scores, settings) if trusted else MultiPolygon()
         if not islands.is_empty:
             geom = _in_frame(geom.union(islands), frame)
             labels = patch_labels(grid, geom)
-        return Outline(geom, labels, True, rim, islands=len(islands.geoms))
+        return Outline(geom, labels, True, rim, islands=len(islands.geoms), unconfirmed=not trusted)
     geom = edit_outline(scores, settings)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))

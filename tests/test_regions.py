@@ -333,6 +333,45 @@ def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
         replace(s, island_gap=-1.0).validate()
 
 
+def test_a_loose_slide_that_fails_the_self_test_is_redrawn_near_the_line_only():
+    """The self-test (``confirm``) decides what reaches away from the line: a loose outline
+    whose slide fails it is still re-drawn within ``redraw_depth`` of the line, where a
+    capped re-draw differs from the edit, but gets no islands, and says so; uncapped, it is
+    edited. The test is asked once, and only of a loose outline."""
+    s = RegionSettings(island_above=0.7, island_gap=1.0)
+    grid, truth, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 23) & (j >= 23)] = 0.75  # an island far from the outline
+    far = shapely.box(2300, 2300, 3000, 3000)
+    asked: list[bool] = []
+
+    def fails() -> bool:
+        asked.append(False)
+        return False
+
+    out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails)
+    assert asked == [False]
+    assert out.redrawn and out.islands == 0 and out.unconfirmed
+    assert out.verdict(s) == "re-drawn (loose; near the outline only: self-test not passed)"
+    assert out.regions.intersection(far).area < 0.05 * far.area
+    # Near the line it is the re-draw the passing slide gets, islands aside.
+    passed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
+    assert passed.islands == 1 and not passed.unconfirmed
+    assert out.regions.symmetric_difference(passed.regions.difference(far)).area < 1.0
+    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit"))
+    assert out.regions.area < edited.regions.area - 0.1 * grid.size**2  # the ring is cut
+    # Uncapped, a failed self-test means the edit.
+    free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None), confirm=fails)
+    assert not free.redrawn and free.verdict(s) == "edited"
+    assert free.regions.symmetric_difference(edited.regions).area < 1.0
+    # A tight outline never asks.
+    grid, _, p, coarse, c = _disc_case(700)
+    asked.clear()
+    refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails)
+    assert asked == []
+
+
 def test_a_tight_outline_is_left_as_drawn():
     """``tight_above``: where the band just inside the outline scores like its deep inside
     (rim level >= 0.9), the line already runs along tumour and ``auto`` leaves the outline
