@@ -373,8 +373,11 @@ def n_worse(cell: dict[str, Any] | None) -> str:
 
 
 #: "re-drawn (loose), 3 regions added away from the outline" counts as "re-drawn (loose) +
-#: islands" in the per-cell tallies (the per-slide table keeps the whole verdict)
+#: islands" and "re-drawn (loose; near the outline only: self-test not passed)" as
+#: "re-drawn (loose) near the outline only" in the per-cell tallies (the per-slide table
+#: keeps the whole verdict)
 ISLANDS = re.compile(r", \d+ regions? added away from the outline")
+NEAR_ONLY = re.compile(r"; (near the outline only): self-test not passed\)")
 
 
 def verdicts(cell: dict[str, Any] | None) -> str:
@@ -382,7 +385,7 @@ def verdicts(cell: dict[str, Any] | None) -> str:
         return ""
     tally: dict[str, int] = {}
     for v, n in cell["verdicts"].items():
-        key = ISLANDS.sub(" + islands", v)
+        key = NEAR_ONLY.sub(r") \1", ISLANDS.sub(" + islands", v))
         tally[key] = tally.get(key, 0) + n
     return ", ".join(f"{v} {n}" for v, n in sorted(tally.items()))
 

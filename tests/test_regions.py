@@ -372,6 +372,31 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_near_the_line_only():
     assert asked == []
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_a_capped_redraw_never_cuts_deeper_than_the_edit_whatever_the_scores(seed):
+    """Why a loose slide that fails the self-test may still be re-drawn: deeper inside the
+    outline than ``redraw_depth`` patches, a capped re-draw keeps everything the edit keeps,
+    whatever the scores follow (here, random smooth fields: tumour, stroma or nothing)."""
+    from scipy.ndimage import gaussian_filter
+
+    s = RegionSettings(outline="redraw", island_above=None)
+    grid, _, _, coarse, c = _disc_case(950)
+    field = gaussian_filter(np.random.default_rng(seed).normal(size=grid.shape), 2.0)
+    # Scores higher inside the outline than outside (or the slide is kept: weak evidence),
+    # but otherwise following the random field, across (0, 1).
+    logit = 2 * field[grid.ij[:, 1], grid.ij[:, 0]] / field.std() + 3.0 * c - 1.5
+    p = (1 / (1 + np.exp(-logit))).astype(np.float32)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    edit = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit")).regions
+    core = coarse.buffer(-s.redraw_depth * grid.size)
+    assert out.redrawn
+    assert edit.intersection(core).difference(out.regions).area < 1.0
+    # The cap is what holds it: uncapped, the same scores cut deeper than the edit (by 2-20%
+    # of the core on these fields).
+    free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None)).regions
+    assert free.intersection(core).area < edit.intersection(core).area - grid.size**2
+
+
 def test_a_tight_outline_is_left_as_drawn():
     """``tight_above``: where the band just inside the outline scores like its deep inside
     (rim level >= 0.9), the line already runs along tumour and ``auto`` leaves the outline
