@@ -373,11 +373,10 @@ def n_worse(cell: dict[str, Any] | None) -> str:
 
 
 #: "re-drawn (loose), 3 regions added away from the outline" counts as "re-drawn (loose) +
-#: islands" and "re-drawn (loose; near the outline only: self-test not passed)" as
-#: "re-drawn (loose) near the outline only" in the per-cell tallies (the per-slide table
-#: keeps the whole verdict)
+#: islands" and "re-drawn (loose; no islands: self-test not passed)" as "re-drawn (loose)
+#: no islands" in the per-cell tallies (the per-slide table keeps the whole verdict)
 ISLANDS = re.compile(r", \d+ regions? added away from the outline")
-NEAR_ONLY = re.compile(r"; (near the outline only): self-test not passed\)")
+NO_ISLANDS = re.compile(r"; (no islands): self-test not passed\)")
 
 
 def verdicts(cell: dict[str, Any] | None) -> str:
@@ -385,7 +384,7 @@ def verdicts(cell: dict[str, Any] | None) -> str:
         return ""
     tally: dict[str, int] = {}
     for v, n in cell["verdicts"].items():
-        key = NEAR_ONLY.sub(r") \1", ISLANDS.sub(" + islands", v))
+        key = NO_ISLANDS.sub(r") \1", ISLANDS.sub(" + islands", v))
         tally[key] = tally.get(key, 0) + n
     return ", ".join(f"{v} {n}" for v, n in sorted(tally.items()))
 

@@ -170,8 +170,8 @@ class SlideResult:
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
     #: (the guard judged the outline loose), "re-drawn" (as asked), either followed by ", N
-    #: regions added away from the outline" where it found some, "re-drawn (loose; near the
-    #: outline only: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
+    #: regions added away from the outline" where it found some, "re-drawn (loose; no
+    #: islands: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace")
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
@@ -706,7 +706,8 @@ def kept_result(
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
-    only if the guard is about to re-draw."""
+    only for a loose outline in ``auto`` mode, where it decides the islands (and, uncapped,
+    the re-draw)."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:
         return None

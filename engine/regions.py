@@ -77,10 +77,10 @@ class RegionSettings:
     The **self-test** (``self_test``, :mod:`engine.guard`) decides what trusts the scores
     away from the line: the outline loosened by ``self_test_dilate`` patches, a model
     trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
-    band back out. A loose slide that fails it is still re-drawn within ``redraw_depth``
-    patches of the line (there a capped re-draw differs from the edit, and on the tuning
-    part it beat the edit on every loose slide case, the refused ones included), but gets no
-    islands; with ``redraw_depth`` None it is edited instead.
+    band back out. A loose slide that fails it is still re-drawn (inside the outline a
+    capped re-draw differs from the edit only within ``redraw_depth`` patches of the line,
+    and on the tuning part it beat the edit on every loose slide case, the refused ones
+    included), but gets no islands; with ``redraw_depth`` None it is edited instead.
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
     (None: never), the band just inside the outline scores like its deep inside: the line
@@ -422,14 +422,13 @@ class Outline:
     islands: int = 0
     #: left as drawn: its rim scores like its deep inside (``RegionSettings.tight_above``)
     tight: bool = False
-    #: re-drawn near the line only: the self-test did not confirm the scores, so nothing was
-    #: added away from the outline
+    #: re-drawn without islands: the self-test did not confirm the scores
     unconfirmed: bool = False
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
         (loose)`` (the guard's call), ``re-drawn`` (as asked), either with how many regions it
-        added away from the outline, a loose outline re-drawn near the line only (its slide
+        added away from the outline, a loose outline re-drawn without islands (its slide
         failed the self-test), or ``kept (weak evidence: why)``."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
@@ -441,7 +440,7 @@ class Outline:
             return "edited"
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
         if self.unconfirmed:
-            return "re-drawn (loose; near the outline only: self-test not passed)"
+            return "re-drawn (loose; no islands: self-test not passed)"
         if self.islands:  # new regions the pathologist should look at
             n = self.islands
             drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
@@ -465,10 +464,12 @@ def refine_outline(
     kept: str | None = None,
 ) -> Outline:
     """``edit`` mode with its guard: the coarse outline kept where the scores separate
-    nothing, edited (:func:`edit_outline`), or, where its rim scores like normal tissue
-    (``outline="auto"``, and ``confirm()`` agrees: the guard's self-test) or as asked
-    (``"redraw"``), re-drawn inside itself (:func:`redraw_outline`). ``kept``: the caller's
-    reason to keep the outline whatever the scores say (e.g. too few patches to learn from)."""
+    nothing, left as drawn where it is tight, edited (:func:`edit_outline`), or, where its
+    rim scores like normal tissue (``outline="auto"``) or as asked (``"redraw"``), re-drawn
+    inside itself (:func:`redraw_outline`). ``confirm()``, the guard's self-test, is asked
+    only of a loose outline in ``auto`` mode, and only where its answer matters: islands
+    are added, or the re-draw is uncapped, only if it agrees. ``kept``: the caller's reason
+    to keep the outline whatever the scores say (e.g. too few patches to learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
         return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None, kept=kept)
@@ -487,10 +488,13 @@ def refine_outline(
         settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below
     )
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
-    # What reaches away from the line (islands, an uncapped re-draw's cuts) trusts the scores
-    # to find tumour on their own: in auto mode the self-test must agree. A capped re-draw
-    # differs from the edit only within redraw_depth patches of the line and needs no test.
-    trusted = not (loose and settings.outline == "auto") or confirm is None or confirm()
+    # Islands (on a bar below the edit's) and an uncapped re-draw's deep cuts trust the
+    # scores away from the line: in auto mode the self-test must agree. Inside the outline a
+    # capped re-draw differs from the edit only within redraw_depth patches of the line, and
+    # outside it adds on the edit's bar: it needs no test.
+    asks = loose and settings.outline == "auto" and confirm is not None
+    asks = asks and (settings.island_above is not None or settings.redraw_depth is None)
+    trusted = not asks or confirm()
     if loose and rim is not None and (trusted or settings.redraw_depth is not None):
         geom, labels = redraw_outline(scores, rim, settings)
         islands = island_additions(scores, settings) if trusted else MultiPolygon()

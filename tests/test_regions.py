@@ -333,17 +333,19 @@ def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
         replace(s, island_gap=-1.0).validate()
 
 
-def test_a_loose_slide_that_fails_the_self_test_is_redrawn_near_the_line_only():
-    """The self-test (``confirm``) decides what reaches away from the line: a loose outline
-    whose slide fails it is still re-drawn within ``redraw_depth`` of the line, where a
-    capped re-draw differs from the edit, but gets no islands, and says so; uncapped, it is
-    edited. The test is asked once, and only of a loose outline."""
+def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
+    """The self-test (``confirm``) decides what trusts the scores away from the line: a
+    loose outline whose slide fails it is still re-drawn (capped, it differs from the edit
+    only near the line inside the outline), but gets no islands, and says so; uncapped, it
+    is edited. Only a loose outline in ``auto`` mode asks, once, and only where the answer
+    matters; confident regions (the edit's bar) are added either way."""
     s = RegionSettings(island_above=0.7, island_gap=1.0)
     grid, truth, p, coarse, c = _disc_case(950)
     i, j = grid.ij[:, 0], grid.ij[:, 1]
     p = p.copy()
     p[(i >= 23) & (j >= 23)] = 0.75  # an island far from the outline
-    far = shapely.box(2300, 2300, 3000, 3000)
+    p[(i < 6) & (j >= 24)] = 0.95  # a confident region, also far from it
+    far, sure = shapely.box(2300, 2300, 3000, 3000), shapely.box(0, 2400, 600, 3000)
     asked: list[bool] = []
 
     def fails() -> bool:
@@ -353,22 +355,37 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_near_the_line_only():
     out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails)
     assert asked == [False]
     assert out.redrawn and out.islands == 0 and out.unconfirmed
-    assert out.verdict(s) == "re-drawn (loose; near the outline only: self-test not passed)"
+    assert out.verdict(s) == "re-drawn (loose; no islands: self-test not passed)"
     assert out.regions.intersection(far).area < 0.05 * far.area
-    # Near the line it is the re-draw the passing slide gets, islands aside.
+    assert out.regions.intersection(sure).area > 0.5 * sure.area  # the edit adds it too
+    # Otherwise it is the re-draw the passing slide gets.
     passed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
-    assert passed.islands == 1 and not passed.unconfirmed
-    assert out.regions.symmetric_difference(passed.regions.difference(far)).area < 1.0
+    assert passed.islands == 2 and not passed.unconfirmed  # counted: both are away from it
+    away = far.union(sure.buffer(2 * grid.size))  # islands trace the sure region wider
+    assert (
+        out.regions.difference(away).symmetric_difference(passed.regions.difference(away)).area
+        < 1.0
+    )
     edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit"))
+    assert edited.regions.intersection(sure).area > 0.5 * sure.area
     assert out.regions.area < edited.regions.area - 0.1 * grid.size**2  # the ring is cut
     # Uncapped, a failed self-test means the edit.
     free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None), confirm=fails)
     assert not free.redrawn and free.verdict(s) == "edited"
     assert free.regions.symmetric_difference(edited.regions).area < 1.0
-    # A tight outline never asks.
-    grid, _, p, coarse, c = _disc_case(700)
+    # Nobody asks where the answer changes nothing (no islands, capped), nor when re-drawing
+    # as asked (islands included), nor of an outline that is not loose.
     asked.clear()
-    refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails)
+    plain = refine_outline(coarse, grid, p, c, 1.0, replace(s, island_above=None), confirm=fails)
+    assert plain.redrawn and not plain.unconfirmed and plain.verdict(s) == "re-drawn (loose)"
+    redraw = replace(s, outline="redraw")
+    assert refine_outline(coarse, grid, p, c, 1.0, redraw, confirm=fails).islands == 2
+    grid, _, p, coarse, c = _disc_case(700)
+    for rim_p in (0.9, 0.7):  # tight (rim level 1), then between the two bars (0.75)
+        p = np.where((c == 1) & (outline_depth(grid, coarse) < 0.5), rim_p, p).astype(np.float32)
+        rim = rim_scores(p, c, outline_depth(grid, coarse))
+        assert rim is not None and rim.level == pytest.approx((rim_p - 0.1) / 0.8)
+        assert not refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails).redrawn
     assert asked == []
 
 
