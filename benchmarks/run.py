@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 
 from benchmarks import harness as H
 from engine.metrics import METRICS
+from engine.regions import verdict_group
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -372,19 +372,12 @@ def n_worse(cell: dict[str, Any] | None) -> str:
     return f"{cell['n_worse']}/{cell['n_cases']}"
 
 
-#: "re-drawn (loose), 3 regions added away from the outline" counts as "re-drawn (loose) +
-#: islands" and "re-drawn (loose; no islands: self-test not passed)" as "re-drawn (loose)
-#: no islands" in the per-cell tallies (the per-slide table keeps the whole verdict)
-ISLANDS = re.compile(r", \d+ regions? added away from the outline")
-NO_ISLANDS = re.compile(r"; (no islands): self-test not passed\)")
-
-
 def verdicts(cell: dict[str, Any] | None) -> str:
     if not cell or "verdicts" not in cell:
         return ""
-    tally: dict[str, int] = {}
+    tally: dict[str, int] = {}  # grouped: the per-slide table keeps the whole verdict
     for v, n in cell["verdicts"].items():
-        key = NO_ISLANDS.sub(r") \1", ISLANDS.sub(" + islands", v))
+        key = verdict_group(v)
         tally[key] = tally.get(key, 0) + n
     return ", ".join(f"{v} {n}" for v, n in sorted(tally.items()))
 

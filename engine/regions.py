@@ -10,6 +10,7 @@ closing and opening.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, get_args
@@ -440,11 +441,22 @@ class Outline:
             return "edited"
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
         if self.unconfirmed:
-            return "re-drawn (loose; no islands: self-test not passed)"
+            return NO_ISLANDS
         if self.islands:  # new regions the pathologist should look at
             n = self.islands
             drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
         return drawn
+
+
+NO_ISLANDS = "re-drawn (loose; no islands: self-test not passed)"
+ADDED = re.compile(r", \d+ regions? added away from the outline")
+
+
+def verdict_group(verdict: str) -> str:
+    """``verdict`` without its count of islands, and shorter: what tallies of many slides
+    group by ("re-drawn (loose) + islands", "re-drawn (loose) no islands")."""
+    grouped = ADDED.sub(" + islands", verdict)
+    return "re-drawn (loose) no islands" if grouped == NO_ISLANDS else grouped
 
 
 def patch_labels(grid: PatchGrid, geom: shapely.Geometry) -> npt.NDArray[np.int8]:
@@ -492,9 +504,9 @@ def refine_outline(
     # scores away from the line: in auto mode the self-test must agree. Inside the outline a
     # capped re-draw differs from the edit only within redraw_depth patches of the line, and
     # outside it adds on the edit's bar: it needs no test.
-    asks = loose and settings.outline == "auto" and confirm is not None
+    asks = loose and settings.outline == "auto"
     asks = asks and (settings.island_above is not None or settings.redraw_depth is None)
-    trusted = not asks or confirm()
+    trusted = not asks or confirm is None or confirm()
     if loose and rim is not None and (trusted or settings.redraw_depth is not None):
         geom, labels = redraw_outline(scores, rim, settings)
         islands = island_additions(scores, settings) if trusted else MultiPolygon()

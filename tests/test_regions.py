@@ -26,6 +26,7 @@ from engine.regions import (
     rim_scores,
     smooth_on_grid,
     valid_polygons,
+    verdict_group,
     weak_evidence,
 )
 
@@ -361,6 +362,8 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     # Otherwise it is the re-draw the passing slide gets.
     passed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
     assert passed.islands == 2 and not passed.unconfirmed  # counted: both are away from it
+    assert verdict_group(passed.verdict(s)) == "re-drawn (loose) + islands"
+    assert verdict_group(out.verdict(s)) == "re-drawn (loose) no islands"
     away = far.union(sure.buffer(2 * grid.size))  # islands trace the sure region wider
     assert (
         out.regions.difference(away).symmetric_difference(passed.regions.difference(away)).area
