@@ -706,8 +706,8 @@ def kept_result(
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
-    only for a loose outline in ``auto`` mode, where it decides the islands (and, uncapped,
-    the re-draw)."""
+    only for a loose outline in ``auto`` mode that has islands to add (or an uncapped
+    re-draw): it decides them."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:
         return None

@@ -500,20 +500,25 @@ def refine_outline(
         settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below
     )
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
-    # Islands (on a bar below the edit's) and an uncapped re-draw's deep cuts trust the
-    # scores away from the line: in auto mode the self-test must agree. Inside the outline a
-    # capped re-draw differs from the edit only within redraw_depth patches of the line, and
-    # outside it adds on the edit's bar: it needs no test.
-    asks = loose and settings.outline == "auto"
-    asks = asks and (settings.island_above is not None or settings.redraw_depth is None)
-    trusted = not asks or confirm is None or confirm()
-    if loose and rim is not None and (trusted or settings.redraw_depth is not None):
-        geom, labels = redraw_outline(scores, rim, settings)
-        islands = island_additions(scores, settings) if trusted else MultiPolygon()
-        if not islands.is_empty:
-            geom = _in_frame(geom.union(islands), frame)
-            labels = patch_labels(grid, geom)
-        return Outline(geom, labels, True, rim, islands=len(islands.geoms), unconfirmed=not trusted)
+    if loose and rim is not None:
+        # Islands (on a bar below the edit's) and an uncapped re-draw's deep cuts trust the
+        # scores away from the line: in auto mode the self-test must agree, and it is asked
+        # only then. Inside the outline a capped re-draw differs from the edit only within
+        # redraw_depth patches of the line, and outside it adds on the edit's bar.
+        islands = island_additions(scores, settings)
+        asks = settings.outline == "auto" and (
+            not islands.is_empty or settings.redraw_depth is None
+        )
+        trusted = not asks or confirm is None or confirm()
+        if trusted or settings.redraw_depth is not None:
+            geom, labels = redraw_outline(scores, rim, settings)
+            if not trusted:
+                islands = MultiPolygon()
+            if not islands.is_empty:
+                geom = _in_frame(geom.union(islands), frame)
+                labels = patch_labels(grid, geom)
+            n = len(islands.geoms)
+            return Outline(geom, labels, True, rim, islands=n, unconfirmed=not trusted)
     geom = edit_outline(scores, settings)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))

@@ -339,7 +339,8 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     loose outline whose slide fails it is still re-drawn (capped, it differs from the edit
     only near the line inside the outline), but gets no islands, and says so; uncapped, it
     is edited. Only a loose outline in ``auto`` mode asks, once, and only where the answer
-    matters; confident regions (the edit's bar) are added either way."""
+    changes the outline (islands found, or an uncapped re-draw); confident regions (the
+    edit's bar) are added either way."""
     s = RegionSettings(island_above=0.7, island_gap=1.0)
     grid, truth, p, coarse, c = _disc_case(950)
     i, j = grid.ij[:, 0], grid.ij[:, 1]
@@ -376,11 +377,14 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None), confirm=fails)
     assert not free.redrawn and free.verdict(s) == "edited"
     assert free.regions.symmetric_difference(edited.regions).area < 1.0
-    # Nobody asks where the answer changes nothing (no islands, capped), nor when re-drawing
-    # as asked (islands included), nor of an outline that is not loose.
+    # Nobody asks where the answer changes nothing (islands off, or none found; capped),
+    # nor when re-drawing as asked (islands included), nor of an outline that is not loose.
     asked.clear()
     plain = refine_outline(coarse, grid, p, c, 1.0, replace(s, island_above=None), confirm=fails)
     assert plain.redrawn and not plain.unconfirmed and plain.verdict(s) == "re-drawn (loose)"
+    _, _, no_island, _, _ = _disc_case(950)
+    none_found = refine_outline(coarse, grid, no_island, c, 1.0, s, confirm=fails)
+    assert none_found.redrawn and none_found.verdict(s) == "re-drawn (loose)"
     redraw = replace(s, outline="redraw")
     assert refine_outline(coarse, grid, p, c, 1.0, redraw, confirm=fails).islands == 2
     grid, _, p, coarse, c = _disc_case(700)

@@ -175,16 +175,21 @@ def test_the_key_follows_everything_the_scores_depend_on():
     assert a == score_key("f" * 64, y, replace(s, device="cuda:1"), 0)
 
 
-def test_the_guards_self_test_is_cached_too(slide, tmp_path):
-    """A loose outline (the truth dilated by 120 µm) makes the guard run its self-test, which
-    trains the slide's model again: a re-run reuses its result as well; a damaged entry is
-    one warning and the same result."""
-    s, _, _ = slide
-    loose = s.truth.buffer(120 / s.mpp).intersection(shapely.box(0, 0, *s.size))
+def test_the_guards_self_test_is_cached_too(tmp_path):
+    """A loose outline (one of three tumour blobs, dilated by 40 µm) makes the guard run its
+    self-test, which decides whether the blobs it missed are added and trains the slide's
+    model again: a re-run reuses its result as well; a damaged entry is one warning and the
+    same result."""
+    if not (GLAS / "Grade.csv").is_file():
+        pytest.skip(f"GlaS crops not found at {GLAS} (the shared real-tissue data)")
+    s = region_slide(GLAS, tmp_path, 3, RegionSlideSettings(size_um=(1600.0, 1100.0), n_blobs=4))
+    first_blob = shapely.get_parts(s.truth)[0]
+    loose = first_blob.buffer(40 / s.mpp).intersection(shapely.box(0, 0, *s.size))
     coarse = write_features(tmp_path / "loose.geojson", annotation_features(loose, "Tumor"))
     cache = tmp_path / "cache"
     r, first = refine(s, coarse, tmp_path / "a", cache, quiet=False)
     assert "self-test took back" in r.output, r.output
+    assert first["slides"][0]["outline"] == "re-drawn (loose), 1 region added away from the outline"
     (entry,) = (cache / "self-tests").glob("*.npz")
     written = entry.stat().st_mtime_ns
     r, again = refine(s, coarse, tmp_path / "b", cache, quiet=False)
