@@ -71,6 +71,9 @@ ISLANDS = tuple((above, gap) for above in (0.5, 0.6, 0.7, 0.75, 0.8, 0.9) for ga
 #: drawn (RegionSettings.tight_above; stop 17): judged from the same rows, no new column
 CHOSEN_ISLANDS = (0.75, 1.0)
 TIGHT = (0.8, 0.85, 0.9, 0.95, 1.0)
+#: rim levels tried (stop 18) below which an outline is loose and gets the capped re-draw
+#: whatever its self-test says (RegionSettings.redraw_below; the engine's is 0.6)
+LOOSE_BARS = (0.5, 0.55, 0.65, 0.7, 0.75, 0.8)
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
@@ -361,31 +364,35 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
     left as drawn instead of edited; last, that engine with the self-test deciding only the
     islands (stop 18): a loose slide that fails it is re-drawn all the same, capped, without
-    islands."""
+    islands, with "loose" meaning a rim level below 0.6 or each of LOOSE_BARS."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
     # name, island column (None: no islands), islands on re-drawn slides only, tight bar,
-    # whether the self-test decides the islands only (not the capped re-draw)
-    Rule = tuple[str, str | None, bool, float | None, bool]
-    rules: list[Rule] = [("chosen", None, False, None, False)]
+    # None where the self-test decides the re-draw, else the rim level below which every
+    # outline gets the capped re-draw and the self-test decides only its islands
+    Rule = tuple[str, str | None, bool, float | None, float | None]
+    rules: list[Rule] = [("chosen", None, False, None, None)]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
         rules += [
-            (name, column, False, None, False),
-            (f"{name}, re-drawn only", column, True, None, False),
+            (name, column, False, None, None),
+            (f"{name}, re-drawn only", column, True, None, None),
         ]
     # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
     chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
     for t in TIGHT:
         rules.append(
-            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, False)
+            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, None)
         )
-    rules.append(("stop 17's engine, self-test decides the islands only", chosen, True, 0.9, True))
+    name = "stop 17's engine, self-test decides the islands only"
+    rules.append((name, chosen, True, 0.9, rim_below))
+    rules += [(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b) for b in LOOSE_BARS]
     lines = []
-    for name, suffix, redrawn_only, tight, islands_only in rules:
+    for name, suffix, redrawn_only, tight, loose_below in rules:
+        bar = rim_below if loose_below is None else loose_below
         cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for r in rows:
-            redraw = redraws(r, rim_below, st_min, agree, add)
-            loose = islands_only and redraws(r, rim_below, None, agree, add)
+            redraw = redraws(r, bar, st_min, agree, add)
+            loose = loose_below is not None and redraws(r, bar, None, agree, add)
             if suffix is None:
                 v = r["redraw_cap1"] if redraw else r["e40/80"]
             elif redraw:
