@@ -325,11 +325,15 @@ def summarise_slides(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- cached re-run
 
 
+#: the cached re-run's grid (bench_engine's), and the depth of its outline edit
+RERUN_PATCH_UM = 128.0
+
+
 def cli_run(meta: dict[str, Any], coarse: Path, out: Path, cache: Path) -> dict[str, Any]:
     """``python -m qupath_bridge.cli slide`` as a fresh process, timed from outside."""
     cmd = [
         sys.executable, "-m", "qupath_bridge.cli", "slide", meta["path"], "--coarse", str(coarse),
-        "--out", str(out), "--cache-dir", str(cache), "--patch-um", "128", "-q",
+        "--out", str(out), "--cache-dir", str(cache), "--patch-um", f"{RERUN_PATCH_UM:g}", "-q",
     ]  # fmt: skip
     busy0, cpu0 = _busy(), os.times()
     _, wall = timed_run(cmd, "qupath-refine slide", cwd=ROOT)
@@ -359,10 +363,10 @@ def cached_rerun_mode(args: argparse.Namespace) -> dict[str, Any]:
     coarse = write_features(
         args.dir / f"{stem}.coarse.geojson", annotation_features(drawn, "Tumor")
     )
-    # The pathologist's edit: the outline pulled in by one 128 µm patch all round.
+    # The pathologist's edit: the outline pulled in by one patch all round.
     edited = write_features(
         args.dir / f"{stem}.edited.geojson",
-        annotation_features(drawn.buffer(-128 / meta["mpp"]), "Tumor"),
+        annotation_features(drawn.buffer(-RERUN_PATCH_UM / meta["mpp"]), "Tumor"),
     )
     build_encoder(args.encoder, args.dir / "cache")  # bench_engine's cache (encoder alone)
     runs = [

@@ -439,9 +439,9 @@ class Outline:
             return "unchanged (no confident edit)"
         if not self.redrawn:
             return "edited"
-        drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
         if self.unconfirmed:
             return NO_ISLANDS
+        drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
         if self.islands:  # new regions the pathologist should look at
             n = self.islands
             drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
