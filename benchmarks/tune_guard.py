@@ -74,6 +74,9 @@ TIGHT = (0.8, 0.85, 0.9, 0.95, 1.0)
 #: rim levels tried (stop 18) below which an outline is loose and gets the capped re-draw
 #: whatever its self-test says (RegionSettings.redraw_below; the engine's is 0.6)
 LOOSE_BARS = (0.5, 0.55, 0.65, 0.7, 0.75, 0.8)
+#: island bars tried (stop 19) on edited outlines (neither loose nor tight) whose slide
+#: passes the self-test: the test, not the rim, deciding where islands are trusted
+EDIT_ISLANDS = (0.75, 0.8, 0.9)
 
 #: guard rules tried: re-draw when rim level < rim, self-test >= st and the re-draw's patch
 #: Dice with the outline <= agree (each when given); the re-draw's additions outside the
@@ -150,6 +153,11 @@ def redraws(
     if st_min is not None and (r["self_test"] is None or r["self_test"] < st_min):
         return False
     return agree is None or r[_key("agree", add)] <= agree
+
+
+def passes(r: dict[str, Any], st_min: float | None) -> bool:
+    """Did slide case ``r`` pass the self-test (at ``st_min``)?"""
+    return st_min is not None and r["self_test"] is not None and r["self_test"] >= st_min
 
 
 def redraw_move(coarse: np.ndarray, redrawn: np.ndarray, depth: np.ndarray) -> dict[str, float]:
@@ -362,32 +370,40 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     """The chosen guard (edit e40/80, capped re-draw) with each of ISLANDS added, on every
     slide or only on the slides the guard re-draws, per cell and overall, beside the chosen
     guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
-    left as drawn instead of edited; last, that engine with the self-test deciding only the
+    left as drawn instead of edited; then that engine with the self-test deciding only the
     islands (stop 18): a loose slide that fails it is re-drawn all the same, capped, without
-    islands, with "loose" meaning a rim level below 0.6 or each of LOOSE_BARS."""
+    islands, with "loose" meaning a rim level below 0.6 or each of LOOSE_BARS; last, stop
+    18's engine with islands above each of EDIT_ISLANDS also added to edited outlines whose
+    slide passes the self-test (stop 19)."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
     # name, island column (None: no islands), islands on re-drawn slides only, tight bar,
     # None where the self-test decides the re-draw, else the rim level below which every
-    # outline gets the capped re-draw and the self-test decides only its islands
-    Rule = tuple[str, str | None, bool, float | None, float | None]
-    rules: list[Rule] = [("chosen", None, False, None, None)]
+    # outline gets the capped re-draw and the self-test decides only its islands; last, the
+    # island column for edited outlines whose slide passes the self-test (None: no islands)
+    Rule = tuple[str, str | None, bool, float | None, float | None, str | None]
+    rules: list[Rule] = [("chosen", None, False, None, None, None)]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
         rules += [
-            (name, column, False, None, None),
-            (f"{name}, re-drawn only", column, True, None, None),
+            (name, column, False, None, None, None),
+            (f"{name}, re-drawn only", column, True, None, None, None),
         ]
     # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
     chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
     for t in TIGHT:
         rules.append(
-            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, None)
+            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, None, None)
         )
     name = "stop 17's engine, self-test decides the islands only"
-    rules.append((name, chosen, True, 0.9, rim_below))
-    rules += [(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b) for b in LOOSE_BARS]
+    rules.append((name, chosen, True, 0.9, rim_below, None))
+    rules += [(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b, None) for b in LOOSE_BARS]
+    rules += [
+        (f"stop 18's engine + islands >{a:g} on edits passing the self-test", chosen, True, 0.9,
+         rim_below, f"isl{a:g}g{CHOSEN_ISLANDS[1]:g}")
+        for a in EDIT_ISLANDS
+    ]  # fmt: skip
     lines = []
-    for name, suffix, redrawn_only, tight, loose_below in rules:
+    for name, suffix, redrawn_only, tight, loose_below, edit_islands in rules:
         bar = rim_below if loose_below is None else loose_below
         cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
         for r in rows:
@@ -401,6 +417,8 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
                 v = r["redraw_cap1"]
             elif tight is not None and r["rim"] is not None and r["rim"] >= tight:
                 v = r["coarse"]
+            elif edit_islands is not None and passes(r, st_min):
+                v = r[edit_islands]
             else:
                 v = r["e40/80"] if redrawn_only else r[suffix]
             cells[(r["bench"], r["grid"], r["level"])].append(v - r["coarse"])
