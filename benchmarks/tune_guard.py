@@ -179,10 +179,11 @@ def slide_cases(
     seeds: list[int],
     part_name: str = "tune",
     skip_self_test: bool = False,
+    encoder: str = "efficientnet-lite0",
 ) -> list[dict[str, Any]]:
     rows = []
     cache = work / "cache"
-    enc = build_encoder("efficientnet-lite0", cache)
+    enc = build_encoder(encoder, cache)
     part = H.PARTS[part_name]
     for b in H.BENCHMARKS:
         spec = H.part_spec(H.BENCHMARKS[b], part_name)
@@ -372,9 +373,10 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     guard alone; then the chosen islands with tight outlines (rim level >= each of TIGHT)
     left as drawn instead of edited; then that engine with the self-test deciding only the
     islands (stop 18): a loose slide that fails it is re-drawn all the same, capped, without
-    islands, with "loose" meaning a rim level below 0.6 or each of LOOSE_BARS; last, stop
-    18's engine with islands above each of EDIT_ISLANDS also added to edited outlines whose
-    slide passes the self-test (stop 19)."""
+    islands, with "loose" meaning a rim level below 0.6 or each of LOOSE_BARS; stop 18's
+    engine with each of TIGHT (stop 19: to choose that bar for another encoder's scores);
+    last, stop 18's engine with islands above each of EDIT_ISLANDS also added to edited
+    outlines whose slide passes the self-test (stop 19)."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
     # name, island column (None: no islands), islands on re-drawn slides only, tight bar,
     # None where the self-test decides the re-draw, else the rim level below which every
@@ -397,6 +399,11 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     name = "stop 17's engine, self-test decides the islands only"
     rules.append((name, chosen, True, 0.9, rim_below, None))
     rules += [(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b, None) for b in LOOSE_BARS]
+    # stop 19: stop 18's engine with each tight bar (for scores of another encoder)
+    rules += [
+        (f"stop 18's engine, rim>={t:g} left as drawn", chosen, True, t, rim_below, None)
+        for t in TIGHT
+    ]
     rules += [
         (f"stop 18's engine + islands >{a:g} on edits passing the self-test", chosen, True, 0.9,
          rim_below, f"isl{a:g}g{CHOSEN_ISLANDS[1]:g}")
@@ -433,6 +440,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--part", choices=("tune", "report"), default="tune")
     ap.add_argument("--skip-self-test", action="store_true", help="faster; no self-test column")
+    ap.add_argument("--encoder", default="efficientnet-lite0", help="the scores' encoder")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/tune-guard.json")
     ap.add_argument("--judge", type=Path, default=None, help="only judge the rows of that JSON")
     a = ap.parse_args()
@@ -440,7 +448,7 @@ def main() -> None:
         rows = json.loads(a.judge.read_text())
         a.judge.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
         return
-    rows = slide_cases(a.data, a.work, list(range(a.seeds)), a.part, a.skip_self_test)
+    rows = slide_cases(a.data, a.work, list(range(a.seeds)), a.part, a.skip_self_test, a.encoder)
     a.out.write_text(json.dumps(rows, indent=1) + "\n")
     a.out.with_suffix(".txt").write_text("\n".join(judge(rows)) + "\n")
 
