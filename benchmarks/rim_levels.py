@@ -24,18 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import harness as H
-from benchmarks.slides import simulate_coarse
-from engine.classifier import mil_proba, standardise
+from benchmarks.tune_guard import part_cases, scored
 from engine.encoders import build_encoder
-from engine.patches import GridSettings
-from engine.pipeline import RefineSettings, SlideInput, embed_slide, label_patches, slide_grid
-from engine.regions import DEEP, MIN_PATCHES, OUTSIDE, RIM, outline_depth
+from engine.regions import Bands, outline_depth, rim_bands
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def levels(p: np.ndarray, bands: tuple[np.ndarray, ...]) -> dict[str, float]:
+def levels(p: np.ndarray, bands: Bands) -> dict[str, float]:
     """The rim level of scores ``p`` over (outside, rim, deep) ``bands``, four ways."""
     rank = (np.argsort(np.argsort(p)) + 0.5) / len(p)
 
@@ -60,37 +56,16 @@ def main() -> None:
     a = ap.parse_args()
     cache = a.work / "cache"
     enc = build_encoder(a.encoder, cache)
-    part, seed, rows = H.PARTS["tune"], 0, []
-    for b in H.BENCHMARKS:
-        spec = H.part_spec(H.BENCHMARKS[b], "tune")
-        for s in H.build_part_cohort(a.data, a.work, spec):
-            for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
-                for level in ("mild", "moderate", "severe"):
-                    coarse = simulate_coarse(
-                        s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
-                    )
-                    settings = RefineSettings(
-                        grid=GridSettings(patch_um=pum), cache_dir=cache
-                    ).with_seed(seed)
-                    item = SlideInput(s.path, coarse, name=s.name)
-                    d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
-                    if d.features is None:
-                        embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
-                    c, _ = label_patches(item, d.grid, 0.5)
-                    x = standardise(d.embedded())
-                    # seeded as tune_guard's rows, so its "rim" column is this "mean"
-                    p = mil_proba(x, c, settings.classifier, seed=seed * 100).astype(np.float64)
-                    depth, inside = outline_depth(d.grid, coarse), c.astype(bool)
-                    bands = (
-                        ~inside & (depth >= OUTSIDE),
-                        inside & (depth < RIM),
-                        inside & (depth >= DEEP),
-                    )
-                    if min(int(band.sum()) for band in bands) < MIN_PATCHES:
-                        continue
-                    row = {"bench": b, "grid": grid_name, "level": level, "slide": s.name}
-                    rows.append(row | levels(p, bands))
-                    print(json.dumps(rows[-1]), flush=True)
+    rows = []
+    for s, coarse, (b, grid_name, pum, level, seed) in part_cases(a.data, a.work, [0]):
+        # the model tune_guard's rows are scored with, so its "rim" column is this "mean"
+        d, c, _, p, _ = scored(s, coarse, pum, seed, enc, cache)
+        bands = rim_bands(c, outline_depth(d.grid, coarse))
+        if bands is None:
+            continue
+        row = {"bench": b, "grid": grid_name, "level": level, "slide": s.name}
+        rows.append(row | levels(np.asarray(p, dtype=np.float64), bands))
+        print(json.dumps(rows[-1]), flush=True)
     a.out.write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -20,21 +20,28 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from benchmarks import harness as H
 from benchmarks.slides import simulate_coarse
-from engine.classifier import mil_proba, standardise
+from engine.classifier import ClassifierSettings, mil_proba, standardise
 from engine.encoders import build_encoder
 from engine.guard import redraw_self_test
 from engine.metrics import pixel_metrics
 from engine.patches import GridSettings
-from engine.pipeline import RefineSettings, SlideInput, embed_slide, label_patches, slide_grid
+from engine.pipeline import (
+    RefineSettings,
+    SlideFeatures,
+    SlideInput,
+    embed_slide,
+    label_patches,
+    slide_grid,
+)
 from engine.regions import (
     DEEP,
     RegionSettings,
@@ -150,7 +157,7 @@ def redraws(
     """Would this guard rule re-draw slide case ``r``?"""
     if r["rim"] is None or r["rim"] >= rim_below:
         return False
-    if st_min is not None and (r["self_test"] is None or r["self_test"] < st_min):
+    if st_min is not None and not passes(r, st_min):
         return False
     return agree is None or r[_key("agree", add)] <= agree
 
@@ -173,6 +180,51 @@ def redraw_move(coarse: np.ndarray, redrawn: np.ndarray, depth: np.ndarray) -> d
     }
 
 
+#: a slide case: benchmark, grid name, patch side (µm or "auto"), noise level, seed
+Case = tuple[str, str, Any, str, int]
+
+
+class Scored(NamedTuple):
+    """One slide case's features and the slide's MIL scores, as the engine trains them."""
+
+    d: SlideFeatures
+    labels: np.ndarray  # the coarse outline's patch labels
+    x: np.ndarray  # the features, standardised per slide
+    p: np.ndarray  # the MIL scores
+    classifier: ClassifierSettings
+
+
+def part_cases(
+    data: Path, work: Path, seeds: list[int], part_name: str = "tune"
+) -> Iterator[tuple[Any, Any, Case]]:
+    """Every slide case of a part: the built slide, its simulated coarse outline, the case."""
+    part = H.PARTS[part_name]
+    for b in H.BENCHMARKS:
+        spec = H.part_spec(H.BENCHMARKS[b], part_name)
+        for s in H.build_part_cohort(data, work, spec):
+            for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
+                for level in ("mild", "moderate", "severe"):
+                    for seed in seeds:
+                        coarse = simulate_coarse(
+                            s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
+                        )
+                        yield s, coarse, (b, grid_name, pum, level, seed)
+
+
+def scored(s: Any, coarse: Any, pum: Any, seed: int, enc: Any, cache: Path) -> Scored:
+    """Slide ``s`` with outline ``coarse`` on a ``pum`` grid: features (embedded where the
+    cache lacks them) and one MIL model's scores, seeded by ``seed``."""
+    settings = RefineSettings(grid=GridSettings(patch_um=pum), cache_dir=cache).with_seed(seed)
+    item = SlideInput(s.path, coarse, name=s.name)
+    d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
+    if d.features is None:
+        embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
+    c, _ = label_patches(item, d.grid, 0.5)
+    x = standardise(d.embedded())
+    p = mil_proba(x, c, settings.classifier, seed=seed * 100)
+    return Scored(d, c, x, p, settings.classifier)
+
+
 def slide_cases(
     data: Path,
     work: Path,
@@ -184,27 +236,17 @@ def slide_cases(
     rows = []
     cache = work / "cache"
     enc = build_encoder(encoder, cache)
-    part = H.PARTS[part_name]
-    for b in H.BENCHMARKS:
-        spec = H.part_spec(H.BENCHMARKS[b], part_name)
-        for s in H.build_part_cohort(data, work, spec):
-            for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
-                for level in ("mild", "moderate", "severe"):
-                    for seed in seeds:
-                        coarse = simulate_coarse(
-                            s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
-                        )
-                        case = (b, grid_name, pum, level, seed)
-                        row = case_row(s, coarse, case, enc, cache, skip_self_test)
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
+    for s, coarse, case in part_cases(data, work, seeds, part_name):
+        row = case_row(s, coarse, case, enc, cache, skip_self_test)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
 def case_row(
     s: Any,
     coarse: Any,
-    case: tuple[str, str, Any, str, int],
+    case: Case,
     enc: Any,
     cache: Path,
     skip_self_test: bool,
@@ -216,13 +258,7 @@ def case_row(
     def dice(g: Any) -> float:
         return pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"]
 
-    grid = GridSettings(patch_um=pum)
-    settings = RefineSettings(grid=grid, cache_dir=cache).with_seed(seed)
-    item = SlideInput(s.path, coarse, name=s.name)
-    d = slide_grid(item, settings, enc, {"read": 0.0, "embed": 0.0})
-    if d.features is None:
-        embed_slide(d, settings, enc, {"read": 0.0, "embed": 0.0}, False)
-    c, _ = label_patches(item, d.grid, 0.5)
+    d, c, x, p, classifier = scored(s, coarse, pum, seed, enc, cache)
     row: dict[str, Any] = {
         "bench": bench,
         "grid": grid_name,
@@ -232,8 +268,6 @@ def case_row(
         "slide": s.name,
         "coarse": dice(coarse),
     }
-    x = standardise(d.features)
-    p = mil_proba(x, c, settings.classifier, seed=seed * 100)
     frame = (d.info.width, d.info.height)
     rim = rim_scores(p, c, outline_depth(d.grid, coarse))
     row["rim"] = None if rim is None else rim.level
@@ -251,7 +285,7 @@ def case_row(
     if skip_self_test:
         return row
     test = redraw_self_test(
-        coarse, d.grid, x, d.info.mpp, settings.classifier, base, frame,
+        coarse, d.grid, x, d.info.mpp, classifier, base, frame,
         seed * 100 + 50,
     )  # fmt: skip
     row["self_test"] = test.recovered
@@ -367,6 +401,23 @@ def rule_lines(head: str, cells: dict[tuple[str, str, str], list[float]]) -> lis
     return lines
 
 
+class IslandRule(NamedTuple):
+    """One engine judged by :func:`judge_islands`."""
+
+    name: str
+    #: the island column (None: no islands)
+    column: str | None = None
+    #: islands on re-drawn slides only (elsewhere the chosen edit)
+    redrawn_only: bool = False
+    #: rim level at or above which an outline is left as drawn (None: never)
+    tight: float | None = None
+    #: None: the self-test decides the re-draw; else the rim level below which every outline
+    #: gets the capped re-draw and the self-test decides only its islands (stop 18)
+    loose_below: float | None = None
+    #: the island column for edited outlines whose slide passes the self-test (stop 19)
+    edit_islands: str | None = None
+
+
 def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     """The chosen guard (edit e40/80, capped re-draw) with each of ISLANDS added, on every
     slide or only on the slides the guard re-draws, per cell and overall, beside the chosen
@@ -378,35 +429,31 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     last, stop 18's engine with islands above each of EDIT_ISLANDS also added to edited
     outlines whose slide passes the self-test (stop 19)."""
     rim_below, st_min, agree, add = GUARDS[CHOSEN]
-    # name, island column (None: no islands), islands on re-drawn slides only, tight bar,
-    # None where the self-test decides the re-draw, else the rim level below which every
-    # outline gets the capped re-draw and the self-test decides only its islands; last, the
-    # island column for edited outlines whose slide passes the self-test (None: no islands)
-    Rule = tuple[str, str | None, bool, float | None, float | None, str | None]
-    rules: list[Rule] = [("chosen", None, False, None, None, None)]
+    rules = [IslandRule("chosen")]
     for a, g in ISLANDS:
         name, column = f"chosen + islands >{a:g}, gap {g:g}", f"isl{a:g}g{g:g}"
-        rules += [
-            (name, column, False, None, None, None),
-            (f"{name}, re-drawn only", column, True, None, None, None),
-        ]
+        rules += [IslandRule(name, column), IslandRule(f"{name}, re-drawn only", column, True)]
     # stop 17: the islands chosen, and outlines whose rim level is at least `tight` left as drawn
     chosen = f"isl{CHOSEN_ISLANDS[0]:g}g{CHOSEN_ISLANDS[1]:g}"
     for t in TIGHT:
         rules.append(
-            (f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t, None, None)
+            IslandRule(f"chosen + islands (chosen), rim>={t:g} left as drawn", chosen, True, t)
         )
     name = "stop 17's engine, self-test decides the islands only"
-    rules.append((name, chosen, True, 0.9, rim_below, None))
-    rules += [(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b, None) for b in LOOSE_BARS]
+    rules.append(IslandRule(name, chosen, True, 0.9, rim_below))
+    rules += [
+        IslandRule(f"{name}, loose below rim {b:g}", chosen, True, 0.9, b) for b in LOOSE_BARS
+    ]
     # stop 19: stop 18's engine with each tight bar (for scores of another encoder)
     rules += [
-        (f"stop 18's engine, rim>={t:g} left as drawn", chosen, True, t, rim_below, None)
+        IslandRule(f"stop 18's engine, rim>={t:g} left as drawn", chosen, True, t, rim_below)
         for t in TIGHT
     ]
     rules += [
-        (f"stop 18's engine + islands >{a:g} on edits passing the self-test", chosen, True, 0.9,
-         rim_below, f"isl{a:g}g{CHOSEN_ISLANDS[1]:g}")
+        IslandRule(
+            f"stop 18's engine + islands >{a:g} on edits passing the self-test", chosen, True,
+            0.9, rim_below, f"isl{a:g}g{CHOSEN_ISLANDS[1]:g}",
+        )
         for a in EDIT_ISLANDS
     ]  # fmt: skip
     lines = []

@@ -199,6 +199,19 @@ def outline_depth(grid: PatchGrid, coarse: shapely.Geometry) -> F32:
     return (shapely.distance(centres, coarse.boundary) / grid.size).astype(np.float32)
 
 
+Bands = tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.bool_]]
+
+
+def rim_bands(
+    coarse_labels: npt.NDArray[np.integer], depth: npt.NDArray[np.floating]
+) -> Bands | None:
+    """The patches outside the outline, in its rim and deep inside it (:class:`RimScores`);
+    None where a band has too few patches to judge."""
+    inside = np.asarray(coarse_labels).astype(bool)
+    bands = (~inside & (depth >= OUTSIDE), inside & (depth < RIM), inside & (depth >= DEEP))
+    return None if min(int(b.sum()) for b in bands) < MIN_PATCHES else bands
+
+
 def rim_scores(
     proba: npt.NDArray[np.floating],
     coarse_labels: npt.NDArray[np.integer],
@@ -206,9 +219,8 @@ def rim_scores(
 ) -> RimScores | None:
     """The slide's :class:`RimScores`; None where a band has too few patches to judge."""
     p = np.asarray(proba, dtype=np.float64)
-    inside = np.asarray(coarse_labels).astype(bool)
-    bands = (~inside & (depth >= OUTSIDE), inside & (depth < RIM), inside & (depth >= DEEP))
-    if min(int(b.sum()) for b in bands) < MIN_PATCHES:
+    bands = rim_bands(coarse_labels, depth)
+    if bands is None:
         return None
     outside, rim, deep = (float(p[b].mean()) for b in bands)
     return RimScores(outside, rim, deep)
