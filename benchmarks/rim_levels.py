@@ -16,7 +16,6 @@ transfer between encoders; if not, the encoders see the rim differently.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tune_guard import part_cases, scored
+from benchmarks.tune_guard import part_cases, scored, study_parser
 from engine.encoders import build_encoder
 from engine.regions import Bands, outline_depth, rim_bands
 
@@ -48,9 +47,7 @@ def levels(p: np.ndarray, bands: Bands) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
+    ap = study_parser(__doc__)
     ap.add_argument("--encoder", default="efficientnet-lite0")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()

@@ -480,10 +480,17 @@ def judge_islands(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of a tuning study (its docstring's first paragraph, the shared data,
+    and the work folder of ``benchmarks.run``'s built slides and feature cache)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "results" / "tmp")
+    return ap
+
+
+def main() -> None:
+    ap = study_parser(__doc__)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--part", choices=("tune", "report"), default="tune")
     ap.add_argument("--skip-self-test", action="store_true", help="faster; no self-test column")
