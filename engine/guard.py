@@ -12,7 +12,7 @@ that follow something else keep it.
 
 Only a slide whose scores pass gets islands (and, with ``redraw_depth`` None, a re-draw at
 all). A loose slide that fails is still re-drawn within ``redraw_depth`` patches of its
-line, where the re-draw differs from the edit (BENCHMARKS.md, issue 9, stop 18). The test
+line, where it differs from an edit with cuts (BENCHMARKS.md, issue 9, stop 18). The test
 also records how much of the outline its re-draw kept and what an edit of the loosened
 outline would have done (the engine logs them; on the tuning part the re-draw gave the
 outline back better than the edit on every slide case, so that comparison decides nothing:

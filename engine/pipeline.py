@@ -123,7 +123,14 @@ class RefineSettings:
         return replace(
             s,
             classifier=replace(s.classifier, model="mlp"),
-            regions=replace(s.regions, sigma=0.0, add_above=0.8, remove_below=0.05, outline="edit"),
+            regions=replace(
+                s.regions,
+                sigma=0.0,
+                add_above=0.8,
+                remove_below=0.05,
+                outline="edit",
+                cut_edits=True,
+            ),
         )
 
     def with_seed(self, seed: int) -> RefineSettings:

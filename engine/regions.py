@@ -48,6 +48,13 @@ class RegionSettings:
     "replace"``: the paper's step 8, regions from the smoothed scores alone, thresholded at
     ``threshold``. The thresholds (cut below 0.4, add above 0.8) were chosen on the tuning
     part of the benchmark for the worst slide, not the mean (BENCHMARKS.md, issue 9 item).
+
+    An **edited** outline that is not loose is only added to unless ``cut_edits``: its rim
+    does not score like the outside, so nothing says it was drawn too far out, and on the
+    tuning part its cuts (below 0.2 to 0.45) moved the mean gain by 0.0001 at most while
+    making its worst slides worse (BENCHMARKS.md, issue 9, "edited outlines are not cut"); the
+    verdict counts the regions inside that score as normal and were left in.
+    ``remove_below`` applies where an outline is cut: deep inside a re-draw.
     ``mode`` is not a user setting (users choose ``outline``): ``"replace"`` is the paper's
     literal step 8, kept for the ablation benchmark (``benchmarks/methods.py``) and reused by
     the guard's re-draw to trace its iso-line.
@@ -64,8 +71,9 @@ class RegionSettings:
     outline was drawn too far out, nothing about tumour beyond it: additions keep the edit's
     bar (0.8); lower, they added false tumour on fine grids (BENCHMARKS.md, issue 9). The
     re-draw moves the outline inwards by at most ``redraw_depth`` patches (None: anywhere);
-    deeper inside, only the edit's confident cuts apply: re-draws that cut deeper dropped
-    tumour on gland-level slides (BENCHMARKS.md, issue 9, "how far a re-draw may cut").
+    deeper inside, only confident cuts (below ``remove_below``) apply: re-draws that cut
+    deeper dropped tumour on gland-level slides (BENCHMARKS.md, issue 9, "how far a re-draw
+    may cut").
 
     A re-draw also adds **islands**: regions whose smoothed score exceeds ``island_above``
     and that lie more than ``island_gap`` patches away from the outline (None: none), tumour
@@ -79,9 +87,10 @@ class RegionSettings:
     away from the line: the outline loosened by ``self_test_dilate`` patches, a model
     trained on that, and its re-draw must take at least ``self_test_recovered`` of the added
     band back out. A loose slide that fails it is still re-drawn (inside the outline a
-    capped re-draw differs from the edit only within ``redraw_depth`` patches of the line,
-    and on the tuning part it beat the edit on every loose slide case, the refused ones
-    included), but gets no islands; with ``redraw_depth`` None it is edited instead.
+    capped re-draw differs from an edit with cuts only within ``redraw_depth`` patches of
+    the line, and on the tuning part it beat the edit on every loose slide case, the
+    refused ones included), but gets no islands; with ``redraw_depth`` None it is edited
+    instead.
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
     (None: never), the band just inside the outline scores like its deep inside: the line
@@ -120,6 +129,7 @@ class RegionSettings:
     island_above: float | None = 0.75
     island_gap: float = 1.0
     tight_above: float | None = 0.9
+    cut_edits: bool = False
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
@@ -437,20 +447,26 @@ class Outline:
     tight: bool = False
     #: re-drawn without islands: the self-test did not confirm the scores
     unconfirmed: bool = False
+    #: regions inside an edited outline that score as normal, not cut (``cut_edits`` off)
+    left_in: int = 0
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
         (loose)`` (the guard's call), ``re-drawn`` (as asked), either with how many regions it
         added away from the outline, a loose outline re-drawn without islands (its slide
-        failed the self-test), or ``kept (weak evidence: why)``."""
+        failed the self-test), or ``kept (weak evidence: why)``. An edit (or an unchanged
+        outline) says how many regions inside it score as normal and were left in, for the
+        pathologist to look at."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
         if self.tight:
             return "unchanged (tight outline: its edge scores like its inside)"
-        if self.unchanged:
-            return "unchanged (no confident edit)"
         if not self.redrawn:
-            return "edited"
+            done = "unchanged (no confident edit)" if self.unchanged else "edited"
+            if self.left_in:
+                n = self.left_in
+                done += f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
+            return done
         if self.unconfirmed:
             return NO_ISLANDS
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
@@ -462,12 +478,13 @@ class Outline:
 
 NO_ISLANDS = "re-drawn (loose; no islands: self-test not passed)"
 ADDED = re.compile(r", \d+ regions? added away from the outline")
+LEFT_IN = re.compile(r"; \d+ regions? inside scored normal, not cut")
 
 
 def verdict_group(verdict: str) -> str:
-    """``verdict`` without its count of islands, and shorter: what tallies of many slides
-    group by ("re-drawn (loose) + islands", "re-drawn (loose) no islands")."""
-    grouped = ADDED.sub(" + islands", verdict)
+    """``verdict`` without its counts, and shorter: what tallies of many slides group by
+    ("re-drawn (loose) + islands", "re-drawn (loose) no islands", "edited + normal left in")."""
+    grouped = LEFT_IN.sub(" + normal left in", ADDED.sub(" + islands", verdict))
     return "re-drawn (loose) no islands" if grouped == NO_ISLANDS else grouped
 
 
@@ -515,8 +532,8 @@ def refine_outline(
     if loose and rim is not None:
         # Islands (on a bar below the edit's) and an uncapped re-draw's deep cuts trust the
         # scores away from the line: in auto mode the self-test must agree, and it is asked
-        # only then. Inside the outline a capped re-draw differs from the edit only within
-        # redraw_depth patches of the line, and outside it adds on the edit's bar.
+        # only then. Inside the outline a capped re-draw differs from an edit with cuts only
+        # within redraw_depth patches of the line, and outside it adds on the edit's bar.
         islands = island_additions(scores, settings)
         asks = settings.outline == "auto" and (
             not islands.is_empty or settings.redraw_depth is None
@@ -531,11 +548,17 @@ def refine_outline(
                 labels = patch_labels(grid, geom)
             n = len(islands.geoms)
             return Outline(geom, labels, True, rim, islands=n, unconfirmed=not trusted)
-    geom = edit_outline(scores, settings)
+    # Only a loose outline (here: with an uncapped re-draw its self-test refused) is cut,
+    # unless cut_edits: nothing else says the outline was drawn too far out.
+    cut = settings.cut_edits or loose
+    cuts, adds = edit_pieces(scores, settings)
+    geom = apply_edit(scores, cuts if cut else MultiPolygon(), adds)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
-    return Outline(geom, patch_labels(grid, geom), False, rim, unchanged=unchanged)
+    left_in = 0 if cut else len(cuts.geoms)
+    labels = patch_labels(grid, geom)
+    return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in)
 
 
 @dataclass(frozen=True)
@@ -551,22 +574,39 @@ class SlideScores:
     frame: tuple[int, int] | None = None
 
 
-def edit_outline(s: SlideScores, settings: RegionSettings = RegionSettings()) -> MultiPolygon:
-    """The coarse outline minus confidently normal regions inside it, plus confidently
-    tumour regions outside it; both traced like :func:`regions_from_probabilities`."""
-    remove, add = edit_masks(s.grid, s.proba, s.coarse_labels, settings)
+def edit_pieces(s: SlideScores, settings: RegionSettings) -> tuple[MultiPolygon, MultiPolygon]:
+    """The edit's cuts (confidently normal regions inside the coarse outline) and additions
+    (confidently tumour regions outside it), traced like :func:`regions_from_probabilities`.
+    """
     # The masks are not smoothed over the lattice again (the scores already were); the
     # tracer's opening drops edits narrower than about two cells (RegionSettings).
     mask_settings = replace(settings, threshold=0.5, sigma=0.0)
+
+    def traced(mask: npt.NDArray[np.bool_]) -> MultiPolygon:
+        if not mask.any():
+            return MultiPolygon()
+        return regions_from_probabilities(s.grid, mask.astype(np.float32), s.mpp, mask_settings)
+
+    remove, add = edit_masks(s.grid, s.proba, s.coarse_labels, settings)
+    return traced(remove), traced(add)
+
+
+def edit_outline(
+    s: SlideScores, settings: RegionSettings = RegionSettings(), cut: bool = True
+) -> MultiPolygon:
+    """The coarse outline minus its cuts (unless not ``cut``) plus its additions
+    (:func:`edit_pieces`)."""
+    cuts, adds = edit_pieces(s, settings)
+    return apply_edit(s, cuts if cut else MultiPolygon(), adds)
+
+
+def apply_edit(s: SlideScores, cuts: MultiPolygon, adds: MultiPolygon) -> MultiPolygon:
+    """The coarse outline minus ``cuts`` plus ``adds``, inside the frame."""
     geom = s.coarse if s.coarse is not None else Polygon()
-    if remove.any():
-        geom = geom.difference(
-            regions_from_probabilities(s.grid, remove.astype(np.float32), s.mpp, mask_settings)
-        )
-    if add.any():
-        geom = geom.union(
-            regions_from_probabilities(s.grid, add.astype(np.float32), s.mpp, mask_settings)
-        )
+    if not cuts.is_empty:
+        geom = geom.difference(cuts)
+    if not adds.is_empty:
+        geom = geom.union(adds)
     return _in_frame(geom, s.frame)
 
 
@@ -576,8 +616,8 @@ def redraw_outline(
     """A loose outline re-drawn: inside it, the smoothed scores' iso-line at ``rim.cut_at``
     (finer than whole patches: a loose rim is often narrower than one); outside it, tissue
     whose smoothed score exceeds ``settings.redraw_add_above``. Deeper inside the outline
-    than ``settings.redraw_depth`` patches only the edit's confident cuts apply. Returns the
-    regions and the label of each patch."""
+    than ``settings.redraw_depth`` patches only confident cuts (``settings.remove_below``)
+    apply. Returns the regions and the label of each patch."""
     smoothed = smooth_on_grid(s.grid, s.proba, settings.sigma)
     trace = replace(settings, mode="replace", sigma=0.0, threshold=rim.cut_at)
     keep = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)

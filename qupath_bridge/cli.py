@@ -452,8 +452,8 @@ common_options = _options(
         default="auto",
         show_default=True,
         help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
-        "the scores say it was drawn loosely (with --method mil); edit: always edit; "
-        "redraw: always re-draw (outlines you know are rough).",
+        "the scores say it was drawn loosely (with --method mil); edit: always edit (keep "
+        "the line, only add to it); redraw: always re-draw (outlines you know are rough).",
     ),
     click.option(
         "--tau",

@@ -14,7 +14,8 @@ brackets: Dice at 12db4e6, default settings) so that a regression fails:
 
 * severe noise, engine >= coarse + margin and >= CA + margin: gland level (coarse 0.625, CA
   0.634, engine 0.682; 0.703 before the guard self-test, at 0e436a4), region (0.748, 0.757,
-  0.789), WSSS4LUAD (0.573, 0.573, 0.609);
+  0.789), WSSS4LUAD (0.573, 0.573, 0.609; since stop 20, whose edits do not cut outlines that
+  are not loose, 0.573: both outlines left as drawn, their verdicts counting what was left in);
 * mild noise, engine >= coarse - 0.01 (issue 4's "never worse"): gland level (0.844 -> 0.839),
   region (0.961 -> 0.961), WSSS4LUAD (0.679 -> 0.681).
 
@@ -40,7 +41,10 @@ BENCHES = ("glas-gland", "region", "wsss4luad")
 # benchmark, Dice margin of the engine over coarse, over the CA classifier (severe noise).
 # Re-draws add tissue outside the outline only on the edit's evidence (issue 9), so at gland
 # and region level on these small tuning slides the gains are those of careful edits.
-SEVERE = [("glas-gland", 0.01, 0.0), ("region", 0.01, 0.0), ("wsss4luad", 0.015, 0.015)]
+# WSSS4LUAD: both small slides' severe outlines have rims that do not look loose, and since
+# stop 20 such an outline is not cut (BENCHMARKS.md, issue 9, "edited outlines are not cut"): the
+# engine leaves them as drawn and says what it left in (next test); with cuts it was +0.036.
+SEVERE = [("glas-gland", 0.01, 0.0), ("region", 0.01, 0.0), ("wsss4luad", 0.0, 0.0)]
 
 
 def quick_specs():
@@ -100,6 +104,15 @@ def test_engine_beats_coarse_and_ca_at_severe_noise(quick, bench, over_coarse, o
     c, ca, ours = (dice(quick, bench, "severe", m) for m in ("coarse", "ca", "engine"))
     assert ours >= c + over_coarse, f"{bench}: coarse {c:.3f}, engine {ours:.3f}"
     assert ours >= ca + over_ca, f"{bench}: CA {ca:.3f}, engine {ours:.3f}"
+
+
+def test_an_outline_left_uncut_says_what_it_left_in(quick):
+    """WSSS4LUAD, severe noise: outlines that take in normal tissue but whose rims do not look
+    loose are left as drawn, and the verdict counts the regions inside that score as normal
+    (for the pathologist to look at), never a bare "unchanged"."""
+    verdicts = cell(quick, "wsss4luad", "severe", "engine")["verdicts"]
+    assert sum(verdicts.values()) == 2
+    assert all(v.endswith("inside scored normal, not cut") for v in verdicts), verdicts
 
 
 @pytest.mark.parametrize("bench", BENCHES)
