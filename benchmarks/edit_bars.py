@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +32,19 @@ import shapely
 from shapely.geometry import MultiPolygon
 
 from benchmarks import harness as H
-from benchmarks.tune_guard import part_cases, rule_lines, scored, study_parser
+from benchmarks.tune_guard import part_cases, passes, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
 from engine.metrics import pixel_metrics
 from engine.regions import (
     RegionSettings,
     SlideScores,
     _in_frame,
-    edit_masks,
+    apply_edit,
     edit_outline,
+    edit_pieces,
     island_additions,
     outline_depth,
     redraw_outline,
-    regions_from_probabilities,
     rim_scores,
 )
 
@@ -73,24 +72,15 @@ def reaching(pieces: shapely.Geometry, zone: shapely.Geometry, tol: float) -> Mu
 def edit_reach(s: SlideScores, add_k: float | None, cut_k: float | None) -> MultiPolygon:
     """Stop 18's edit with additions (cuts) kept only where they reach more than ``add_k``
     (``cut_k``) patches beyond (inside) the coarse outline."""
-    settings = RegionSettings(remove_below=CUTS_18)
-    remove, add = edit_masks(s.grid, s.proba, s.coarse_labels, settings)
-    mask_settings = replace(settings, threshold=0.5, sigma=0.0)
+    cuts, adds = edit_pieces(s, RegionSettings(remove_below=CUTS_18))
     size = s.grid.size
     tol = 0.1 * size * size
-    geom = s.coarse
-    if remove.any():
-        cut = regions_from_probabilities(s.grid, remove.astype(np.float32), s.mpp, mask_settings)
-        if cut_k is not None:
-            cut = reaching(cut, s.coarse.buffer(-cut_k * size), tol)
-        geom = geom.difference(cut)
-    if add.any():
-        new = regions_from_probabilities(s.grid, add.astype(np.float32), s.mpp, mask_settings)
-        if add_k is not None:
-            far = shapely.box(*s.coarse.buffer(add_k * size + 1e9).bounds)
-            new = reaching(new, far.difference(s.coarse.buffer(add_k * size)), tol)
-        geom = geom.union(new)
-    return _in_frame(geom, s.frame)
+    if cut_k is not None:
+        cuts = reaching(cuts, s.coarse.buffer(-cut_k * size), tol)
+    if add_k is not None:
+        far = shapely.box(*s.coarse.buffer(add_k * size + 1e9).bounds)
+        adds = reaching(adds, far.difference(s.coarse.buffer(add_k * size)), tol)
+    return apply_edit(s, cuts, adds)
 
 
 def verdict(r: dict[str, Any]) -> str:
@@ -98,8 +88,7 @@ def verdict(r: dict[str, Any]) -> str:
     the self-test passed), tight (left as drawn) or edited."""
     rim = r["rim"]
     if rim is not None and rim < 0.6:
-        passed = r["self_test"] is not None and r["self_test"] >= 0.5
-        return "islands" if passed else "loose"
+        return "islands" if passes(r, 0.5) else "loose"
     if rim is not None and rim >= 0.9:
         return "tight"
     return "edited"

@@ -417,11 +417,12 @@ VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     # re-draw everything from the smoothed scores (the paper's step 8) instead of editing
     "v-replace": lambda c: _engine_with(c, regions={"mode": "replace"}),
     # the guard off: edit every outline (the default before the guard) / re-draw every one
-    "v-no-guard": lambda c: _engine_with(c, regions={"redraw_below": None}),
+    "v-no-guard": lambda c: _engine_with(c, regions={"outline": "edit"}),
     "v-always-redraw": lambda c: _engine_with(c, regions={"redraw_below": float("inf")}),
     # no smoothing of the scores over the lattice
     "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0}),
-    # edit thresholds: add above 0.6 instead of 0.7; cut below 0.6 or 0.3 instead of 0.5
+    # edit thresholds: add above 0.6 instead of 0.8; cut below 0.6 or 0.3 instead of 0.4
+    # (since stop 20 the cuts of loose outlines only: edited ones are not cut)
     "v-add-0.6": lambda c: _engine_with(c, regions={"add_above": 0.6}),
     "v-cut-0.6": lambda c: _engine_with(c, regions={"remove_below": 0.6}),
     "v-cut-0.3": lambda c: _engine_with(c, regions={"remove_below": 0.3}),

@@ -42,9 +42,10 @@ class RegionSettings:
     edges are not pulled towards 0 (LCMIL smooths the same way; tumour is contiguous).
 
     ``mode="edit"`` (default): the coarse outline itself, changed only where the evidence is
-    clear: tissue inside it whose smoothed score is below ``remove_below`` is cut out, tissue
-    outside it whose smoothed **and** unsmoothed scores are both above ``add_above`` is
-    added (smoothing alone would leak the inside's scores across the outline). ``mode=
+    clear: tissue outside it whose smoothed **and** unsmoothed scores are both above
+    ``add_above`` is added (smoothing alone would leak the inside's scores across the
+    outline), and, where the outline is cut (below), tissue inside it whose smoothed score is
+    below ``remove_below`` is cut out. ``mode=
     "replace"``: the paper's step 8, regions from the smoothed scores alone, thresholded at
     ``threshold``. The thresholds (cut below 0.4, add above 0.8) were chosen on the tuning
     part of the benchmark for the worst slide, not the mean (BENCHMARKS.md, issue 9 item).
@@ -53,8 +54,10 @@ class RegionSettings:
     does not score like the outside, so nothing says it was drawn too far out, and on the
     tuning part its cuts (below 0.2 to 0.45) moved the mean gain by 0.0001 at most while
     making its worst slides worse (BENCHMARKS.md, issue 9, "edited outlines are not cut"); the
-    verdict counts the regions inside that score as normal and were left in.
-    ``remove_below`` applies where an outline is cut: deep inside a re-draw.
+    verdict counts the regions inside that score below ``remove_below`` and were left in.
+    Where an outline is cut, it is cut below ``remove_below``: deep inside a re-draw, an
+    outline the user asked to re-draw that has no rim to re-draw along (too few patches in
+    a band), and the edit a loose outline falls back to with ``redraw_depth`` None.
     ``mode`` is not a user setting (users choose ``outline``): ``"replace"`` is the paper's
     literal step 8, kept for the ablation benchmark (``benchmarks/methods.py``) and reused by
     the guard's re-draw to trace its iso-line.
@@ -268,7 +271,7 @@ def edit_masks(
     coarse_labels: npt.NDArray[np.integer],
     settings: RegionSettings,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Patches ``edit`` mode cuts from the coarse outline, and patches it adds."""
+    """Patches an edit with cuts would cut from the coarse outline, and patches it adds."""
     c = np.asarray(coarse_labels).astype(bool)
     raw = np.asarray(proba, dtype=np.float32)
     smoothed = smooth_on_grid(grid, raw, settings.sigma)
@@ -415,12 +418,15 @@ def refined_labels(
     proba: npt.NDArray[np.floating],
     settings: RegionSettings,
 ) -> npt.NDArray[np.int8]:
-    """The final label of each patch under ``settings.mode``."""
+    """The label of each patch under ``settings.mode``, the guard aside (``edit``: the
+    coarse labels with the edit's additions, and its cuts where ``settings.cut_edits``;
+    :func:`refine_outline` draws the outline itself)."""
     if settings.mode == "replace":
         return (smooth_on_grid(grid, proba, settings.sigma) >= settings.threshold).astype(np.int8)
     if settings.mode != "edit":
         raise ValueError(f"region mode is 'edit' or 'replace', not {settings.mode!r}")
-    return _edited_labels(coarse, *edit_masks(grid, proba, coarse, settings))
+    remove, add = edit_masks(grid, proba, coarse, settings)
+    return _edited_labels(coarse, remove & settings.cut_edits, add)
 
 
 def _edited_labels(
@@ -462,11 +468,12 @@ class Outline:
         if self.tight:
             return "unchanged (tight outline: its edge scores like its inside)"
         if not self.redrawn:
-            done = "unchanged (no confident edit)" if self.unchanged else "edited"
-            if self.left_in:
-                n = self.left_in
-                done += f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
-            return done
+            n = self.left_in
+            if not n:
+                return "unchanged (no confident edit)" if self.unchanged else "edited"
+            # confident cuts were found but not made: say so, and that they are there
+            done = "unchanged (nothing confident to add)" if self.unchanged else "edited"
+            return done + f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
         if self.unconfirmed:
             return NO_ISLANDS
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
@@ -505,7 +512,8 @@ def refine_outline(
     kept: str | None = None,
 ) -> Outline:
     """``edit`` mode with its guard: the coarse outline kept where the scores separate
-    nothing, left as drawn where it is tight, edited (:func:`edit_outline`), or, where its
+    nothing, left as drawn where it is tight, edited (:func:`edit_pieces`: added to, and cut
+    only where loose or ``settings.cut_edits``), or, where its
     rim scores like normal tissue (``outline="auto"``) or as asked (``"redraw"``), re-drawn
     inside itself (:func:`redraw_outline`). ``confirm()``, the guard's self-test, is asked
     only of a loose outline in ``auto`` mode, and only where its answer matters: islands
@@ -548,8 +556,9 @@ def refine_outline(
                 labels = patch_labels(grid, geom)
             n = len(islands.geoms)
             return Outline(geom, labels, True, rim, islands=n, unconfirmed=not trusted)
-    # Only a loose outline (here: with an uncapped re-draw its self-test refused) is cut,
-    # unless cut_edits: nothing else says the outline was drawn too far out.
+    # Only a loose outline is cut here, unless cut_edits: nothing else says it was drawn too
+    # far out. Loose ones reach this edit when asked to re-draw with no rim to draw along
+    # (rim None), or in auto mode with an uncapped re-draw whose self-test refused.
     cut = settings.cut_edits or loose
     cuts, adds = edit_pieces(scores, settings)
     geom = apply_edit(scores, cuts if cut else MultiPolygon(), adds)

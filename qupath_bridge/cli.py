@@ -453,7 +453,8 @@ common_options = _options(
         show_default=True,
         help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
         "the scores say it was drawn loosely (with --method mil); edit: always edit (keep "
-        "the line, only add to it); redraw: always re-draw (outlines you know are rough).",
+        "the line, only add to it; --method prototype's edit also cuts); redraw: always "
+        "re-draw (outlines you know are rough).",
     ),
     click.option(
         "--tau",

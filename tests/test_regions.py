@@ -109,7 +109,7 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     p = np.where(c == 1, 0.6, 0.3).astype(np.float32)  # unsure everywhere
     p[(grid.ij == [9, 9]).all(1)] = 0.95  # confident tumour far outside
     p[(grid.ij == [5, 5]).all(1)] = 0.01  # confident normal inside
-    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0)
+    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0, cut_edits=True)
     out = edit_outline(SlideScores(coarse, grid, p, c, 1.0), s)
     # The coarse outline survives exactly where nothing was confident ...
     assert out.boundary.distance(shapely.Point(500, 180)) < 1e-6
@@ -118,8 +118,10 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     assert out.contains(shapely.Point(950, 950))
     labels = refined_labels(grid, c, p, s)
     assert labels.sum() == c.sum() - 1 + 1
-    replace = refined_labels(grid, c, p, RegionSettings(mode="replace", sigma=0))
-    np.testing.assert_array_equal(replace, (p >= 0.5).astype(np.int8))
+    # Without cut_edits the labels, like the outline, keep the normal patch inside.
+    assert refined_labels(grid, c, p, replace(s, cut_edits=False)).sum() == c.sum() + 1
+    redrawn = refined_labels(grid, c, p, RegionSettings(mode="replace", sigma=0))
+    np.testing.assert_array_equal(redrawn, (p >= 0.5).astype(np.int8))
     with pytest.raises(ValueError):
         refined_labels(grid, c, p, RegionSettings(mode="paint"))
 
@@ -336,8 +338,8 @@ def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
 
 def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     """The self-test (``confirm``) decides what trusts the scores away from the line: a
-    loose outline whose slide fails it is still re-drawn (capped, it differs from the edit
-    only near the line inside the outline), but gets no islands, and says so; uncapped, it
+    loose outline whose slide fails it is still re-drawn (capped, it differs from an edit
+    with cuts only near the line inside the outline), but gets no islands, and says so; uncapped, it
     is edited. Only a loose outline in ``auto`` mode asks, once, and only where the answer
     changes the outline (islands found, or an uncapped re-draw); confident regions (the
     edit's bar) are added either way."""
@@ -448,6 +450,29 @@ def test_an_edited_outline_is_added_to_but_not_cut():
     cut = refine_outline(coarse, grid, p, c, 1.0, replace(s, cut_edits=True))
     assert not cut.regions.contains(shapely.Point(1500, 1500))
     assert cut.regions.contains(shapely.Point(2600, 1500)) and cut.verdict(s) == "edited"
+
+
+def test_an_outline_asked_to_be_redrawn_without_a_rim_is_cut():
+    """``--outline redraw`` on an outline too small for a rim (no deep band): it cannot be
+    re-drawn along one, so it is edited with cuts, the user having said it is rough;
+    ``auto`` adds only and counts what it left in."""
+    grid = _grid()
+    centres = grid.xy + grid.size / 2
+    coarse = shapely.Point(500, 500).buffer(260)
+    c = shapely.contains_xy(coarse, centres[:, 0], centres[:, 1]).astype(np.int8)
+    p = np.where(c == 1, 0.9, 0.1)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = np.where((i >= 4) & (i <= 5) & (j >= 3) & (j <= 4), 0.02, p).astype(np.float32)
+    assert rim_scores(p, c, outline_depth(grid, coarse)) is None
+    s = RegionSettings(sigma=0.0)
+    auto = refine_outline(coarse, grid, p, c, 1.0, s)
+    left = "unchanged (nothing confident to add); 1 region inside scored normal, not cut"
+    assert auto.verdict(s) == left
+    assert auto.regions.symmetric_difference(coarse).area < 1e-6 * coarse.area
+    asked = replace(s, outline="redraw")
+    redrawn = refine_outline(coarse, grid, p, c, 1.0, asked)
+    assert redrawn.verdict(asked) == "edited"
+    assert not redrawn.regions.contains(shapely.Point(500, 400))
 
 
 def test_a_tight_outline_is_left_as_drawn():
