@@ -48,7 +48,6 @@ from engine.regions import (
     rim_scores,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 #: one bar for every cut (RegionSettings.remove_below; stop 18's engine: 0.4)
 CUTS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 #: bars for the cuts of edited outlines alone (0: the edit only adds)

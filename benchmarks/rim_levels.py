@@ -27,8 +27,6 @@ from benchmarks.tune_guard import part_cases, scored, study_parser
 from engine.encoders import build_encoder
 from engine.regions import Bands, outline_depth, rim_bands
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def levels(p: np.ndarray, bands: Bands) -> dict[str, float]:
     """The rim level of scores ``p`` over (outside, rim, deep) ``bands``, four ways."""
