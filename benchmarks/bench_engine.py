@@ -49,13 +49,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 T_START = time.perf_counter()
 
 import numpy as np  # noqa: E402
 
 from engine.files import replaced_atomically  # noqa: E402
+
+if TYPE_CHECKING:
+    import shapely
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +81,8 @@ def _glas_sources() -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     grades = GLAS / "Grade.csv"
     if not grades.is_file():
         return None
-    tumour, normal = [], []
+    tumour: list[np.ndarray] = []
+    normal: list[np.ndarray] = []
     for line in grades.read_text().splitlines()[1:]:
         parts = [p.strip() for p in line.split(",")]
         path = GLAS / "images" / f"{parts[0]}.png"
@@ -136,7 +140,9 @@ def _pyramids(images: list[np.ndarray]) -> list[list[np.ndarray]]:
     return out
 
 
-def _layout(cols: int, rows: int, seed: int):
+def _layout(
+    cols: int, rows: int, seed: int
+) -> tuple[np.ndarray, shapely.Geometry, shapely.Geometry]:
     """Per level-0 tile: kind (0 glass, 1 normal, 2 tumour); plus truth and coarse geometry."""
     import shapely
 

@@ -73,7 +73,7 @@ class Memory:
     VmHWM, the kernel's own peak), sampled every ``interval`` s in a thread."""
 
     def __init__(self, interval: float = 0.05) -> None:
-        import psutil
+        import psutil  # type: ignore[import-untyped]  # types-psutil not installed
 
         self.interval = interval
         self.me = psutil.Process()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ from engine.errors import TrainingDataError
 from engine.patches import GridSettings, PatchGrid
 from engine.pipeline import RefineSettings, SlideInput, label_patches, refine, slide_grid_settings
 
-Geometry = shapely.Geometry
+Geometry: TypeAlias = shapely.Geometry
 F32 = npt.NDArray[np.float32]
 
 
@@ -118,6 +119,7 @@ def make_case(cohort: Cohort, level: str, seed: int, grid: str = "benchmark") ->
         case.truth_labels = list(cohort.truth_labels)
     elif grid == "default":
         settings = case.engine_settings
+        assert settings.cache_dir is not None  # cli_default_settings(..., cache) with a Path
         encoder = cohort.encoder_model or build_encoder(cohort.encoder.encoder, settings.cache_dir)
         for s, e in zip(cohort.slides, run_engine(case), strict=True):
             g, f, dt = slide_features(s, replace(settings, grid=e.grid), encoder)

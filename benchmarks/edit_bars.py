@@ -111,6 +111,7 @@ def case_columns(s: Any, coarse: Any, d: Any, p: np.ndarray, c: np.ndarray, how:
             row[name] = dice(edit_reach(sc, ak, ck))
         return row
     rim = rim_scores(p, c, outline_depth(d.grid, coarse))
+    assert rim is not None  # how is 'loose'/'islands' only where the guard row had a rim
     for cut in CUTS:
         rs = RegionSettings(remove_below=cut)
         geom = redraw_outline(sc, rim, rs)[0]

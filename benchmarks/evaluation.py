@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import shapely
@@ -21,7 +21,7 @@ from benchmarks.cases import Case, run_engine
 from engine.features import FeatureSettings
 from engine.metrics import METRICS, confusion, rasterize, scores, summarise
 
-Geometry = shapely.Geometry
+Geometry: TypeAlias = shapely.Geometry
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -65,7 +65,7 @@ from engine.regions import (
     smooth_on_grid,
 )
 
-Geometry = shapely.Geometry
+Geometry: TypeAlias = shapely.Geometry
 F32 = npt.NDArray[np.float32]
 
 
@@ -306,7 +306,10 @@ METHODS: dict[str, Callable[[Case], list[Geometry]]] = {
     "ca": ca,
     "knn": knn,
     "lcmil": lcmil,
-    **{step: (lambda case, _s=step: paper_step(case, _s)) for step in PAPER_STEPS},
+    **{
+        step: cast(Callable[[Case], list[Geometry]], lambda case, _s=step: paper_step(case, _s))
+        for step in PAPER_STEPS
+    },
     "engine-prototype": engine_prototype,
     "engine": engine_defaults,
     "oracle": oracle,

@@ -365,7 +365,10 @@ def balanced(r: dict[str, Any], retain: float | None, balance: float | None) -> 
 def judge(rows: list[dict[str, Any]]) -> list[str]:
     """Per edit x guard rule: per cell and overall mean / worst gain over coarse."""
     lines = []
-    rules = {name: (rule, None, None, False) for name, rule in GUARDS.items()}
+    rules: dict[
+        str,
+        tuple[tuple[float, float | None, float | None, float], float | None, float | None, bool],
+    ] = {name: (rule, None, None, False) for name, rule in GUARDS.items()}
     if any("self_test_retained" in r for r in rows):
         rules |= {n: (GUARDS[g], t, b, False) for n, (g, t, b) in SELF_TEST_BALANCE.items()}
     if any("redraw_cap1" in r for r in rows):
