@@ -275,7 +275,7 @@ def case_row(
     # Every rule off that the columns compare (islands and tight outlines, stop 17, included):
     # each column adds only what it names.
     base = RegionSettings(
-        cut_edits=True,  # the edit of stops 13-19, whose cut bars the columns compare
+        edit_cut_below=0.4,  # the edit of stops 13-19, whose cut bars the columns compare
         min_separation=0.0,
         redraw_add_above=0.6,
         redraw_depth=None,

@@ -129,7 +129,7 @@ class RefineSettings:
                 add_above=0.8,
                 remove_below=0.05,
                 outline="edit",
-                cut_edits=True,
+                edit_cut_below=0.05,
             ),
         )
 

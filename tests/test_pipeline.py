@@ -50,7 +50,7 @@ def test_mil_model_per_slide_and_a_pooled_one_for_a_slide_without_annotation(dem
 def test_prototype_route_and_hard_negatives(demo_slide, settings):
     s = RefineSettings.for_method("prototype", grid=settings.grid, cache_dir=settings.cache_dir)
     assert s.classifier.model == "mlp" and s.regions.add_above == 0.8
-    assert s.regions.cut_edits  # its edit was tuned with cuts (below 0.05)
+    assert s.regions.edit_cut_below == 0.05  # its edit was tuned with cuts below 0.05
     # The engine routes by the user's word, read from the classifier's model.
     assert s.method == "prototype" and settings.method == "mil"
     with pytest.raises(ValueError, match="method 'mil'"):

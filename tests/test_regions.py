@@ -109,7 +109,7 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     p = np.where(c == 1, 0.6, 0.3).astype(np.float32)  # unsure everywhere
     p[(grid.ij == [9, 9]).all(1)] = 0.95  # confident tumour far outside
     p[(grid.ij == [5, 5]).all(1)] = 0.01  # confident normal inside
-    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0, cut_edits=True)
+    s = RegionSettings(add_above=0.8, remove_below=0.05, smooth=0.0, sigma=0.0, edit_cut_below=0.05)
     out = edit_outline(SlideScores(coarse, grid, p, c, 1.0), s)
     # The coarse outline survives exactly where nothing was confident ...
     assert out.boundary.distance(shapely.Point(500, 180)) < 1e-6
@@ -118,8 +118,8 @@ def test_edit_mode_keeps_the_coarse_line_where_evidence_is_weak():
     assert out.contains(shapely.Point(950, 950))
     labels = refined_labels(grid, c, p, s)
     assert labels.sum() == c.sum() - 1 + 1
-    # Without cut_edits the labels, like the outline, keep the normal patch inside.
-    assert refined_labels(grid, c, p, replace(s, cut_edits=False)).sum() == c.sum() + 1
+    # With edits not cut the labels, like the outline, keep the normal patch inside.
+    assert refined_labels(grid, c, p, replace(s, edit_cut_below=None)).sum() == c.sum() + 1
     redrawn = refined_labels(grid, c, p, RegionSettings(mode="replace", sigma=0))
     np.testing.assert_array_equal(redrawn, (p >= 0.5).astype(np.int8))
     with pytest.raises(ValueError):
@@ -206,7 +206,7 @@ def test_guard_redraws_a_loose_outline_and_edits_a_tight_one():
     assert iou(coarse) < 0.6 and iou(out.regions) > 0.9
     assert out.labels.sum() < c.sum()
     # The same scores, the guard off: the whole-patch edit keeps a rim of normal tissue.
-    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit", cut_edits=True))
+    edited = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit", edit_cut_below=0.4))
     assert not edited.redrawn and edited.verdict(s) == "edited"
     assert iou(edited.regions) < iou(out.regions) - 0.05
     # Tight: edited, and little changes.
@@ -245,7 +245,7 @@ def test_lone_patch_edits_are_dropped_and_wider_ones_drawn():
     centres = grid.xy + grid.size / 2
     coarse = shapely.box(150, 150, 1050, 1050)  # 9x9 patches, half-patch margin
     c = shapely.contains_xy(coarse, centres[:, 0], centres[:, 1]).astype(np.int8)
-    s = RegionSettings(sigma=0.0, outline="edit", cut_edits=True)
+    s = RegionSettings(sigma=0.0, outline="edit", edit_cut_below=0.4)
     lone = np.where(c == 1, 0.9, 0.1).astype(np.float32)
     lone[(grid.ij == [6, 6]).all(1)] = 0.05  # one normal patch deep inside
     out = refine_outline(coarse, grid, lone, c, 1.0, s)
@@ -378,7 +378,9 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     # Uncapped, a failed self-test means the edit, with its cuts: the outline is loose.
     free = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_depth=None), confirm=fails)
     assert not free.redrawn and free.verdict(s) == "edited"
-    cutting = refine_outline(coarse, grid, p, c, 1.0, replace(s, outline="edit", cut_edits=True))
+    cutting = refine_outline(
+        coarse, grid, p, c, 1.0, replace(s, outline="edit", edit_cut_below=0.4)
+    )
     assert free.regions.symmetric_difference(cutting.regions).area < 1.0
     # Nobody asks where the answer changes nothing (islands off, or none found; capped),
     # nor when re-drawing as asked (islands included), nor of an outline that is not loose.
@@ -415,7 +417,7 @@ def test_a_capped_redraw_never_cuts_deeper_than_the_edit_whatever_the_scores(see
     logit = 2 * field[grid.ij[:, 1], grid.ij[:, 0]] / field.std() + 3.0 * c - 1.5
     p = (1 / (1 + np.exp(-logit))).astype(np.float32)
     out = refine_outline(coarse, grid, p, c, 1.0, s)
-    cutting = replace(s, outline="edit", cut_edits=True)
+    cutting = replace(s, outline="edit", edit_cut_below=0.4)
     edit = refine_outline(coarse, grid, p, c, 1.0, cutting).regions
     core = coarse.buffer(-s.redraw_depth * grid.size)
     assert out.redrawn
@@ -426,20 +428,21 @@ def test_a_capped_redraw_never_cuts_deeper_than_the_edit_whatever_the_scores(see
     assert free.intersection(core).area < edit.intersection(core).area - grid.size**2
 
 
-def test_an_edited_outline_is_added_to_but_not_cut():
-    """``cut_edits`` off (the default): an outline that is neither loose nor tight gets the
-    edit's confident additions, but its inside is not cut, even where it scores as normal:
-    nothing says it was drawn too far out (BENCHMARKS.md, issue 9, "edited outlines are not
-    cut"). With ``cut_edits`` the same scores cut the normal core out."""
+def test_an_edited_outline_is_cut_only_where_the_scores_are_surer():
+    """An outline that is neither loose nor tight gets the edit's confident additions, and
+    its inside is cut only below ``edit_cut_below`` (0.3), not at the loose outline's 0.4:
+    nothing says it was drawn too far out (BENCHMARKS.md, issue 9, "edited outlines"). A
+    region between the two bars is left in, and the verdict says so; a clearly normal one
+    is cut; with ``edit_cut_below`` None nothing is."""
     s = RegionSettings()
     grid, _, p, coarse, c = _disc_case(700)
     centres = grid.xy + grid.size / 2
     r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
-    p = np.where(r < 250, 0.05, p)  # a clearly normal core, deep inside
     p = np.where((r > 550) & (r < 700), 0.6, p)  # a rim between the inside and the outside
     beyond = np.hypot(centres[:, 0] - 2600, centres[:, 1] - 1500) < 260
     p = np.where(beyond, 0.95, p).astype(np.float32)  # tumour just outside the outline
-    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    unsure = np.where(r < 350, 0.33, p).astype(np.float32)  # a core that may be normal
+    out = refine_outline(coarse, grid, unsure, c, 1.0, s)
     assert out.rim is not None and s.redraw_below <= out.rim.level < s.tight_above
     # The summary says what was left in, for the pathologist to look at.
     assert out.verdict(s) == "edited; 1 region inside scored normal, not cut"
@@ -447,22 +450,31 @@ def test_an_edited_outline_is_added_to_but_not_cut():
     assert out.regions.contains(shapely.Point(2600, 1500))  # added
     assert out.regions.contains(coarse.buffer(-1))  # nothing of the outline cut
     np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
-    cut = refine_outline(coarse, grid, p, c, 1.0, replace(s, cut_edits=True))
+    normal = np.where(r < 250, 0.05, p).astype(np.float32)  # a clearly normal core
+    cut = refine_outline(coarse, grid, normal, c, 1.0, s)
     assert not cut.regions.contains(shapely.Point(1500, 1500))
     assert cut.regions.contains(shapely.Point(2600, 1500)) and cut.verdict(s) == "edited"
+    assert refined_labels(grid, c, normal, s).sum() < refined_labels(grid, c, unsure, s).sum()
+    never = replace(s, edit_cut_below=None)
+    kept = refine_outline(coarse, grid, normal, c, 1.0, never)
+    assert kept.regions.contains(coarse.buffer(-1))
+    assert kept.verdict(never) == "edited; 1 region inside scored normal, not cut"
+    with pytest.raises(SettingsError, match="edit_cut_below"):
+        replace(s, edit_cut_below=1.5).validate()
 
 
 def test_an_outline_asked_to_be_redrawn_without_a_rim_is_cut():
     """``--outline redraw`` on an outline too small for a rim (no deep band): it cannot be
-    re-drawn along one, so it is edited with cuts, the user having said it is rough;
-    ``auto`` adds only and counts what it left in."""
+    re-drawn along one, so it is edited with the loose outline's cuts (below 0.4), the user
+    having said it is rough; ``auto`` cuts only below 0.3 and counts what it left in."""
     grid = _grid()
     centres = grid.xy + grid.size / 2
     coarse = shapely.Point(500, 500).buffer(260)
     c = shapely.contains_xy(coarse, centres[:, 0], centres[:, 1]).astype(np.int8)
     p = np.where(c == 1, 0.9, 0.1)
     i, j = grid.ij[:, 0], grid.ij[:, 1]
-    p = np.where((i >= 4) & (i <= 5) & (j >= 3) & (j <= 4), 0.02, p).astype(np.float32)
+    # a region scored normal (below 0.4), not surely (not below 0.3)
+    p = np.where((i >= 4) & (i <= 5) & (j >= 3) & (j <= 4), 0.35, p).astype(np.float32)
     assert rim_scores(p, c, outline_depth(grid, coarse)) is None
     s = RegionSettings(sigma=0.0)
     auto = refine_outline(coarse, grid, p, c, 1.0, s)
@@ -491,8 +503,8 @@ def test_a_tight_outline_is_left_as_drawn():
     assert out.regions.symmetric_difference(coarse).area < 1e-6 * coarse.area
     np.testing.assert_array_equal(out.labels, c)
     for other in (
-        replace(s, tight_above=None, cut_edits=True),
-        replace(s, outline="edit", cut_edits=True),
+        replace(s, tight_above=None, edit_cut_below=0.4),
+        replace(s, outline="edit", edit_cut_below=0.4),
     ):
         edited = refine_outline(coarse, grid, p, c, 1.0, other)
         assert not edited.tight and edited.verdict(other) == "edited"
