@@ -112,7 +112,7 @@ def test_slide_command_then_cached_rerun(demo_inputs, tmp_path, cache_dir):
 
 def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     """The demo's coarse outline is loose: the guard re-draws it; --outline edit keeps the
-    line, only adds to it and counts what inside it scores as normal (a lower Dice here),
+    line, adds confident tumour and cuts only what scores surely normal (a lower Dice here),
     --outline redraw re-draws without asking the guard."""
     slide, coarse, truth = demo_inputs
     verdicts, dice = {}, {}
@@ -130,7 +130,7 @@ def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     island = ", 1 region added away from the outline"
     assert verdicts == {
         "auto": f"re-drawn (loose){island}",
-        "edit": "edited; 1 region inside scored normal, not cut",
+        "edit": "edited",
         "redraw": f"re-drawn{island}",
     }
     assert dice["auto"] == dice["redraw"] > dice["edit"] + 0.05, dice
