@@ -17,15 +17,16 @@ changed here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from benchmarks import harness as H
 from benchmarks.edit_bars import key
 from benchmarks.edit_cuts import extra_cases, shipped_deltas
-from benchmarks.tune_guard import part_cases, rule_lines, scored, study_parser
+from benchmarks.tune_guard import Scored, part_cases, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
 from engine.metrics import pixel_metrics
 from engine.regions import RegionSettings, SlideScores, apply_edit, edit_pieces
@@ -46,6 +47,41 @@ def add_columns(sc: SlideScores, dice: Any) -> dict[str, float]:
     return row
 
 
+class Edited(NamedTuple):
+    """One edited tuning slide case, scored: what a study of edited outlines reads."""
+
+    head: dict[str, Any]  # bench, slide, grid, level, seed, coarse (its Dice)
+    scores: SlideScores
+    dice: Callable[[Any], float]
+    scored: Scored
+
+
+def edited_cases(
+    data: Path, work: Path, known: dict[tuple[str, str, str, int], dict[str, Any]]
+) -> Iterator[Edited]:
+    """The slide cases ``known`` (``edit_cuts`` rows) calls edited, each with one MIL model's
+    scores (the tuning part's slides, 6 more WSSS4LUAD slides and CI's small slides)."""
+    cache = work / "cache"
+    enc = build_encoder("efficientnet-lite0", cache)
+    seeds = sorted({k[3] for k in known})
+    cases = [*part_cases(data, work, seeds), *extra_cases(data, work, seeds, 6, True)]
+    for s, coarse, (bench, grid_name, pum, level, seed) in cases:
+        k = (s.name, grid_name, level, seed)
+        if known[k]["verdict"] != "edited":
+            continue
+        truth = H.slide_truth(s)
+
+        def dice(g: Any, s: Any = s, truth: Any = truth) -> float:
+            return float(pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"])
+
+        sd = scored(s, coarse, pum, seed, enc, cache)
+        d = sd.d
+        sc = SlideScores(coarse, d.grid, sd.p, sd.labels, d.info.mpp, (d.info.width, d.info.height))
+        head = {"bench": bench, "slide": s.name, "grid": grid_name, "level": level}
+        head |= {"seed": seed, "coarse": known[k]["coarse"]}
+        yield Edited(head, sc, dice, sd)
+
+
 def main() -> None:
     ap = study_parser(__doc__)
     ap.add_argument("--cases", type=Path, nargs="+", required=True, help="edit_cuts rows")
@@ -55,27 +91,10 @@ def main() -> None:
     a = ap.parse_args()
     known = {key(r): r for f in a.cases for r in json.loads(f.read_text())}
     if not a.judge:
-        cache = a.work / "cache"
-        enc = build_encoder("efficientnet-lite0", cache)
-        seeds = sorted({k[3] for k in known})
         rows = []
-        cases = [*part_cases(a.data, a.work, seeds), *extra_cases(a.data, a.work, seeds, 6, True)]
-        for s, coarse, (bench, grid_name, pum, level, seed) in cases:
-            k = (s.name, grid_name, level, seed)
-            if known[k]["verdict"] != "edited":
-                continue
-            truth = H.slide_truth(s)
-
-            def dice(g: Any, s: Any = s, truth: Any = truth) -> float:
-                return float(pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"])
-
-            d, c, _, p, _ = scored(s, coarse, pum, seed, enc, cache)
-            sc = SlideScores(coarse, d.grid, p, c, d.info.mpp, (d.info.width, d.info.height))
-            row: dict[str, Any] = {"bench": bench, "slide": s.name, "grid": grid_name}
-            row |= {"level": level, "seed": seed, "coarse": known[k]["coarse"]}
-            row |= add_columns(sc, dice)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for e in edited_cases(a.data, a.work, known):
+            rows.append(e.head | add_columns(e.scores, e.dice))
+            print(json.dumps(rows[-1]), flush=True)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
     rows = json.loads(a.out.read_text())
     shipped = shipped_deltas(a.shipped)
