@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks import harness as H
 from benchmarks.edit_bars import key
-from benchmarks.edit_cuts import extra_cases, shipped_deltas
+from benchmarks.edit_cuts import extra_cases, gain_lines, shipped_deltas
 from benchmarks.tune_guard import Scored, part_cases, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
 from engine.metrics import pixel_metrics
@@ -82,14 +82,27 @@ def edited_cases(
         yield Edited(head, sc, dice, sd)
 
 
-def main() -> None:
-    ap = study_parser(__doc__)
+def edited_study(doc: str) -> tuple[Any, dict[tuple[str, str, str, int], dict[str, Any]]]:
+    """The command line of a study of edited outlines, parsed, and the ``edit_cuts`` rows it
+    names (``--cases``) by slide case."""
+    ap = study_parser(doc)
     ap.add_argument("--cases", type=Path, nargs="+", required=True, help="edit_cuts rows")
     ap.add_argument("--shipped", type=Path, required=True, help="benchmarks.run JSON (tuning)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--judge", action="store_true", help="only judge --out's rows")
     a = ap.parse_args()
-    known = {key(r): r for f in a.cases for r in json.loads(f.read_text())}
+    return a, {key(r): r for f in a.cases for r in json.loads(f.read_text())}
+
+
+def others_of(known: dict[tuple[str, str, str, int], dict[str, Any]], shipped: Path) -> list:
+    """The shipped gains of the slide cases that are not edited (their outline is the same
+    under every rule of these studies)."""
+    gains = shipped_deltas(shipped)
+    return [gains[k] for k, r in known.items() if r["verdict"] != "edited" and k in gains]
+
+
+def main() -> None:
+    a, known = edited_study(__doc__)
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):
@@ -97,20 +110,11 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
     rows = json.loads(a.out.read_text())
-    shipped = shipped_deltas(a.shipped)
-    others = [shipped[k] for k, r in known.items() if r["verdict"] != "edited" and k in shipped]
-    lines = [f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)"]
-    means = {}
-    for add in ADDS:
-        g = np.array([r[f"add>{add:g}"] - r["coarse"] for r in rows])
-        d = g - np.array([r["add>0.8"] - r["coarse"] for r in rows])
-        gains = np.concatenate([g, others])
-        means[add] = (float(gains.mean()), float(gains.min()))
-        lines.append(
-            f"add>{add:<5g} mean {gains.mean():+.5f} worst {gains.min():+.4f} edited cases "
-            f"moved against 0.8 {int(np.sum(d != 0))} (up {int(np.sum(d > 0))}, "
-            f"down {int(np.sum(d < 0))})"
-        )
+    others = others_of(known, a.shipped)
+    gains = {f"add>{b:g}": np.array([r[f"add>{b:g}"] - r["coarse"] for r in rows]) for b in ADDS}
+    lines, m = gain_lines(gains, gains["add>0.8"], others)
+    lines.insert(0, f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)")
+    means = {b: m[f"add>{b:g}"] for b in ADDS}
     ok = [b for b in ADDS if means[b][1] > -0.01]
     best = max(ok, key=lambda b: means[b][0])
     chosen = max(b for b in ok if means[b][0] >= means[best][0] - 0.001)

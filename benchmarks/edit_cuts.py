@@ -202,23 +202,33 @@ def judge(rows: list[dict[str, Any]], shipped: dict[tuple[str, str, str, int], f
     return lines
 
 
+def gain_lines(
+    rules: dict[str, np.ndarray], base: np.ndarray, others: list[float]
+) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """Each rule's gains over coarse on the edited slide cases (``rules``), joined by the
+    other slide cases' shipped gains (``others``): mean and worst, unrounded, and how many
+    edited cases it moves against ``base``. Returns the lines and each rule's (mean, worst)."""
+    lines, means = [], {}
+    for name, g in rules.items():
+        d = g - base
+        gains = np.concatenate([g, others])
+        means[name] = (float(gains.mean()), float(gains.min()))
+        lines.append(
+            f"{name:26s} mean {gains.mean():+.5f} worst {gains.min():+.4f} "
+            f"below -0.02 {int(np.sum(gains < -0.02))} edited cases moved {int(np.sum(d != 0))}"
+            f" (up {int(np.sum(d > 0))}, down {int(np.sum(d < 0))})"
+        )
+    return lines, means
+
+
 def summary(rows: list[dict[str, Any]], shipped: dict[tuple[str, str, str, int], float]) -> list:
     """Every rule over every slide case, unrounded, with how many edited cases it moves
     against no cuts; then the bar stop 17's rule picks."""
     edited = [r for r in rows if r["verdict"] == "edited"]
     others = [shipped[key(r)] for r in rows if r["verdict"] != "edited" and key(r) in shipped]
-    lines = [f"{len(edited)} edited slide cases, {len(others)} others (their shipped gain)"]
-    means: dict[str, tuple[float, float]] = {}
-    for rule in RULES:
-        g = np.array([rule_gain(r, rule) for r in edited])
-        d = g - np.array([rule_gain(r, "none") for r in edited])
-        gains = np.concatenate([g, others])
-        means[rule] = (float(gains.mean()), float(gains.min()))
-        lines.append(
-            f"{rule:12s} mean {gains.mean():+.5f} worst {gains.min():+.4f} "
-            f"below -0.02 {int(np.sum(gains < -0.02))} edited cases moved {int(np.sum(d != 0))}"
-            f" (up {int(np.sum(d > 0))}, down {int(np.sum(d < 0))})"
-        )
+    gains = {rule: np.array([rule_gain(r, rule) for r in edited]) for rule in RULES}
+    lines, means = gain_lines(gains, gains["none"], others)
+    lines.insert(0, f"{len(edited)} edited slide cases, {len(others)} others (their shipped gain)")
     bars = ["none"] + [f"cut<{b:g}" for b in BARS]
     ok = [b for b in bars if means[b][1] > -0.01]
     best = max(ok, key=lambda b: means[b][0])

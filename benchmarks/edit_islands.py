@@ -18,15 +18,13 @@ higher bar).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.edit_adds import edited_cases
-from benchmarks.edit_bars import key
-from benchmarks.edit_cuts import shipped_deltas
-from benchmarks.tune_guard import rule_lines, study_parser
+from benchmarks.edit_adds import edited_cases, edited_study, others_of
+from benchmarks.edit_cuts import gain_lines
+from benchmarks.tune_guard import rule_lines
 from engine.guard import redraw_self_test
 from engine.regions import RegionSettings, _in_frame, island_additions, refine_outline
 
@@ -35,13 +33,7 @@ BARS = (0.75, 0.8, 0.85, 0.9)
 
 
 def main() -> None:
-    ap = study_parser(__doc__)
-    ap.add_argument("--cases", type=Path, nargs="+", required=True, help="edit_cuts rows")
-    ap.add_argument("--shipped", type=Path, required=True, help="benchmarks.run JSON (tuning)")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--judge", action="store_true", help="only judge --out's rows")
-    a = ap.parse_args()
-    known = {key(r): r for f in a.cases for r in json.loads(f.read_text())}
+    a, known = edited_study(__doc__)
     settings = RegionSettings()
     if not a.judge:
         rows = []
@@ -68,8 +60,7 @@ def main() -> None:
             rows.append(row)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
     rows = json.loads(a.out.read_text())
-    shipped = shipped_deltas(a.shipped)
-    others = [shipped[k] for k, r in known.items() if r["verdict"] != "edited" and k in shipped]
+    others = others_of(known, a.shipped)
 
     def passes(r: dict[str, Any]) -> bool:
         st = r["self_test"]
@@ -80,17 +71,10 @@ def main() -> None:
         col = f"isl{b:g}"
         rules[f"islands >{b:g}, self-test"] = lambda r, c=col: r[c] if passes(r) else r["edit"]
         rules[f"islands >{b:g}, always"] = lambda r, c=col: r[c]
-    lines = [f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)"]
-    table = []
-    for name, rule in rules.items():
-        g = np.array([rule(r) - r["coarse"] for r in rows])
-        d = g - np.array([r["edit"] - r["coarse"] for r in rows])
-        gains = np.concatenate([g, others])
-        table.append((name, float(gains.mean()), float(gains.min())))
-        lines.append(
-            f"{name:26s} mean {gains.mean():+.5f} worst {gains.min():+.4f} edited cases moved "
-            f"{int(np.sum(d != 0))} (up {int(np.sum(d > 0))}, down {int(np.sum(d < 0))})"
-        )
+    gains = {n: np.array([rule(r) - r["coarse"] for r in rows]) for n, rule in rules.items()}
+    lines, means = gain_lines(gains, gains["no islands"], others)
+    lines.insert(0, f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)")
+    table = [(n, *means[n]) for n in rules]
     ok = [t for t in table if t[2] > -0.01]
     best = max(ok, key=lambda t: t[1])
     # stricter: no islands first, then the higher bar, the self-test before "always"

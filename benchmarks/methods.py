@@ -425,7 +425,8 @@ VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     # no smoothing of the scores over the lattice
     "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0}),
     # edit thresholds: add above 0.6 instead of 0.8; cut below 0.6 or 0.3 instead of 0.4
-    # (since stop 20 the cuts of loose outlines only: edited ones are not cut)
+    # (the cuts of loose outlines; an edited outline is cut below the lower of this and
+    # edit_cut_below, 0.3 since stop 21)
     "v-add-0.6": lambda c: _engine_with(c, regions={"add_above": 0.6}),
     "v-cut-0.6": lambda c: _engine_with(c, regions={"remove_below": 0.6}),
     "v-cut-0.3": lambda c: _engine_with(c, regions={"remove_below": 0.3}),

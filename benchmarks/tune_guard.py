@@ -311,7 +311,7 @@ def outline_columns(
     frame = (d.info.width, d.info.height)
     # "redraw": issue 4's re-draw (adds above 0.6); REDRAW_ADDS: the others
     for name, (cut, add) in EDITS.items():
-        rs = replace(base, outline="edit", remove_below=cut, add_above=add)
+        rs = replace(base, outline="edit", remove_below=cut, edit_cut_below=cut, add_above=add)
         out = refine_outline(coarse, d.grid, p, c, d.info.mpp, rs, frame)
         row[name] = dice(out.regions)
     rs = replace(base, outline="redraw")

@@ -44,8 +44,9 @@ class RegionSettings:
     ``mode="edit"`` (default): the coarse outline itself, changed only where the evidence is
     clear: tissue outside it whose smoothed **and** unsmoothed scores are both above
     ``add_above`` is added (smoothing alone would leak the inside's scores across the
-    outline), and, where the outline is cut (below), tissue inside it whose smoothed score is
-    below ``remove_below`` is cut out. ``mode=
+    outline), and tissue inside it whose smoothed score is below a bar is cut out: below
+    ``remove_below`` where the outline is loose, below ``edit_cut_below`` (never above
+    ``remove_below``) where it is only edited (below). ``mode=
     "replace"``: the paper's step 8, regions from the smoothed scores alone, thresholded at
     ``threshold``. The thresholds (cut below 0.4, add above 0.8) were chosen on the tuning
     part of the benchmark for the worst slide, not the mean (BENCHMARKS.md, issue 9 item).
@@ -134,6 +135,14 @@ class RegionSettings:
     island_gap: float = 1.0
     tight_above: float | None = 0.9
     edit_cut_below: float | None = 0.3
+
+    @property
+    def edit_bar(self) -> float | None:
+        """The bar an edited outline is cut below: ``edit_cut_below``, never above the loose
+        outline's ``remove_below`` (None: not cut)."""
+        if self.edit_cut_below is None:
+            return None
+        return min(self.edit_cut_below, self.remove_below)
 
     def validate(self) -> None:
         if self.mode not in ("edit", "replace"):
@@ -422,13 +431,13 @@ def refined_labels(
     settings: RegionSettings,
 ) -> npt.NDArray[np.int8]:
     """The label of each patch under ``settings.mode``, the guard aside (``edit``: the
-    coarse labels with the edit's additions, and its cuts below ``settings.edit_cut_below``;
+    coarse labels with the edit's additions, and its cuts below ``settings.edit_bar``;
     :func:`refine_outline` draws the outline itself)."""
     if settings.mode == "replace":
         return (smooth_on_grid(grid, proba, settings.sigma) >= settings.threshold).astype(np.int8)
     if settings.mode != "edit":
         raise ValueError(f"region mode is 'edit' or 'replace', not {settings.mode!r}")
-    below = settings.edit_cut_below
+    below = settings.edit_bar
     remove, add = edit_masks(grid, proba, coarse, replace(settings, remove_below=below or 0.0))
     return _edited_labels(coarse, remove & (below is not None), add)
 
@@ -457,8 +466,8 @@ class Outline:
     tight: bool = False
     #: re-drawn without islands: the self-test did not confirm the scores
     unconfirmed: bool = False
-    #: regions inside an edited outline that score as normal (below ``remove_below``) and
-    #: were not cut (none of them below ``edit_cut_below``)
+    #: regions inside an edited outline that score as normal (below ``remove_below``) of
+    #: which less than half was cut (the edit cuts below ``edit_cut_below``)
     left_in: int = 0
 
     def verdict(self, settings: RegionSettings) -> str:
@@ -566,7 +575,7 @@ def refine_outline(
     # to re-draw with no rim to draw along (rim None), or in auto mode with an uncapped
     # re-draw whose self-test refused.
     cuts, adds = edit_pieces(scores, settings)
-    below = settings.remove_below if loose else settings.edit_cut_below
+    below = settings.remove_below if loose else settings.edit_bar
     made = MultiPolygon() if below is None else cuts
     if below is not None and below != settings.remove_below:
         made = edit_pieces(scores, replace(settings, remove_below=below))[0]
@@ -574,7 +583,9 @@ def refine_outline(
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
-    left_in = sum(not g.intersects(made) for g in cuts.geoms)
+    # Left in: a region scored normal of which the cuts took less than half (the fringe of
+    # a region cut below the lower bar is not counted).
+    left_in = sum(g.difference(made).area > 0.5 * g.area for g in cuts.geoms)
     labels = patch_labels(grid, geom)
     return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in)
 

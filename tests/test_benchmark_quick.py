@@ -111,7 +111,8 @@ def test_edited_outlines_are_cut_only_where_surely_normal(quick):
     regions are not surely normal; they are left in, and the verdict counts them for the
     pathologist to look at, never a bare "unchanged"."""
     wsss = cell(quick, "wsss4luad", "severe", "engine")
-    assert wsss["verdicts"] == {"edited": 2}
+    assert sum(wsss["verdicts"].values()) == 2
+    assert all(v.startswith("edited") for v in wsss["verdicts"]), wsss["verdicts"]
     assert all(c["delta"] > 0 for c in wsss["slide_cases"]), wsss["slide_cases"]
     region = cell(quick, "region", "severe", "engine")["verdicts"]
     assert any(v.endswith("inside scored normal, not cut") for v in region), region

@@ -450,11 +450,19 @@ def test_an_edited_outline_is_cut_only_where_the_scores_are_surer():
     assert out.regions.contains(shapely.Point(2600, 1500))  # added
     assert out.regions.contains(coarse.buffer(-1))  # nothing of the outline cut
     np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
-    normal = np.where(r < 250, 0.05, p).astype(np.float32)  # a clearly normal core
+    normal = np.where(r < 200, 0.02, p).astype(np.float32)  # a clearly normal core
     cut = refine_outline(coarse, grid, normal, c, 1.0, s)
     assert not cut.regions.contains(shapely.Point(1500, 1500))
     assert cut.regions.contains(shapely.Point(2600, 1500)) and cut.verdict(s) == "edited"
     assert refined_labels(grid, c, normal, s).sum() < refined_labels(grid, c, unsure, s).sum()
+    # A region cut only at its centre, most of it left, still counts as left in.
+    partly = np.where(r < 120, 0.02, unsure).astype(np.float32)
+    part = refine_outline(coarse, grid, partly, c, 1.0, s)
+    assert not part.regions.contains(shapely.Point(1500, 1500))  # the centre is cut
+    assert part.regions.contains(shapely.Point(1500, 1790))  # the rest of the core is not
+    assert part.verdict(s) == "edited; 1 region inside scored normal, not cut"
+    # An edited outline is never cut deeper than a loose one.
+    assert replace(s, remove_below=0.2).edit_bar == 0.2 and s.edit_bar == 0.3
     never = replace(s, edit_cut_below=None)
     kept = refine_outline(coarse, grid, normal, c, 1.0, never)
     assert kept.regions.contains(coarse.buffer(-1))
