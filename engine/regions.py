@@ -56,7 +56,8 @@ class RegionSettings:
     outside, so nothing says it was drawn too far out. On the tuning part, with slides that
     have edited WSSS4LUAD outlines, cuts below 0.3 made none of 107 edited slide cases worse
     and cuts below 0.4 made 8 worse (BENCHMARKS.md, issue 9, "edited outlines"); the verdict
-    counts the regions inside that score below ``remove_below`` and were left in whole.
+    counts the regions inside that score below ``remove_below`` of which the cuts took less
+    than half.
     A loose outline is cut below ``remove_below``: deep inside a re-draw, an outline the user
     asked to re-draw that has no rim to re-draw along (too few patches in a band), and the
     edit a loose outline falls back to with ``redraw_depth`` None.
@@ -583,8 +584,8 @@ def refine_outline(
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
-    # Left in: a region scored normal of which the cuts took less than half (the fringe of
-    # a region cut below the lower bar is not counted).
+    # Left in: a region scored normal of which the cuts took less than half (a region cut
+    # but for its fringe between the two bars is not counted).
     left_in = sum(g.difference(made).area > 0.5 * g.area for g in cuts.geoms)
     labels = patch_labels(grid, geom)
     return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in)
