@@ -579,7 +579,7 @@ def refine_outline(
     below = settings.remove_below if loose else settings.edit_bar
     made = MultiPolygon() if below is None else cuts
     if below is not None and below != settings.remove_below:
-        made = edit_pieces(scores, replace(settings, remove_below=below))[0]
+        made = cut_pieces(scores, settings, below)  # the additions are the same
     geom = apply_edit(scores, made, adds)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
@@ -608,17 +608,24 @@ def edit_pieces(s: SlideScores, settings: RegionSettings) -> tuple[MultiPolygon,
     """The edit's cuts (confidently normal regions inside the coarse outline) and additions
     (confidently tumour regions outside it), traced like :func:`regions_from_probabilities`.
     """
-    # The masks are not smoothed over the lattice again (the scores already were); the
-    # tracer's opening drops edits narrower than about two cells (RegionSettings).
-    mask_settings = replace(settings, threshold=0.5, sigma=0.0)
-
-    def traced(mask: npt.NDArray[np.bool_]) -> MultiPolygon:
-        if not mask.any():
-            return MultiPolygon()
-        return regions_from_probabilities(s.grid, mask.astype(np.float32), s.mpp, mask_settings)
-
     remove, add = edit_masks(s.grid, s.proba, s.coarse_labels, settings)
-    return traced(remove), traced(add)
+    return _traced(s, remove, settings), _traced(s, add, settings)
+
+
+def cut_pieces(s: SlideScores, settings: RegionSettings, below: float) -> MultiPolygon:
+    """The edit's cuts on bar ``below`` instead of ``settings.remove_below``, alone."""
+    remove, _ = edit_masks(s.grid, s.proba, s.coarse_labels, replace(settings, remove_below=below))
+    return _traced(s, remove, settings)
+
+
+def _traced(s: SlideScores, mask: npt.NDArray[np.bool_], settings: RegionSettings) -> MultiPolygon:
+    """Patches ``mask`` as regions. The masks are not smoothed over the lattice again (the
+    scores already were); the tracer's opening drops edits narrower than about two cells
+    (RegionSettings)."""
+    if not mask.any():
+        return MultiPolygon()
+    traced = replace(settings, threshold=0.5, sigma=0.0)
+    return regions_from_probabilities(s.grid, mask.astype(np.float32), s.mpp, traced)
 
 
 def edit_outline(
