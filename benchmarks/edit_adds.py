@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks import harness as H
 from benchmarks.edit_bars import key
-from benchmarks.edit_cuts import extra_cases, gain_lines, shipped_deltas
+from benchmarks.edit_cuts import choose, extra_cases, gain_lines, shipped_deltas
 from benchmarks.tune_guard import Scored, part_cases, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
 from engine.metrics import pixel_metrics
@@ -114,11 +114,8 @@ def main() -> None:
     gains = {f"add>{b:g}": np.array([r[f"add>{b:g}"] - r["coarse"] for r in rows]) for b in ADDS}
     lines, m = gain_lines(gains, gains["add>0.8"], others)
     lines.insert(0, f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)")
-    means = {b: m[f"add>{b:g}"] for b in ADDS}
-    ok = [b for b in ADDS if means[b][1] > -0.01]
-    best = max(ok, key=lambda b: means[b][0])
-    chosen = max(b for b in ok if means[b][0] >= means[best][0] - 0.001)
-    lines.append(f"best add>{best:g} {means[best][0]:+.5f}; within 0.001, highest: add>{chosen:g}")
+    best, chosen = choose(m, [f"add>{b:g}" for b in ADDS[::-1]])
+    lines.append(f"best {best} {m[best][0]:+.5f}; within 0.001, highest: {chosen}")
     for add in ADDS:
         cells: dict[tuple[str, str, str], list[float]] = {}
         for r in rows:

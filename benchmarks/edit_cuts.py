@@ -49,8 +49,7 @@ from shapely.geometry import MultiPolygon
 
 from benchmarks import harness as H
 from benchmarks.edit_bars import key, reaching, verdict
-from benchmarks.slides import simulate_coarse
-from benchmarks.tune_guard import part_cases, rule_lines, scored, study_parser
+from benchmarks.tune_guard import part_cases, rule_lines, scored, spec_cases, study_parser
 from engine.encoders import build_encoder
 from engine.errors import TrainingDataError
 from engine.metrics import pixel_metrics
@@ -59,9 +58,7 @@ from engine.regions import (
     SlideScores,
     apply_edit,
     edit_pieces,
-    outline_depth,
-    rim_scores,
-    weak_evidence,
+    refine_outline,
 )
 
 BARS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
@@ -70,21 +67,6 @@ SHARES = (0.02, 0.05, 0.1, 0.2)
 DEEPS = (1.0, 2.0, 3.0)
 #: cut (below 0.4) only an edited outline whose rim level is below r: the looser of them
 RIMS = (0.65, 0.7, 0.75, 0.8, 0.85)
-
-
-def spec_cases(
-    data: Path, work: Path, spec: Any, seeds: list[int], first: int = 0
-) -> Iterator[tuple[Any, Any, tuple[str, str, Any, str, int]]]:
-    """The slide cases of a tuning-part benchmark ``spec``'s slides from number ``first`` on."""
-    part = H.PARTS["tune"]
-    for s in H.build_part_cohort(data, work, spec)[first:]:
-        for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
-            for level in ("mild", "moderate", "severe"):
-                for seed in seeds:
-                    coarse = simulate_coarse(
-                        s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
-                    )
-                    yield s, coarse, (spec.kind, grid_name, pum, level, seed)
 
 
 def extra_cases(
@@ -144,21 +126,14 @@ def case_row(s: Any, coarse: Any, case: Any, enc: Any, cache: Path, how: str | N
     except TrainingDataError:  # the engine keeps such an outline (too few patches outside)
         row["verdict"] = "kept"
         return row
-    rim = rim_scores(p, c, outline_depth(d.grid, coarse))
-    settings = RegionSettings()
-    if weak_evidence(p, c, rim, settings.min_separation):
-        row["verdict"] = "kept"
-    elif rim is None:  # no rim to judge by: auto mode edits it (refine_outline)
-        row["verdict"] = "edited"
-    elif rim.level < settings.redraw_below:
-        row["verdict"] = "loose"
-    elif settings.tight_above is not None and rim.level >= settings.tight_above:
-        row["verdict"] = "tight"
-    else:
-        row["verdict"] = "edited"
-    row["rim"] = None if rim is None else rim.level
+    # The engine's own call (kept, tight, re-drawn or edited), not a copy of its rules
+    frame = (d.info.width, d.info.height)
+    out = refine_outline(coarse, d.grid, p, c, d.info.mpp, RegionSettings(), frame)
+    row["verdict"] = (
+        "kept" if out.kept else "tight" if out.tight else "loose" if out.redrawn else "edited"
+    )
+    row["rim"] = None if out.rim is None else out.rim.level
     if row["verdict"] == "edited":
-        frame = (d.info.width, d.info.height)
         row |= columns(SlideScores(coarse, d.grid, p, c, d.info.mpp, frame), dice)
     return row
 
@@ -221,6 +196,15 @@ def gain_lines(
     return lines, means
 
 
+def choose(means: dict[str, tuple[float, float]], strict_first: list[str]) -> tuple[str, str]:
+    """Stop 17's rule over ``means`` (rule: mean, worst): the best mean among the rules whose
+    worst slide case is above -0.01, and the first rule of ``strict_first`` (the strictest
+    first) that passes and is within 0.001 of it."""
+    ok = [n for n in strict_first if means[n][1] > -0.01]
+    best = max(ok, key=lambda n: means[n][0])
+    return best, next(n for n in ok if means[n][0] >= means[best][0] - 0.001)
+
+
 def summary(rows: list[dict[str, Any]], shipped: dict[tuple[str, str, str, int], float]) -> list:
     """Every rule over every slide case, unrounded, with how many edited cases it moves
     against no cuts; then the bar stop 17's rule picks."""
@@ -229,10 +213,7 @@ def summary(rows: list[dict[str, Any]], shipped: dict[tuple[str, str, str, int],
     gains = {rule: np.array([rule_gain(r, rule) for r in edited]) for rule in RULES}
     lines, means = gain_lines(gains, gains["none"], others)
     lines.insert(0, f"{len(edited)} edited slide cases, {len(others)} others (their shipped gain)")
-    bars = ["none"] + [f"cut<{b:g}" for b in BARS]
-    ok = [b for b in bars if means[b][1] > -0.01]
-    best = max(ok, key=lambda b: means[b][0])
-    chosen = next(b for b in ok if means[b][0] >= means[best][0] - 0.001)
+    best, chosen = choose(means, ["none"] + [f"cut<{b:g}" for b in BARS])
     lines.append(f"bar family: best {best} {means[best][0]:+.5f}; within 0.001, lowest: {chosen}")
     return lines
 

@@ -198,17 +198,24 @@ def part_cases(
     data: Path, work: Path, seeds: list[int], part_name: str = "tune"
 ) -> Iterator[tuple[Any, Any, Case]]:
     """Every slide case of a part: the built slide, its simulated coarse outline, the case."""
-    part = H.PARTS[part_name]
     for b in H.BENCHMARKS:
-        spec = H.part_spec(H.BENCHMARKS[b], part_name)
-        for s in H.build_part_cohort(data, work, spec):
-            for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
-                for level in ("mild", "moderate", "severe"):
-                    for seed in seeds:
-                        coarse = simulate_coarse(
-                            s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
-                        )
-                        yield s, coarse, (b, grid_name, pum, level, seed)
+        yield from spec_cases(data, work, H.part_spec(H.BENCHMARKS[b], part_name), seeds)
+
+
+def spec_cases(
+    data: Path, work: Path, spec: Any, seeds: list[int], first: int = 0
+) -> Iterator[tuple[Any, Any, Case]]:
+    """The slide cases of benchmark ``spec``'s slides (its part's), from slide ``first`` on:
+    both grids, every noise level, every seed."""
+    part = H.PARTS[spec.part or ""]
+    for s in H.build_part_cohort(data, work, spec)[first:]:
+        for grid_name, pum in (("benchmark", spec.patch_um), ("auto", "auto")):
+            for level in ("mild", "moderate", "severe"):
+                for seed in seeds:
+                    coarse = simulate_coarse(
+                        s.truth, s.tissue, level, part.coarse_seed + seed, s.mpp, frame=s.size
+                    )
+                    yield s, coarse, (spec.kind, grid_name, pum, level, seed)
 
 
 def scored(s: Any, coarse: Any, pum: Any, seed: int, enc: Any, cache: Path) -> Scored:
