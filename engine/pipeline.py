@@ -180,7 +180,8 @@ class SlideResult:
     #: regions added away from the outline" where it found some, "re-drawn (loose; no
     #: islands: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
-    #: or unchanged outline may end "; N regions inside scored normal, not cut"
+    #: or unchanged outline may end "; N regions inside scored normal, not cut" and/or "; N
+    #: regions outside scored tumour, not added"
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
     grid_settings: GridSettings = field(default_factory=GridSettings)

@@ -98,6 +98,14 @@ class RegionSettings:
     refused ones included), but gets no islands; with ``redraw_depth`` None it is edited
     instead.
 
+    An edited outline gets no islands, but what a re-draw would have added away from it is
+    **counted in the verdict** where it covers at least ``missed_min_um2`` (None: not
+    counted) beyond the edit: tumour the outline may have missed, for the pathologist to
+    look at. Added, such islands gained less than stop 17's rule asks on the tuning part;
+    the floor (0.02 mm², a disc of 160 µm) is the smallest at which adding them made no
+    edited tuning slide worse: smaller ones were specks on close outlines (BENCHMARKS.md,
+    issue 9, "islands on edited outlines").
+
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
     (None: never), the band just inside the outline scores like its deep inside: the line
     already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
@@ -136,6 +144,7 @@ class RegionSettings:
     island_gap: float = 1.0
     tight_above: float | None = 0.9
     edit_cut_below: float | None = 0.3
+    missed_min_um2: float | None = 20_000.0
 
     @property
     def edit_bar(self) -> float | None:
@@ -158,6 +167,8 @@ class RegionSettings:
             )
         if not self.redraw_below >= 0:
             raise SettingsError("redraw_below is a rim level, 0 or more")
+        if self.missed_min_um2 is not None and not self.missed_min_um2 >= 0:
+            raise SettingsError("missed_min_um2 is an area in µm², 0 or more (or None)")
         for name in ("island_above", "edit_cut_below"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
@@ -470,6 +481,9 @@ class Outline:
     #: regions inside an edited outline that score as normal (below ``remove_below``) of
     #: which less than half was cut (the edit cuts below ``edit_cut_below``)
     left_in: int = 0
+    #: regions away from an edited outline that score as tumour, not added
+    #: (``RegionSettings.missed_min_um2``)
+    missed: int = 0
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
@@ -483,12 +497,16 @@ class Outline:
         if self.tight:
             return "unchanged (tight outline: its edge scores like its inside)"
         if not self.redrawn:
-            n = self.left_in
+            n, m = self.left_in, self.missed
             if not n:
-                return "unchanged (no confident edit)" if self.unchanged else "edited"
-            # confident cuts were found but not made: say so, and that they are there
-            done = "unchanged (nothing confident to add)" if self.unchanged else "edited"
-            return done + f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
+                done = "unchanged (no confident edit)" if self.unchanged else "edited"
+            else:
+                # confident cuts were found but not made: say so, and that they are there
+                done = "unchanged (nothing confident to add)" if self.unchanged else "edited"
+                done += f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
+            if m:
+                done += f"; {m} region{'s' * (m > 1)} outside scored tumour, not added"
+            return done
         if self.unconfirmed:
             return NO_ISLANDS
         drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
@@ -501,12 +519,15 @@ class Outline:
 NO_ISLANDS = "re-drawn (loose; no islands: self-test not passed)"
 ADDED = re.compile(r", \d+ regions? added away from the outline")
 LEFT_IN = re.compile(r"; \d+ regions? inside scored normal, not cut")
+MISSED = re.compile(r"; \d+ regions? outside scored tumour, not added")
 
 
 def verdict_group(verdict: str) -> str:
     """``verdict`` without its counts, and shorter: what tallies of many slides group by
-    ("re-drawn (loose) + islands", "re-drawn (loose) no islands", "edited + normal left in")."""
+    ("re-drawn (loose) + islands", "re-drawn (loose) no islands", "edited + normal left in",
+    "edited + tumour left out")."""
     grouped = LEFT_IN.sub(" + normal left in", ADDED.sub(" + islands", verdict))
+    grouped = MISSED.sub(" + tumour left out", grouped)
     return "re-drawn (loose) no islands" if grouped == NO_ISLANDS else grouped
 
 
@@ -588,7 +609,18 @@ def refine_outline(
     # but for its fringe between the two bars is not counted).
     left_in = sum(g.difference(made).area > 0.5 * g.area for g in cuts.geoms)
     labels = patch_labels(grid, geom)
-    return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in)
+    # A loose outline reaches this edit only where the scores were not trusted away from it.
+    missed = 0 if loose else missed_regions(scores, settings, geom)
+    return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in, missed=missed)
+
+
+def missed_regions(s: SlideScores, settings: RegionSettings, edited: shapely.Geometry) -> int:
+    """How many of the islands a re-draw would add (:func:`island_additions`) cover at
+    least ``settings.missed_min_um2`` beyond the ``edited`` outline."""
+    if settings.missed_min_um2 is None:
+        return 0
+    floor = settings.missed_min_um2 / s.mpp**2
+    return sum(g.difference(edited).area >= floor for g in island_additions(s, settings).geoms)
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def test_edited_outlines_are_cut_only_where_surely_normal(quick):
     assert all(v.startswith("edited") for v in wsss["verdicts"]), wsss["verdicts"]
     assert all(c["delta"] > 0 for c in wsss["slide_cases"]), wsss["slide_cases"]
     region = cell(quick, "region", "severe", "engine")["verdicts"]
-    assert any(v.endswith("inside scored normal, not cut") for v in region), region
+    assert any("inside scored normal, not cut" in v for v in region), region
 
 
 @pytest.mark.parametrize("bench", BENCHES)

@@ -471,6 +471,41 @@ def test_an_edited_outline_is_cut_only_where_the_scores_are_surer():
         replace(s, edit_cut_below=1.5).validate()
 
 
+def test_tumour_away_from_an_edited_outline_is_counted_not_added():
+    """An edited outline gets no islands (added, they gained too little on the tuning part),
+    but a region away from it that scores as a re-draw's island would (above 0.75, below the
+    edit's 0.8) and covers at least ``missed_min_um2`` is counted in the verdict, for the
+    pathologist to look at (BENCHMARKS.md, issue 9, "islands on edited outlines")."""
+    s = RegionSettings()
+    grid, _, p, coarse, c = _disc_case(700)
+    centres = grid.xy + grid.size / 2
+    r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
+    p = np.where((r > 550) & (r < 700), 0.6, p)  # a rim between the inside and the outside
+    focus = np.hypot(centres[:, 0] - 2500, centres[:, 1] - 500) < 300  # 4 patches away
+    p = np.where(focus, 0.78, p).astype(np.float32)
+    out = refine_outline(coarse, grid, p, c, 1.0, s)
+    assert out.rim is not None and s.redraw_below <= out.rim.level < s.tight_above
+    assert out.missed == 1 and not out.redrawn
+    assert (
+        out.verdict(s) == "unchanged (no confident edit); 1 region outside scored tumour, not added"
+    )
+    assert verdict_group(out.verdict(s)) == "unchanged (no confident edit) + tumour left out"
+    assert not out.regions.intersects(shapely.Point(2500, 500).buffer(200))  # not added
+    assert out.regions.symmetric_difference(coarse).area < 0.01 * coarse.area
+    # The floor is an area in µm² (here 1 µm per px): a focus smaller than it is not counted.
+    small = refine_outline(coarse, grid, p, c, 1.0, replace(s, missed_min_um2=400_000.0))
+    assert small.missed == 0 and small.verdict(s) == "unchanged (no confident edit)"
+    assert refine_outline(coarse, grid, p, c, 2.0, replace(s, missed_min_um2=100_000.0)).missed == 1
+    assert refine_outline(coarse, grid, p, c, 1.0, replace(s, missed_min_um2=None)).missed == 0
+    # A loose outline whose slide passes the self-test gets the focus added instead.
+    wide = coarse.buffer(250)
+    cw = shapely.contains_xy(wide, centres[:, 0], centres[:, 1]).astype(np.int8)
+    loose = refine_outline(wide, grid, p, cw, 1.0, s)
+    assert loose.redrawn and loose.islands == 1 and loose.missed == 0
+    with pytest.raises(SettingsError, match="missed_min_um2"):
+        replace(s, missed_min_um2=-1.0).validate()
+
+
 def test_an_outline_asked_to_be_redrawn_without_a_rim_is_cut():
     """``--outline redraw`` on an outline too small for a rim (no deep band): it cannot be
     re-drawn along one, so it is edited with the loose outline's cuts (below 0.4), the user
