@@ -130,6 +130,8 @@ class RefineSettings:
                 remove_below=0.05,
                 outline="edit",
                 edit_cut_below=0.05,
+                # the count of missed foci was studied on MIL scores only
+                missed_min_um2=None,
             ),
         )
 
