@@ -22,9 +22,9 @@ Decisions (the paper is silent):
 * Local prototypes are lifted back from the slide's principal axes to the encoder's
   dimensions (unit length), the one space all slides share; a patch's similarity to a global
   prototype is the cosine between the patch, projected on its slide's axes, and the prototype.
-* scikit-learn's k-means sums over threads in an order that depends on their number: the
-  fits run on one thread, so a worker and the driver (or two machines) give identical
-  prototypes for the same slides.
+* scikit-learn's k-means, and BLAS's matrix products, sum over threads in an order that
+  depends on their number: the fits and the projections run on one thread, so a worker and
+  the driver (or two machines) give identical prototypes for the same slides.
 """
 
 from __future__ import annotations
@@ -98,9 +98,12 @@ class SlideSpace:
     def lift(self, c: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Directions on the slide's axes as unit vectors of the encoder's dimensions."""
         from sklearn.preprocessing import normalize
+        from threadpoolctl import threadpool_limits
 
         c = np.asarray(c, dtype=np.float32)
-        return normalize(c if self.pca is None else c @ self.pca.components_).astype(np.float32)
+        with threadpool_limits(1):  # BLAS sums in an order that depends on its threads, too
+            lifted = c if self.pca is None else c @ self.pca.components_
+            return normalize(lifted).astype(np.float32)
 
     def transform(self, x: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Patches projected on the slide's axes, as unit vectors of the encoder's dimensions
@@ -112,9 +115,13 @@ class SlideSpace:
     ) -> npt.NDArray[np.float32]:
         """Cosine similarity of each of the slide's patches to each prototype, (n, K)
         (eq. 1); computed on the slide's axes, which is the same and cheaper."""
+        from threadpoolctl import threadpool_limits
+
         p = np.asarray(prototypes, dtype=np.float32)
-        on_axes = p if self.pca is None else p @ self.pca.components_.T
-        return self.coords(x) @ on_axes.T
+        z = self.coords(x)
+        with threadpool_limits(1):
+            on_axes = p if self.pca is None else p @ self.pca.components_.T
+            return z @ on_axes.T
 
 
 def local_prototypes(
