@@ -18,22 +18,34 @@ higher bar).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from shapely.geometry import MultiPolygon
 
 from benchmarks.edit_adds import edited_cases, edited_study, others_of
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.tune_guard import passes, rule_lines
 from engine.guard import redraw_self_test
-from engine.regions import RegionSettings, _in_frame, island_additions, refine_outline
+from engine.regions import RegionSettings, SlideScores, _in_frame, island_additions, refine_outline
 
 #: island bars tried (loose outlines: 0.75)
 BARS = (0.75, 0.8, 0.85, 0.9)
 
+#: a study's columns for one edited slide case: (scores, the edited outline, its Dice
+#: function) -> the columns and whether any island was found (the self-test is asked then)
+Columns = Callable[[SlideScores, MultiPolygon, Callable[[Any], float]], tuple[dict[str, Any], bool]]
 
-def main() -> None:
-    a, known = edited_study(__doc__)
+
+def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) -> None:
+    """A study of islands on edited outlines: every edited slide case's row (its edit's Dice,
+    ``columns``, and the self-test where islands were found, as the engine asks it), then the
+    rules judged. ``variants``: (name, column) from the loosest to the strictest; each is
+    judged where the slide passes the self-test and on every edited slide, against no
+    islands, by stop 17's rule (the stricter first: no islands, then the stricter variant,
+    the self-test before "always")."""
+    a, known = edited_study(doc)
     settings = RegionSettings()
     if not a.judge:
         rows = []
@@ -42,15 +54,10 @@ def main() -> None:
             edit = refine_outline(
                 sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, settings, sc.frame
             ).regions
-            row = e.head | {"edit": e.dice(edit)}
-            found = {}
-            for b in BARS:
-                isl = island_additions(sc, RegionSettings(island_above=b))
-                found[b] = len(isl.geoms)
-                row[f"isl{b:g}"] = e.dice(_in_frame(edit.union(isl), sc.frame))
-                row[f"n{b:g}"] = found[b]
+            cols, found = columns(sc, edit, e.dice)
+            row = e.head | {"edit": e.dice(edit)} | cols
             row["self_test"] = None
-            if any(found.values()):  # as the engine: asked only where islands were found
+            if found:  # as the engine: asked only where islands were found
                 test = redraw_self_test(
                     sc.coarse, sc.grid, sd.x, sc.mpp, sd.classifier, settings, sc.frame,
                     e.head["seed"] * 100 + 50,
@@ -64,16 +71,14 @@ def main() -> None:
 
     bar = settings.self_test_recovered  # as the engine asks of a loose outline's slide
     rules: dict[str, Any] = {"no islands": lambda r: r["edit"]}
-    for b in BARS:
-        col = f"isl{b:g}"
-        rules[f"islands >{b:g}, self-test"] = lambda r, c=col: r[c] if passes(r, bar) else r["edit"]
-        rules[f"islands >{b:g}, always"] = lambda r, c=col: r[c]
+    for name, col in variants:
+        rules[f"{name}, self-test"] = lambda r, c=col: r[c] if passes(r, bar) else r["edit"]
+        rules[f"{name}, always"] = lambda r, c=col: r[c]
     gains = {n: np.array([rule(r) - r["coarse"] for r in rows]) for n, rule in rules.items()}
     lines, means = gain_lines(gains, gains["no islands"], others)
     lines.insert(0, f"{len(rows)} edited slide cases, {len(others)} others (their shipped gain)")
-    # stricter: no islands first, then the higher bar, the self-test before "always"
     order = ["no islands"] + [
-        f"islands >{b:g}, {w}" for w in ("self-test", "always") for b in BARS[::-1]
+        f"{name}, {w}" for w in ("self-test", "always") for name, _ in variants[::-1]
     ]
     best, chosen = choose(means, order)
     lines.append(f"best: {best} {means[best][0]:+.5f}; within 0.001, the stricter: {chosen}")
@@ -83,6 +88,22 @@ def main() -> None:
             cells.setdefault((r["bench"], r["grid"], r["level"]), []).append(rule(r) - r["coarse"])
         lines += rule_lines(f"edited outlines only: {name}", cells)
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+
+
+def bar_columns(
+    sc: SlideScores, edit: MultiPolygon, dice: Callable[[Any], float]
+) -> tuple[dict[str, Any], bool]:
+    """The edit's Dice with islands above each of ``BARS`` added, and how many each found."""
+    row: dict[str, Any] = {}
+    for b in BARS:
+        isl = island_additions(sc, RegionSettings(island_above=b))
+        row[f"isl{b:g}"] = dice(_in_frame(edit.union(isl), sc.frame))
+        row[f"n{b:g}"] = len(isl.geoms)
+    return row, any(row[f"n{b:g}"] for b in BARS)
+
+
+def main() -> None:
+    island_study(__doc__ or "", bar_columns, [(f"islands >{b:g}", f"isl{b:g}") for b in BARS])
 
 
 if __name__ == "__main__":
