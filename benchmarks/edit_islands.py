@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -51,9 +52,10 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
         rows = []
         for e in edited_cases(a.data, a.work, known):
             sc, sd = e.scores, e.scored
-            edit = refine_outline(
-                sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, settings, sc.frame
-            ).regions
+            edit = refine_outline(  # the edit of stops 21-22: no islands (stop 23 adds some)
+                sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp,
+                replace(settings, missed_min_um2=None), sc.frame,
+            ).regions  # fmt: skip
             cols, found = columns(sc, edit, e.dice)
             row = e.head | {"edit": e.dice(edit)} | cols
             row["self_test"] = None

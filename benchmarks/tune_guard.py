@@ -288,6 +288,7 @@ def case_row(
         redraw_depth=None,
         island_above=None,
         tight_above=None,
+        missed_min_um2=None,
     )
     row.update(outline_columns(coarse, d, p, c, rim, base, dice))
     if skip_self_test:

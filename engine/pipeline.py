@@ -130,7 +130,7 @@ class RefineSettings:
                 remove_below=0.05,
                 outline="edit",
                 edit_cut_below=0.05,
-                # the count of missed foci was studied on MIL scores only
+                # islands on edited outlines were studied on MIL scores only
                 missed_min_um2=None,
             ),
         )
@@ -178,12 +178,12 @@ class SlideResult:
     cached: bool
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
-    #: (the guard judged the outline loose), "re-drawn" (as asked), either followed by ", N
-    #: regions added away from the outline" where it found some, "re-drawn (loose; no
+    #: (the guard judged the outline loose), "re-drawn" (as asked), each followed by ", N
+    #: regions added away from the outline" where it added some, "re-drawn (loose; no
     #: islands: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
     #: or unchanged outline may end "; N regions inside scored normal, not cut" and/or "; N
-    #: regions outside scored tumour, not added"
+    #: regions outside scored tumour, not added (self-test not passed)"
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
     grid_settings: GridSettings = field(default_factory=GridSettings)
@@ -717,8 +717,8 @@ def kept_result(
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
-    only for a loose outline in ``auto`` mode that has islands to add (or an uncapped
-    re-draw): it decides them."""
+    only in ``auto`` mode for an outline with islands to add (a loose one's, or an edited
+    one's large ones) or a loose one with an uncapped re-draw: it decides them."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:
         return None
@@ -737,7 +737,7 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
             seed=c.random_state * 100 + 50 + k,
         )
         log.info(
-            "%s: the outline looks loose; self-test took back %s of a %d-patch test band "
+            "%s: scores away from the outline to trust; self-test took back %s of a %d-patch band "
             "and kept %s of the outline (an edit: %s and %s)",
             d.item.label,
             _share(test.recovered),

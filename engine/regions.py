@@ -86,8 +86,8 @@ class RegionSettings:
     the outline missed altogether. A slide whose outline was drawn loosely, and whose scores
     found its edge in the self-test, is one where a missed focus is both likely and
     findable; next to the outline the edit's bar still holds (the smoothing leaks the
-    inside's scores out there), and an edited slide gets none: on tight outlines islands
-    were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
+    inside's scores out there). An edited slide gets only large ones (below): on close
+    outlines small islands were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
 
     The **self-test** (``self_test``, :mod:`engine.guard`) decides what trusts the scores
     away from the line: the outline loosened by ``self_test_dilate`` patches, a model
@@ -98,13 +98,15 @@ class RegionSettings:
     refused ones included), but gets no islands; with ``redraw_depth`` None it is edited
     instead.
 
-    An edited outline gets no islands, but what a re-draw would have added away from it is
-    **counted in the verdict** where it covers at least ``missed_min_um2`` (None: not
-    counted) beyond the edit: tumour the outline may have missed, for the pathologist to
-    look at. Added, such islands gained less than stop 17's rule asks on the tuning part;
-    the floor (0.02 mm², a disc of 160 µm) is the smallest at which adding them made no
-    edited tuning slide worse: smaller ones were specks on close outlines (BENCHMARKS.md,
-    issue 9, "islands on edited outlines").
+    An edited outline gets the islands a re-draw would add away from it that cover at least
+    ``missed_min_um2`` (None: none) beyond the edit, where the slide passes the self-test
+    (a slide that fails it gets them counted in the verdict, not added; ``outline="edit"``
+    asks it too, ``"redraw"`` adds them unasked as its islands): tumour foci the outline
+    left out. The floor (0.02 mm², a disc of 160 µm) is the smallest at
+    which adding them made no edited tuning slide worse (smaller ones were specks on close
+    outlines); on the tuning part they raised the edited slide cases that had one, and
+    were chosen over re-drawing those outlines by stop 17's rule (BENCHMARKS.md, issue 9,
+    "islands on edited outlines").
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
     (None: never), the band just inside the outline scores like its deep inside: the line
@@ -472,7 +474,8 @@ class Outline:
     kept: str | None = None
     #: the edit left the outline as it was (no confident edit survived the tracer)
     unchanged: bool = False
-    #: regions a re-draw added away from the outline (tumour it missed altogether)
+    #: regions added away from the outline (tumour it missed altogether): a re-draw's
+    #: islands, or those of an edited outline that cover ``missed_min_um2``
     islands: int = 0
     #: left as drawn: its rim scores like its deep inside (``RegionSettings.tight_above``)
     tight: bool = False
@@ -481,51 +484,56 @@ class Outline:
     #: regions inside an edited outline that score as normal (below ``remove_below``) of
     #: which less than half was cut (the edit cuts below ``edit_cut_below``)
     left_in: int = 0
-    #: regions away from an edited outline that score as tumour, not added
-    #: (``RegionSettings.missed_min_um2``)
+    #: large islands of an edited outline not added: the self-test did not trust the scores
     missed: int = 0
 
     def verdict(self, settings: RegionSettings) -> str:
         """What was done, in the words of the summary tables: ``edited``, ``re-drawn
-        (loose)`` (the guard's call), ``re-drawn`` (as asked), either with how many regions it
+        (loose)`` (the guard's call), ``re-drawn`` (as asked), each with how many regions it
         added away from the outline, a loose outline re-drawn without islands (its slide
-        failed the self-test), or ``kept (weak evidence: why)``. An edit (or an unchanged
-        outline) says how many regions inside it score as normal and were left in, for the
+        failed the self-test), ``unchanged (…)`` or ``kept (weak evidence: why)``. An edit
+        (or an unchanged outline) also says how many regions inside it score as normal and
+        were left in, and how many large islands its slide's self-test kept out, for the
         pathologist to look at."""
         if self.kept:
             return f"kept (weak evidence: {self.kept})"
         if self.tight:
             return "unchanged (tight outline: its edge scores like its inside)"
-        if not self.redrawn:
-            n, m = self.left_in, self.missed
-            if not n:
-                done = "unchanged (no confident edit)" if self.unchanged else "edited"
-            else:
-                # confident cuts were found but not made: say so, and that they are there
-                done = "unchanged (nothing confident to add)" if self.unchanged else "edited"
-                done += f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
-            if m:
-                done += f"; {m} region{'s' * (m > 1)} outside scored tumour, not added"
-            return done
         if self.unconfirmed:
             return NO_ISLANDS
-        drawn = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
+        if not self.redrawn:
+            if not self.left_in:
+                done = "unchanged (no confident edit)" if self.unchanged else "edited"
+            else:  # confident cuts were found but not made: say that they are there
+                done = "unchanged (nothing confident to add)" if self.unchanged else "edited"
+        else:
+            done = "re-drawn (loose)" if settings.outline == "auto" else "re-drawn"
         if self.islands:  # new regions the pathologist should look at
             n = self.islands
-            drawn += f", {n} region{'s' * (n > 1)} added away from the outline"
-        return drawn
+            done += f", {n} region{'s' * (n > 1)} added away from the outline"
+        if self.left_in and not self.redrawn:
+            n = self.left_in
+            done += f"; {n} region{'s' * (n > 1)} inside scored normal, not cut"
+        if self.missed:  # found, not trusted: the pathologist should look at them
+            n = self.missed
+            done += f"; {n} region{'s' * (n > 1)} outside scored tumour, {NOT_TRUSTED}"
+        return done
 
 
 NO_ISLANDS = "re-drawn (loose; no islands: self-test not passed)"
 ADDED = re.compile(r", \d+ regions? added away from the outline")
 LEFT_IN = re.compile(r"; \d+ regions? inside scored normal, not cut")
-MISSED = re.compile(r"; \d+ regions? outside scored tumour, not added")
+NOT_TRUSTED = "not added (self-test not passed)"
+#: stop 22's verdicts counted such regions without a reason: they group the same
+MISSED = re.compile(
+    r"; \d+ regions? outside scored tumour, not added(?: \(self-test not passed\))?"
+)
 
 
 def verdict_group(verdict: str) -> str:
     """``verdict`` without its counts, and shorter: what tallies of many slides group by
     ("re-drawn (loose) + islands", "re-drawn (loose) no islands", "edited + normal left in",
-    "edited + tumour left out")."""
+    "edited + islands", "edited + tumour left out")."""
     grouped = LEFT_IN.sub(" + normal left in", ADDED.sub(" + islands", verdict))
     grouped = MISSED.sub(" + tumour left out", grouped)
     return "re-drawn (loose) no islands" if grouped == NO_ISLANDS else grouped
@@ -552,9 +560,11 @@ def refine_outline(
     below ``settings.remove_below`` where loose, else below ``edit_cut_below``), or, where its
     rim scores like normal tissue (``outline="auto"``) or as asked (``"redraw"``), re-drawn
     inside itself (:func:`redraw_outline`). ``confirm()``, the guard's self-test, is asked
-    only of a loose outline in ``auto`` mode, and only where its answer matters: islands
-    are added, or the re-draw is uncapped, only if it agrees. ``kept``: the caller's reason
-    to keep the outline whatever the scores say (e.g. too few patches to learn from)."""
+    only where its answer matters: in ``auto`` mode a loose outline's islands are added, or
+    its re-draw is uncapped, and in ``auto`` or ``edit`` mode an edited outline's large
+    islands (at least ``missed_min_um2``) are added, only if it agrees. ``kept``: the
+    caller's reason to keep the outline whatever the scores say (e.g. too few patches to
+    learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
         return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None, kept=kept)
@@ -602,6 +612,18 @@ def refine_outline(
     if below is not None and below != settings.remove_below:
         made = cut_pieces(scores, settings, below)  # the additions are the same
     geom = apply_edit(scores, made, adds)
+    # Large islands (missed_islands): in auto mode a loose outline reaches this edit only
+    # where the scores were not trusted away from it, so it gets none; one asked to be
+    # re-drawn (no rim to draw along) gets them unasked, as a re-draw's islands; any other
+    # where the self-test trusts the scores, as a loose outline's islands.
+    trusted_away = not (loose and settings.outline == "auto")
+    islands = missed_islands(scores, settings, geom) if trusted_away else []
+    missed = 0
+    asks = settings.outline != "redraw"
+    if islands and asks and confirm is not None and not confirm():
+        islands, missed = [], len(islands)
+    if islands:
+        geom = _in_frame(shapely.union_all([geom, *islands]), frame)
     # Unchanged: less than 1% of one patch's area moved (clipping and validity repairs).
     moved = shapely.area(shapely.symmetric_difference(geom, valid_polygons(coarse, frame)))
     unchanged = bool(moved < 0.01 * grid.size * grid.size)
@@ -609,18 +631,22 @@ def refine_outline(
     # but for its fringe between the two bars is not counted).
     left_in = sum(g.difference(made).area > 0.5 * g.area for g in cuts.geoms)
     labels = patch_labels(grid, geom)
-    # A loose outline reaches this edit only where the scores were not trusted away from it.
-    missed = 0 if loose else missed_regions(scores, settings, geom)
-    return Outline(geom, labels, False, rim, unchanged=unchanged, left_in=left_in, missed=missed)
+    n = len(islands)
+    return Outline(
+        geom, labels, False, rim, unchanged=unchanged, islands=n, left_in=left_in, missed=missed
+    )
 
 
-def missed_regions(s: SlideScores, settings: RegionSettings, edited: shapely.Geometry) -> int:
-    """How many of the islands a re-draw would add (:func:`island_additions`) cover at
-    least ``settings.missed_min_um2`` beyond the ``edited`` outline."""
+def missed_islands(
+    s: SlideScores, settings: RegionSettings, edited: shapely.Geometry
+) -> list[Polygon]:
+    """The islands a re-draw would add (:func:`island_additions`) that cover at least
+    ``settings.missed_min_um2`` beyond the ``edited`` outline (none where that is None)."""
     if settings.missed_min_um2 is None:
-        return 0
+        return []
     floor = settings.missed_min_um2 / s.mpp**2
-    return sum(g.difference(edited).area >= floor for g in island_additions(s, settings).geoms)
+    found = island_additions(s, settings).geoms
+    return [g for g in found if g.difference(edited).area >= floor]
 
 
 @dataclass(frozen=True)
