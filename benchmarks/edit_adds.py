@@ -28,6 +28,7 @@ from benchmarks.edit_bars import key
 from benchmarks.edit_cuts import choose, extra_cases, gain_lines, shipped_deltas
 from benchmarks.tune_guard import Scored, part_cases, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
+from engine.guard import redraw_self_test
 from engine.metrics import pixel_metrics
 from engine.regions import RegionSettings, SlideScores, apply_edit, edit_pieces
 
@@ -54,6 +55,15 @@ class Edited(NamedTuple):
     scores: SlideScores
     dice: Callable[[Any], float]
     scored: Scored
+
+    def self_test(self, settings: RegionSettings) -> float | None:
+        """The guard's self-test on this case (the share of the test band its re-draw took
+        back), seeded as the studies of edited outlines seed it."""
+        sc, sd = self.scores, self.scored
+        return redraw_self_test(
+            sc.coarse, sc.grid, sd.x, sc.mpp, sd.classifier, settings, sc.frame,
+            self.head["seed"] * 100 + 50,
+        ).recovered  # fmt: skip
 
 
 def edited_cases(

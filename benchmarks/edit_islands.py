@@ -28,7 +28,6 @@ from shapely.geometry import MultiPolygon
 from benchmarks.edit_adds import edited_cases, edited_study, others_of
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.tune_guard import passes, rule_lines
-from engine.guard import redraw_self_test
 from engine.regions import RegionSettings, SlideScores, _in_frame, island_additions, refine_outline
 
 #: island bars tried (loose outlines: 0.75)
@@ -51,7 +50,7 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):
-            sc, sd = e.scores, e.scored
+            sc = e.scores
             edit = refine_outline(  # the edit of stops 21-22: no islands (stop 23 adds some)
                 sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp,
                 replace(settings, missed_min_um2=None), sc.frame,
@@ -60,11 +59,7 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
             row = e.head | {"edit": e.dice(edit)} | cols
             row["self_test"] = None
             if found:  # as the engine: asked only where islands were found
-                test = redraw_self_test(
-                    sc.coarse, sc.grid, sd.x, sc.mpp, sd.classifier, settings, sc.frame,
-                    e.head["seed"] * 100 + 50,
-                )  # fmt: skip
-                row["self_test"] = test.recovered
+                row["self_test"] = e.self_test(settings)
             print(json.dumps(row), flush=True)
             rows.append(row)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")

@@ -53,8 +53,7 @@ import shapely
 
 from benchmarks.edit_adds import edited_cases, edited_study, others_of
 from benchmarks.edit_cuts import choose, gain_lines
-from benchmarks.tune_guard import rule_lines
-from engine.guard import redraw_self_test
+from benchmarks.tune_guard import passes, rule_lines
 from engine.regions import (
     RegionSettings,
     SlideScores,
@@ -92,7 +91,7 @@ RULES = (
 
 def rule_value(r: dict[str, Any], rule: str, bar: float) -> float:
     """Slide case ``r``'s Dice under ``rule`` (``bar``: the self-test's pass mark)."""
-    passed = r["self_test"] is not None and r["self_test"] >= bar
+    passed = passes(r, bar)
     redraw = r["redraw"] if passed else r["redraw_noisl"]
     if rule == "edit":
         return r["edit"]
@@ -113,7 +112,7 @@ def main() -> None:
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):
-            sc, sd = e.scores, e.scored
+            sc = e.scores
             # stop 22's edit (the regions counted, not added), then what they add
             shipped = replace(settings, missed_min_um2=None)
             args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
@@ -125,13 +124,8 @@ def main() -> None:
             row["edit_counted"] = e.dice(added)
             row["self_test"] = None
             if not island_additions(sc, settings).is_empty:  # as the engine asks it
-                test = redraw_self_test(
-                    sc.coarse, sc.grid, sd.x, sc.mpp, sd.classifier, settings, sc.frame,
-                    e.head["seed"] * 100 + 50,
-                )  # fmt: skip
-                row["self_test"] = test.recovered
-            bar = settings.self_test_recovered
-            passed = row["self_test"] is not None and row["self_test"] >= bar
+                row["self_test"] = e.self_test(settings)
+            passed = passes(row, settings.self_test_recovered)
             # the engine since stop 23 adds them where the slide passes (the rule chosen)
             now = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
             assert now.regions.equals(added if passed else out.regions)
