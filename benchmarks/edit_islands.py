@@ -46,7 +46,7 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
     islands, by stop 17's rule (the stricter first: no islands, then the stricter variant,
     the self-test before "always")."""
     a, known = edited_study(doc)
-    settings = RegionSettings()
+    settings = RegionSettings(redraw_outside=None)  # the edits of stop 21
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):

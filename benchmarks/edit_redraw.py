@@ -108,7 +108,7 @@ def rule_value(r: dict[str, Any], rule: str, bar: float) -> float:
 
 def main() -> None:
     a, known = edited_study(__doc__ or "")
-    settings = RegionSettings()
+    settings = RegionSettings(redraw_outside=None)  # stop 23: no re-draw for tumour outside
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):

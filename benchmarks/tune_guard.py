@@ -289,6 +289,7 @@ def case_row(
         island_above=None,
         tight_above=None,
         missed_min_um2=None,
+        redraw_outside=None,
     )
     row.update(outline_columns(coarse, d, p, c, rim, base, dice))
     if skip_self_test:

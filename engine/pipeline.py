@@ -178,9 +178,10 @@ class SlideResult:
     cached: bool
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
-    #: (the guard judged the outline loose), "re-drawn" (as asked), each followed by ", N
-    #: regions added away from the outline" where it added some, "re-drawn (loose; no
-    #: islands: self-test not passed)", "unchanged (...)", "kept (weak evidence: why)"
+    #: (the guard judged the outline loose), "re-drawn (tumour outside)" (it left tumour
+    #: out), "re-drawn" (as asked), each followed by ", N regions added away from the
+    #: outline" where it added some, "re-drawn (loose; no islands: self-test not passed)"
+    #: (or "tumour outside; …"), "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
     #: or unchanged outline may end "; N regions inside scored normal, not cut" and/or "; N
     #: regions outside scored tumour, not added (self-test not passed)"

@@ -10,12 +10,13 @@ measured (in brackets, 2-core CPU, default settings) so that a real regression f
   (tumour blobs the outline missed), refined >= coarse + 0.07 (0.727 -> 0.825; 0.787
   without the islands; with re-draws adding tissue above 0.6 instead of the edit's 0.8
   next to the outline it was +0.10, at a cost of up to 0.067 on single tuning slides);
-  moderate noise:
-  edited, >= coarse + 0.02 (0.787 -> 0.813, +0.026; with the issue-4 edit thresholds, add
-  above 0.7, it was +0.100, at a cost of up to 0.04 on single tuning slides at mild noise,
-  see BENCHMARKS.md); the outline left out tumour blobs (moderate noise omits 15% of them),
-  3 regions away from it score as tumour, but this slide fails the guard's self-test, so
-  the edit does not add them and the verdict counts them for the pathologist;
+  moderate noise: the outline left out tumour blobs (moderate noise omits 15% of them) and
+  the slide scores tumour well away from it, so although its rim does not look loose it is
+  re-drawn (stop 24), >= coarse + 0.01 (0.787 -> 0.805, +0.018); the 3 regions away from it
+  that score as tumour are not added, as this slide fails the guard's self-test. Here the
+  re-draw costs 0.008 against stop 23's edit (0.813, +0.026; with the issue-4 edit
+  thresholds, add above 0.7, +0.100, at a cost of up to 0.04 on single tuning slides at mild
+  noise): one of the few cases where it does (BENCHMARKS.md, issue 9, stop 24);
 * gland-level GlaS mosaic, severe noise, seed 1: edited, refined >= coarse + 0.01 (0.654 ->
   0.666; 0.669 when edits also cut below 0.4): its rim is not loose, so it is cut only below
   0.3, which none of the 2 regions inside that score as normal reaches: they are left in and
@@ -40,8 +41,8 @@ CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict
     ("region", 80.0, "severe", 0, 0.07, "re-drawn (loose), 3 regions added away from the outline"),
     (
-        "region", 80.0, "moderate", 0, 0.02,
-        "edited; 3 regions outside scored tumour, not added (self-test not passed)",
+        "region", 80.0, "moderate", 0, 0.01,
+        "re-drawn (tumour outside; no islands: self-test not passed)",
     ),
     ("glas", 40.0, "severe", 1, 0.01, "edited; 2 regions inside scored normal, not cut"),
     ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
