@@ -48,15 +48,15 @@ import numpy as np
 
 from benchmarks.edit_adds import edited_cases, edited_study, others_of
 from benchmarks.edit_cuts import choose, gain_lines
-from benchmarks.edit_redraw import redraw_columns
-from benchmarks.tune_guard import passes, rule_lines
+from benchmarks.edit_outside import tested_row
+from benchmarks.edit_redraw import cell_lines
+from benchmarks.tune_guard import passes
 from engine.patches import PatchGrid
 from engine.regions import (
     RegionSettings,
     RimScores,
     SlideScores,
     outline_depth,
-    refine_outline,
     rim_scores,
     smooth_on_grid,
 )
@@ -125,16 +125,11 @@ def main() -> None:
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):
-            sc = e.scores
-            row = e.head | {"self_test": e.self_test(settings)}
-            passed = passes(row, settings.self_test_recovered)
-            args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
-            out = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
+            row, out = tested_row(e, settings)
             row["engine"] = e.dice(out.regions)
             row["engine_redrawn"] = out.redrawn
             row["verdict"] = out.verdict(settings)
-            row |= redraw_columns(sc, settings, e.dice, passed)
-            row |= inside_columns(sc, settings)
+            row |= inside_columns(e.scores, settings)
             print(json.dumps(row), flush=True)
             rows.append(row)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
@@ -165,12 +160,7 @@ def main() -> None:
             f"  {r['redraw'] - r['engine']:+.4f} {' '.join(vals)}  {r['bench']:10s} "
             f"{r['grid']:9s} {r['level']:8s} {r['slide']} s{r['seed']}"
         )
-    for name, m, b in family:
-        cells: dict[tuple[str, str, str], list[float]] = {}
-        for r in rows:
-            key = (r["bench"], r["grid"], r["level"])
-            cells.setdefault(key, []).append(rule_value(r, m, b) - r["coarse"])
-        lines += rule_lines(f"edited outlines only: {name}", cells)
+    lines += cell_lines(rows, {n: partial(rule_value, measure=m, bar=b) for n, m, b in family})
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
 
 

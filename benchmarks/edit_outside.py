@@ -52,11 +52,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.edit_adds import edited_cases, edited_study, others_of
+from benchmarks.edit_adds import Edited, edited_cases, edited_study, others_of
 from benchmarks.edit_cuts import choose, gain_lines
-from benchmarks.edit_redraw import redraw_columns
-from benchmarks.tune_guard import passes, rule_lines
+from benchmarks.edit_redraw import cell_lines, redraw_columns
+from benchmarks.tune_guard import passes
 from engine.regions import (
+    Outline,
     RegionSettings,
     SlideScores,
     outline_depth,
@@ -85,6 +86,18 @@ def outside_columns(sc: SlideScores, settings: RegionSettings) -> dict[str, Any]
         "out_far": out(beyond=1.0),  # the engine's measure since stop 24
         "agree": float(2 * (c & r).sum() / max(1, c.sum() + r.sum())),
     }
+
+
+def tested_row(e: Edited, settings: RegionSettings) -> tuple[dict[str, Any], Outline]:
+    """Slide case ``e``'s head with its self-test and the re-draw's Dice columns
+    (:func:`benchmarks.edit_redraw.redraw_columns`), and the engine's outline under
+    ``settings``, the self-test answering what it asks."""
+    sc = e.scores
+    row = e.head | {"self_test": e.self_test(settings)}
+    passed = passes(row, settings.self_test_recovered)
+    args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
+    out = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
+    return row | redraw_columns(sc, settings, e.dice, passed), out
 
 
 def rules() -> Iterator[tuple[str, str | None, float | None, bool]]:
@@ -126,15 +139,10 @@ def main() -> None:
     if not a.judge:
         rows = []
         for e in edited_cases(a.data, a.work, known):
-            sc = e.scores
-            row = e.head | {"self_test": e.self_test(settings)}
-            passed = passes(row, settings.self_test_recovered)
-            args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
-            out = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
+            row, out = tested_row(e, settings)
             assert not out.redrawn, "an edited case of edit_cuts is not edited now"
             row["edit"] = e.dice(out.regions)
-            row |= redraw_columns(sc, settings, e.dice, passed)
-            row |= outside_columns(sc, settings)
+            row |= outside_columns(e.scores, settings)
             print(json.dumps(row), flush=True)
             rows.append(row)
         a.out.write_text(json.dumps(rows, indent=1) + "\n")
@@ -161,12 +169,9 @@ def main() -> None:
             f"  {r['redraw'] - r['edit']:+.4f} {' '.join(vals)}  {r['bench']:10s} "
             f"{r['grid']:9s} {r['level']:8s} {r['slide']} s{r['seed']}"
         )
-    for name, m, b, g in family:
-        cells: dict[tuple[str, str, str], list[float]] = {}
-        for r in rows:
-            key = (r["bench"], r["grid"], r["level"])
-            cells.setdefault(key, []).append(rule_value(r, m, b, g) - r["coarse"])
-        lines += rule_lines(f"edited outlines only: {name}", cells)
+    lines += cell_lines(
+        rows, {n: partial(rule_value, measure=m, bar=b, gated=g) for n, m, b, g in family}
+    )
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
 
 

@@ -44,6 +44,7 @@ it is the stricter choice and the engine's rule (one slide case, self-test 0.48,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -77,6 +78,18 @@ def redraw_columns(sc: SlideScores, settings: RegionSettings, dice: Any, passed:
         "redraw_noisl": dice(without.regions),
         "has_rim": with_isl.rim is not None,
     }
+
+
+def cell_lines(rows: list[dict[str, Any]], values: dict[str, Callable[[dict], float]]) -> list:
+    """Each rule's judgement (:func:`benchmarks.tune_guard.rule_lines`) over the edited
+    slide cases ``rows``, by cell; ``values``: each rule's Dice of a slide case."""
+    lines = []
+    for name, value in values.items():
+        cells: dict[tuple[str, str, str], list[float]] = {}
+        for r in rows:
+            cells.setdefault((r["bench"], r["grid"], r["level"]), []).append(value(r) - r["coarse"])
+        lines += rule_lines(f"edited outlines only: {name}", cells)
+    return lines
 
 
 RULES = (
@@ -155,12 +168,7 @@ def main() -> None:
                 f"  {r['slide']:28s} {r['grid']:9s} {r['level']:8s} s{r['seed']} "
                 f"counted {r['missed']} self-test {st}: {vals}"
             )
-    for name in RULES:
-        cells: dict[tuple[str, str, str], list[float]] = {}
-        for r in rows:
-            key = (r["bench"], r["grid"], r["level"])
-            cells.setdefault(key, []).append(rule_value(r, name, bar) - r["coarse"])
-        lines += rule_lines(f"edited outlines only: {name}", cells)
+    lines += cell_lines(rows, {n: partial(rule_value, rule=n, bar=bar) for n in RULES})
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
 
 
