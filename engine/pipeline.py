@@ -718,8 +718,9 @@ def kept_result(
 
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
-    only where its answer changes the outline (:func:`engine.regions.refine_outline`): a
-    loose outline's islands or uncapped re-draw in ``auto`` mode, an edited outline's large
+    only where its answer changes the outline (:func:`engine.regions.refine_outline`): the
+    islands or uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, or left
+    tumour out), an edited outline's large
     islands in ``auto`` or ``edit`` mode. It decides them."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:

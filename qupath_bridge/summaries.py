@@ -69,7 +69,7 @@ def slide_rows(
     result: RefineResult, items: list[SlideInput], seconds: float
 ) -> tuple[SlideRow, ...]:
     """Per-slide summary: patches, coarse and refined area, share relabelled, and whether the
-    coarse outline was edited or, judged loose, re-drawn."""
+    coarse outline was edited or re-drawn, and why (its verdict)."""
     return tuple(
         SlideRow(
             slide=r.name,

@@ -106,11 +106,11 @@ def test_engine_beats_coarse_and_ca_at_severe_noise(quick, bench, over_coarse, o
 
 def test_edited_outlines_are_cut_only_where_surely_normal(quick):
     """Outlines whose rims do not look loose are edited, and cut only where the scores are
-    sure. WSSS4LUAD, severe noise: both outlines take in normal tissue that scores below 0.3;
-    both are cut there and gain. Region level, severe noise: one outline's rim does not look
-    loose, but its slide scores tumour well away from it (it left tumour out): it is
-    re-drawn, says why, and gains (until stop 24 it was edited, its normal-scoring regions
-    left in and counted)."""
+    sure, unless their slide scores tumour away from them. WSSS4LUAD, severe noise: both
+    outlines take in normal tissue that scores below 0.3; both are cut there and gain.
+    Region level, severe noise: one outline's rim does not look loose, but its slide scores
+    tumour well away from it (it left tumour out): it is re-drawn, says why, and gains
+    (until stop 24 it was edited, its normal-scoring regions left in and counted)."""
     wsss = cell(quick, "wsss4luad", "severe", "engine")
     assert sum(wsss["verdicts"].values()) == 2
     assert all(v.startswith("edited") for v in wsss["verdicts"]), wsss["verdicts"]

@@ -13,6 +13,7 @@ from engine.errors import SettingsError
 from engine.patches import make_grid
 from engine.regions import (
     NO_ISLANDS,
+    NOT_TRUSTED,
     Outline,
     RegionSettings,
     SlideScores,
@@ -588,10 +589,19 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
         )
     asked = replace(s, outline="edit")
     assert not refine_outline(coarse, grid, p, c, 1.0, asked, confirm=lambda: True).redrawn
+    # Uncapped re-draws wait for the self-test: refused, the outline gets the edit it would
+    # have had, the focus counted, not added.
+    free = replace(s, redraw_depth=None)
+    fell = refine_outline(coarse, grid, p, c, 1.0, free, confirm=lambda: False)
+    assert not fell.redrawn and fell.missed == 1
+    assert fell.verdict(free).endswith("1 region outside scored tumour, " + NOT_TRUSTED)
     # No focus: nothing scored tumour away from the line, the outline is edited.
     _, p0, _, _, _ = _edited_with_focus(0)
-    assert tumour_outside(grid, p0, c, depth, rim, s.sigma) == 0
-    assert not refine_outline(coarse, grid, p0, c, 1.0, s).redrawn
+    rim0 = rim_scores(p0, c, depth)
+    assert rim0 is not None and s.redraw_below <= rim0.level < s.tight_above
+    assert tumour_outside(grid, p0, c, depth, rim0, s.sigma) == 0
+    plain = refine_outline(coarse, grid, p0, c, 1.0, s)
+    assert not plain.redrawn and plain.kept is None and not plain.tight
     with pytest.raises(SettingsError, match="redraw_outside"):
         replace(s, redraw_outside=-0.5).validate()
 
