@@ -632,11 +632,11 @@ def refine_outline(
         and rim.level >= settings.redraw_below
         and tumour_outside(grid, proba, c, depth, rim, settings.sigma) >= settings.redraw_outside
     )
-    loose = (
-        settings.outline == "redraw"
-        or outside
-        or (settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below)
+    # rough: drawn too far out (its rim, or as the user says); loose: re-drawn either way
+    rough = settings.outline == "redraw" or (
+        settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below
     )
+    loose = rough or outside
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
     if loose and rim is not None:
         # Islands (on a bar below the edit's) and an uncapped re-draw's deep cuts trust the
@@ -658,19 +658,18 @@ def refine_outline(
             n = len(islands.geoms)
             why = "tumour outside" if outside else "loose"
             return Outline(geom, labels, True, rim, islands=n, unconfirmed=not trusted, why=why)
-    # A loose outline is cut on the edit's bar; any other only where the scores are surer,
-    # since nothing else says it was drawn too far out. Loose ones reach this edit when asked
-    # to re-draw with no rim to draw along (rim None), or in auto mode with an uncapped
-    # re-draw whose self-test refused.
-    # An outline re-drawn only for tumour outside falls back to the edit it would have had.
-    rough = loose and not outside
+    # A rough outline is cut on the edit's bar; any other only where the scores are surer,
+    # since nothing else says it was drawn too far out (one re-drawn only for tumour outside
+    # gets the edit it would have had). Loose ones reach this edit when asked to re-draw with
+    # no rim to draw along (rim None), or in auto mode with an uncapped re-draw whose
+    # self-test refused.
     cuts, adds = edit_pieces(scores, settings)
     below = settings.remove_below if rough else settings.edit_bar
     made = MultiPolygon() if below is None else cuts
     if below is not None and below != settings.remove_below:
         made = cut_pieces(scores, settings, below)  # the additions are the same
     geom = apply_edit(scores, made, adds)
-    # Large islands (missed_islands): in auto mode a loose outline reaches this edit only
+    # Large islands (missed_islands): in auto mode a rough outline reaches this edit only
     # where the scores were not trusted away from it, so it gets none; one asked to be
     # re-drawn (no rim to draw along) gets them unasked, as a re-draw's islands; any other
     # where the self-test trusts the scores, as a loose outline's islands.
