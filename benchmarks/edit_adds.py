@@ -104,6 +104,22 @@ def edited_study(doc: str) -> tuple[Any, dict[tuple[str, str, str, int], dict[st
     return a, {key(r): r for f in a.cases for r in json.loads(f.read_text())}
 
 
+def study_rows(
+    a: Any,
+    known: dict[tuple[str, str, str, int], dict[str, Any]],
+    row_of: Callable[[Edited], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A study's rows: ``row_of`` each edited slide case (:func:`edited_cases`), printed as
+    they come and written to ``a.out``; with ``a.judge``, the rows ``a.out`` already holds."""
+    if not a.judge:
+        rows = []
+        for e in edited_cases(a.data, a.work, known):
+            rows.append(row_of(e))
+            print(json.dumps(rows[-1]), flush=True)
+        a.out.write_text(json.dumps(rows, indent=1) + "\n")
+    return json.loads(a.out.read_text())
+
+
 def others_of(known: dict[tuple[str, str, str, int], dict[str, Any]], shipped: Path) -> list:
     """The shipped gains of the slide cases that are not edited (their outline is the same
     under every rule of these studies)."""
@@ -113,13 +129,7 @@ def others_of(known: dict[tuple[str, str, str, int], dict[str, Any]], shipped: P
 
 def main() -> None:
     a, known = edited_study(__doc__)
-    if not a.judge:
-        rows = []
-        for e in edited_cases(a.data, a.work, known):
-            rows.append(e.head | add_columns(e.scores, e.dice))
-            print(json.dumps(rows[-1]), flush=True)
-        a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
+    rows = study_rows(a, known, lambda e: e.head | add_columns(e.scores, e.dice))
     others = others_of(known, a.shipped)
     gains = {f"add>{b:g}": np.array([r[f"add>{b:g}"] - r["coarse"] for r in rows]) for b in ADDS}
     lines, m = gain_lines(gains, gains["add>0.8"], others)

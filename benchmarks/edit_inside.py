@@ -39,14 +39,13 @@ which re-draws none, is the stricter choice: not adopted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from benchmarks.edit_adds import edited_cases, edited_study, others_of
+from benchmarks.edit_adds import Edited, edited_study, others_of, study_rows
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.edit_outside import tested_row
 from benchmarks.edit_redraw import cell_lines
@@ -122,18 +121,15 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None) -> flo
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     settings = RegionSettings(redraw_outside=0.25)  # stop 24's engine, this study's base
-    if not a.judge:
-        rows = []
-        for e in edited_cases(a.data, a.work, known):
-            row, out = tested_row(e, settings)
-            row["engine"] = e.dice(out.regions)
-            row["engine_redrawn"] = out.redrawn
-            row["verdict"] = out.verdict(settings)
-            row |= inside_columns(e.scores, settings)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
+
+    def row_of(e: Edited) -> dict[str, Any]:
+        row, out = tested_row(e, settings)
+        row["engine"] = e.dice(out.regions)
+        row["engine_redrawn"] = out.redrawn
+        row["verdict"] = out.verdict(settings)
+        return row | inside_columns(e.scores, settings)
+
+    rows = study_rows(a, known, row_of)
     others = others_of(known, a.shipped)
     family = list(rules())
     gains = {

@@ -17,7 +17,6 @@ higher bar).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 from shapely.geometry import MultiPolygon
 
-from benchmarks.edit_adds import edited_cases, edited_study, others_of
+from benchmarks.edit_adds import Edited, edited_study, others_of, study_rows
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.tune_guard import passes, rule_lines
 from engine.regions import RegionSettings, SlideScores, _in_frame, island_additions, refine_outline
@@ -47,23 +46,21 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
     the self-test before "always")."""
     a, known = edited_study(doc)
     settings = RegionSettings(redraw_outside=None)  # the edits of stop 21
-    if not a.judge:
-        rows = []
-        for e in edited_cases(a.data, a.work, known):
-            sc = e.scores
-            edit = refine_outline(  # the edit of stops 21-22: no islands (stop 23 adds some)
-                sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp,
-                replace(settings, missed_min_um2=None), sc.frame,
-            ).regions  # fmt: skip
-            cols, found = columns(sc, edit, e.dice)
-            row = e.head | {"edit": e.dice(edit)} | cols
-            row["self_test"] = None
-            if found:  # as the engine: asked only where islands were found
-                row["self_test"] = e.self_test(settings)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
+
+    def row_of(e: Edited) -> dict[str, Any]:
+        sc = e.scores
+        edit = refine_outline(  # the edit of stops 21-22: no islands (stop 23 adds some)
+            sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp,
+            replace(settings, missed_min_um2=None), sc.frame,
+        ).regions  # fmt: skip
+        cols, found = columns(sc, edit, e.dice)
+        row = e.head | {"edit": e.dice(edit)} | cols
+        row["self_test"] = None
+        if found:  # as the engine: asked only where islands were found
+            row["self_test"] = e.self_test(settings)
+        return row
+
+    rows = study_rows(a, known, row_of)
     others = others_of(known, a.shipped)
 
     bar = settings.self_test_recovered  # as the engine asks of a loose outline's slide

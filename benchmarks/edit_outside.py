@@ -45,14 +45,13 @@ below; the self-test as a gate gains less at every bar; every edited outline re-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from benchmarks.edit_adds import Edited, edited_cases, edited_study, others_of
+from benchmarks.edit_adds import Edited, edited_study, others_of, study_rows
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.edit_redraw import cell_lines, redraw_columns
 from benchmarks.tune_guard import passes
@@ -136,17 +135,14 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None, gated:
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     settings = RegionSettings(redraw_outside=None)  # stop 23's engine, this study's base
-    if not a.judge:
-        rows = []
-        for e in edited_cases(a.data, a.work, known):
-            row, out = tested_row(e, settings)
-            assert not out.redrawn, "an edited case of edit_cuts is not edited now"
-            row["edit"] = e.dice(out.regions)
-            row |= outside_columns(e.scores, settings)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
+
+    def row_of(e: Edited) -> dict[str, Any]:
+        row, out = tested_row(e, settings)
+        assert not out.redrawn, "an edited case of edit_cuts is not edited now"
+        row["edit"] = e.dice(out.regions)
+        return row | outside_columns(e.scores, settings)
+
+    rows = study_rows(a, known, row_of)
     others = others_of(known, a.shipped)
     family = list(rules())
     gains = {

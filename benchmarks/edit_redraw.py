@@ -43,7 +43,6 @@ it is the stricter choice and the engine's rule (one slide case, self-test 0.48,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -52,7 +51,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from benchmarks.edit_adds import edited_cases, edited_study, others_of
+from benchmarks.edit_adds import Edited, edited_study, others_of, study_rows
 from benchmarks.edit_cuts import choose, gain_lines
 from benchmarks.tune_guard import passes, rule_lines
 from engine.regions import (
@@ -122,31 +121,28 @@ def rule_value(r: dict[str, Any], rule: str, bar: float) -> float:
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     settings = RegionSettings(redraw_outside=None)  # stop 23: no re-draw for tumour outside
-    if not a.judge:
-        rows = []
-        for e in edited_cases(a.data, a.work, known):
-            sc = e.scores
-            # stop 22's edit (the regions counted, not added), then what they add
-            shipped = replace(settings, missed_min_um2=None)
-            args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
-            out = refine_outline(*args, shipped, sc.frame)
-            assert not out.redrawn, "an edited case of edit_cuts is not edited now"
-            counted = missed_islands(sc, settings, out.regions)
-            row = e.head | {"edit": e.dice(out.regions), "missed": len(counted)}
-            added = _in_frame(shapely.union_all([out.regions, *counted]), sc.frame)
-            row["edit_counted"] = e.dice(added)
-            row["self_test"] = None
-            if not island_additions(sc, settings).is_empty:  # as the engine asks it
-                row["self_test"] = e.self_test(settings)
-            passed = passes(row, settings.self_test_recovered)
-            # the engine since stop 23 adds them where the slide passes (the rule chosen)
-            now = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
-            assert now.regions.equals(added if passed else out.regions)
-            row |= redraw_columns(sc, settings, e.dice, passed)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        a.out.write_text(json.dumps(rows, indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
+
+    def row_of(e: Edited) -> dict[str, Any]:
+        sc = e.scores
+        # stop 22's edit (the regions counted, not added), then what they add
+        shipped = replace(settings, missed_min_um2=None)
+        args = (sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp)
+        out = refine_outline(*args, shipped, sc.frame)
+        assert not out.redrawn, "an edited case of edit_cuts is not edited now"
+        counted = missed_islands(sc, settings, out.regions)
+        row = e.head | {"edit": e.dice(out.regions), "missed": len(counted)}
+        added = _in_frame(shapely.union_all([out.regions, *counted]), sc.frame)
+        row["edit_counted"] = e.dice(added)
+        row["self_test"] = None
+        if not island_additions(sc, settings).is_empty:  # as the engine asks it
+            row["self_test"] = e.self_test(settings)
+        passed = passes(row, settings.self_test_recovered)
+        # the engine since stop 23 adds them where the slide passes (the rule chosen)
+        now = refine_outline(*args, settings, sc.frame, confirm=partial(bool, passed))
+        assert now.regions.equals(added if passed else out.regions)
+        return row | redraw_columns(sc, settings, e.dice, passed)
+
+    rows = study_rows(a, known, row_of)
     others = others_of(known, a.shipped)
     bar = settings.self_test_recovered
     gains = {n: np.array([rule_value(r, n, bar) - r["coarse"] for r in rows]) for n in RULES}
