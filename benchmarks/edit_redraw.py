@@ -79,15 +79,20 @@ def redraw_columns(sc: SlideScores, settings: RegionSettings, dice: Any, passed:
     }
 
 
-def cell_lines(rows: list[dict[str, Any]], values: dict[str, Callable[[dict], float]]) -> list:
-    """Each rule's judgement (:func:`benchmarks.tune_guard.rule_lines`) over the edited
-    slide cases ``rows``, by cell; ``values``: each rule's Dice of a slide case."""
+def cell_lines(
+    rows: list[dict[str, Any]],
+    values: dict[str, Callable[[dict], float]],
+    label: str = "edited outlines only",
+) -> list:
+    """Each rule's judgement (:func:`benchmarks.tune_guard.rule_lines`) over the slide cases
+    ``rows`` (the edited ones, unless ``label`` says otherwise), by cell; ``values``: each
+    rule's Dice of a slide case."""
     lines = []
     for name, value in values.items():
         cells: dict[tuple[str, str, str], list[float]] = {}
         for r in rows:
             cells.setdefault((r["bench"], r["grid"], r["level"]), []).append(value(r) - r["coarse"])
-        lines += rule_lines(f"edited outlines only: {name}", cells)
+        lines += rule_lines(f"{label}: {name}", cells)
     return lines
 
 

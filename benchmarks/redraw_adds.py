@@ -1,0 +1,259 @@
+"""What a re-draw adds outside the outline (stop 25; tuning part).
+
+    python -m benchmarks.redraw_adds --shipped benchmarks/results/tune-stop24.json \
+        --out benchmarks/results/tune-redraw-adds.json
+
+A re-drawn outline (loose, or edited but leaving tumour out) adds tissue outside it only
+where the smoothed score exceeds 0.8 (``redraw_add_above``; stop 15: at 0.6, with regions far
+from the outline added too, it lost up to 0.067 on fine grids), and regions away from it
+above 0.75 where the self-test passes (islands, stop 17). Both parts' region-level slides at
+80 µm, severe noise, gain less than the LCMIL-style re-draw on every slide case (0.822 vs
+0.859 tuning): their coarse outlines leave out tumour that continues the outline's own and
+scores 0.6-0.8. This study adds, to each re-draw of the shipped engine (stop 24), the regions
+above a lower bar that overlap the outline (:func:`near_additions`: tumour continuing across
+the line, not specks away from it), from the smoothed score or from the smoothed score and
+the patch's own (the edit's rule against the smoothing's leak across the line), and moves
+the islands' bar:
+
+* near additions: none (shipped), smoothed above 0.5 / 0.6 / 0.7, smoothed and own above
+  0.5 / 0.6 / 0.7;
+* islands above 0.6 / 0.7 / 0.75 (shipped).
+
+Second family, added after the first's rows were read (they lost on region-level slides on
+the fine auto grid, where smoothed scores of 0.6-0.8 next to the outline were not tumour),
+set before its measure was computed: each near addition above with the shipped islands,
+only where the slide's tissue away from the outline (outside it, two patches or more) rarely
+scores between the near bar and the re-draw's own 0.8 (:func:`mid_away`: that share at most
+0.01 / 0.02 / 0.05 / 0.1): the bar's false alarms on this slide, measured where no tumour
+continues the outline's.
+
+Slide cases: every tuning slide case (3 benchmarks x 2 grids x 3 noise levels x 3 seeds)
+that the shipped engine re-draws (``--shipped``: its run of the tuning part), each with one
+MIL model as the engine trains it and the guard's self-test deciding the islands as in the
+engine; the others keep their shipped gain (no rule here changes them). Judged by stop 17's
+rule: the highest mean with the worst slide case above -0.01, and within 0.001 of it the
+stricter rule, the one that changes fewer re-drawn slide cases (ties: the order above).
+
+Result (``tune-redraw-adds.txt``; 122 re-drawn slide cases, 40 others; the shipped rule
+reproduces the engine's run on every case to the 5 digits it records): the shipped re-draw,
++0.04230 (worst -0.0049), is the only rule of the first family whose worst slide case stays
+above -0.01. Near additions raise the mean to +0.0447 at most (smoothed above 0.7, islands
+above 0.7; worst -0.040): they gain at gland level, severe noise, and at region level, 80 µm,
+severe, and lose on region-level slides on the fine auto grid at every noise level; lower
+island bars lose there too. The second family's gate does not separate the two (losses at
+every ``mid_away``): its best, near (smoothed) above 0.7 where ``mid_away`` <= 0.01
+(+0.04277, 18 cases moved), is within 0.001 of the shipped re-draw, which moves none. No
+change: the engine keeps its re-draw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from functools import partial
+from operator import itemgetter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from shapely.geometry import MultiPolygon
+
+from benchmarks import harness as H
+from benchmarks.edit_cuts import choose, gain_lines
+from benchmarks.edit_redraw import cell_lines
+from benchmarks.tune_guard import part_cases, passes, scored, study_parser
+from engine.encoders import build_encoder
+from engine.guard import redraw_self_test
+from engine.metrics import pixel_metrics
+from engine.regions import (
+    DEEP,
+    RegionSettings,
+    SlideScores,
+    outline_depth,
+    refine_outline,
+    regions_from_probabilities,
+    smooth_on_grid,
+    valid_polygons,
+)
+
+ISLANDS = (0.75, 0.7, 0.6)
+#: the second family's gates: near additions only where at most this share of the tissue
+#: away from the outline scores between the near bar and the re-draw's own (:func:`mid_away`)
+GATES = (0.01, 0.02, 0.05, 0.1)
+#: (bar, own score too) of the near additions; None: none (shipped)
+NEAR: tuple[tuple[float, bool] | None, ...] = (
+    None,
+    (0.7, True),
+    (0.7, False),
+    (0.6, True),
+    (0.6, False),
+    (0.5, True),
+    (0.5, False),
+)
+
+
+def near_additions(sc: SlideScores, bar: float, own: bool, sigma: float) -> MultiPolygon:
+    """The regions whose smoothed score (and with ``own`` the patch's own score too) exceeds
+    ``bar`` and that overlap the coarse outline, less the outline: tumour continuing the
+    outline's own across the line."""
+    smoothed = smooth_on_grid(sc.grid, sc.proba, sigma)
+    values = np.minimum(smoothed, sc.proba) if own else smoothed
+    trace = RegionSettings(mode="replace", sigma=0.0, threshold=bar)
+    found = regions_from_probabilities(sc.grid, values, sc.mpp, trace)
+    near = MultiPolygon([g for g in found.geoms if g.intersects(sc.coarse)])
+    return near.difference(sc.coarse)
+
+
+MID_KEYS = ("mid_away0.5", "mid_away0.6", "mid_away0.7")
+
+
+def mid_away(sc: SlideScores, bar: float, settings: RegionSettings) -> float | None:
+    """The share of the tissue away from the outline (outside it, ``DEEP`` patches or more)
+    whose smoothed score is at least ``bar`` but below the re-draw's own addition bar: how
+    often this slide's scores reach the near bar where no tumour of the outline's continues
+    (None: no such tissue)."""
+    c = np.asarray(sc.coarse_labels).astype(bool)
+    away = ~c & (outline_depth(sc.grid, sc.coarse) >= DEEP)
+    if not away.any():
+        return None
+    v = smooth_on_grid(sc.grid, sc.proba, settings.sigma)[away]
+    return float(np.mean((v >= bar) & (v < settings.redraw_add_above)))
+
+
+def rule_name(island: float, near: tuple[float, bool] | None) -> str:
+    if near is None:
+        head = "no near adds"
+    else:
+        head = f"near {'smoothed&own' if near[1] else 'smoothed'}>{near[0]:g}"
+    return f"{head}, islands>{island:g}"
+
+
+def rules() -> Iterator[tuple[str, float, tuple[float, bool] | None]]:
+    """The first family's rules: name, island bar and near additions (each a Dice column)."""
+    for island in ISLANDS:
+        for near in NEAR:
+            yield rule_name(island, near), island, near
+
+
+def rule_values(rows: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any]], float]]:
+    """Each rule's Dice of a slide case: the first family's columns, then the second family
+    (near additions, islands as shipped, only where ``mid_away`` at the near bar is at most
+    each of GATES)."""
+    values: dict[str, Callable[[dict[str, Any]], float]] = {
+        name: itemgetter(name) for name, *_ in rules()
+    }
+    if not all("mid_away0.5" in r for r in rows):
+        return values
+    base = rule_name(ISLANDS[0], None)
+    for near in NEAR[1:]:
+        assert near is not None
+        column = rule_name(ISLANDS[0], near)
+        for q in GATES:
+
+            def gated(r: dict[str, Any], column: str = column, key: str = f"mid_away{near[0]:g}",
+                      q: float = q) -> float:  # fmt: skip
+                m = r[key]
+                return float(r[column] if m is not None and m <= q else r[base])
+
+            values[f"{column} where mid_away<={q:g}"] = gated
+    return values
+
+
+def shipped_rows(run: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """Each slide case of a ``benchmarks.run`` JSON (the engine): its gain and verdict."""
+    d = json.loads(run.read_text())
+    out = {}
+    for bench in d["benchmarks"].values():
+        enc = bench["encoders"]["lite0"]
+        for grid, levels in (("benchmark", enc["levels"]), ("auto", enc["default_grid"]["levels"])):
+            for lv, cell in levels.items():
+                for sc in cell["methods"]["engine"]["slide_cases"]:
+                    out[(sc["slide"], grid, lv, sc["seed"])] = sc
+    return out
+
+
+def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) -> list[dict]:
+    """One row per re-drawn slide case: its head, self-test and each rule's Dice."""
+    cache = a.work / "cache"
+    enc = build_encoder("efficientnet-lite0", cache)
+    rows = []
+    for s, coarse, (bench, grid, pum, level, seed) in part_cases(a.data, a.work, [0, 1, 2]):
+        known = shipped[(s.name, grid, level, seed)]
+        if not known["outline"].startswith("re-drawn"):
+            continue
+        truth = H.slide_truth(s)
+        sd = scored(s, coarse, pum, seed, enc, cache)
+        d = sd.d
+        frame = (d.info.width, d.info.height)
+        test = redraw_self_test(
+            coarse, d.grid, sd.x, d.info.mpp, sd.classifier, RegionSettings(), frame,
+            seed * 100 + 50,
+        )  # fmt: skip
+        row: dict[str, Any] = {"bench": bench, "slide": s.name, "grid": grid, "level": level}
+        row |= {"seed": seed, "self_test": test.recovered, "verdict": known["outline"]}
+        row["coarse"] = pixel_metrics(coarse, s.truth, truth.tissue, truth.downsample)["dice"]
+        row["shipped"] = known["dice"]
+        passed = passes(row, RegionSettings().self_test_recovered)
+        sc = SlideScores(coarse, d.grid, sd.p, sd.labels, d.info.mpp, frame)
+        outlines = {}
+        for island in ISLANDS:
+            settings = RegionSettings(island_above=island)
+            out = refine_outline(
+                coarse, d.grid, sd.p, sd.labels, d.info.mpp, settings, frame,
+                confirm=partial(bool, passed),
+            )  # fmt: skip
+            assert out.redrawn, "a re-drawn case of the shipped run is not re-drawn now"
+            outlines[island] = out.regions
+        for bar in sorted({n[0] for n in NEAR if n is not None}):
+            row[f"mid_away{bar:g}"] = mid_away(sc, bar, RegionSettings())
+        for name, island, near in rules():
+            geom = outlines[island]
+            if near is not None:  # the re-draw's own additions are on a higher bar (0.8)
+                more = near_additions(sc, *near, RegionSettings().sigma)
+                geom = valid_polygons(geom.union(more), frame)
+            row[name] = pixel_metrics(geom, s.truth, truth.tissue, truth.downsample)["dice"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = study_parser(__doc__ or "")
+    ap.add_argument("--shipped", type=Path, required=True, help="benchmarks.run JSON (tuning)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--judge", action="store_true", help="only judge --out's rows")
+    a = ap.parse_args()
+    shipped = shipped_rows(a.shipped)
+    if not a.judge:
+        a.out.write_text(json.dumps(case_rows(a, shipped), indent=1) + "\n")
+    rows = json.loads(a.out.read_text())
+    values = rule_values(rows)
+    base = rule_name(ISLANDS[0], None)
+    drift = max(abs(r[base] - r["shipped"]) for r in rows)
+    redrawn = {(r["slide"], r["grid"], r["level"], r["seed"]) for r in rows}
+    others = [v["delta"] for k, v in shipped.items() if k not in redrawn]
+    gains = {n: np.array([f(r) - r["coarse"] for r in rows]) for n, f in values.items()}
+    lines, means = gain_lines(gains, gains[base], others)
+    lines = [ln.replace("edited cases", "re-drawn cases") for ln in lines]
+    lines.insert(0, f"{len(rows)} re-drawn slide cases, {len(others)} others (their shipped gain)")
+    lines.insert(1, f"shipped rule vs the shipped run, largest Dice difference {drift:.5f}")
+    # stricter: changes fewer re-drawn cases (stable: ties keep the order above)
+    moved = {n: int(np.sum(g != gains[base])) for n, g in gains.items()}
+    best, chosen = choose(means, sorted(values, key=lambda n: moved[n]))
+    lines.append(f"best: {best} {means[best][0]:+.5f}; within 0.001, the strictest: {chosen}")
+    top = max(values, key=lambda n: means[n][0])  # whatever its worst slide case
+    lines.append(f"every re-drawn slide case: the highest mean ({top}) - shipped, self-test,")
+    lines.append("  mid_away at 0.5 / 0.6 / 0.7, verdict")
+    for r in sorted(rows, key=lambda r: values[top](r) - r[base]):
+        mids = " ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in MID_KEYS)
+        lines.append(
+            f"  {values[top](r) - r[base]:+.4f} {r['self_test'] or 0:.2f} {mids}  "
+            f"{r['bench']:10s} {r['grid']:9s} {r['level']:8s} {r['slide']} s{r['seed']}  "
+            f"{r['verdict']}"
+        )
+    lines += cell_lines(rows, values, "re-drawn outlines only")
+    a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
