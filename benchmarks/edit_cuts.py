@@ -220,8 +220,9 @@ def summary(rows: list[dict[str, Any]], shipped: dict[tuple[str, str, str, int],
     return lines
 
 
-def shipped_deltas(run: Path) -> dict[tuple[str, str, str, int], float]:
-    """refined - coarse per slide case of a ``benchmarks.run`` JSON (the engine)."""
+def shipped_rows(run: Path) -> dict[tuple[str, str, str, int], dict[str, Any]]:
+    """Each slide case of a ``benchmarks.run`` JSON (the engine): its Dice, delta and
+    verdict, by (slide, grid, noise level, seed)."""
     d = json.loads(run.read_text())
     out = {}
     for bench in d["benchmarks"].values():
@@ -229,8 +230,13 @@ def shipped_deltas(run: Path) -> dict[tuple[str, str, str, int], float]:
         for grid, levels in (("benchmark", enc["levels"]), ("auto", enc["default_grid"]["levels"])):
             for lv, cell in levels.items():
                 for sc in cell["methods"]["engine"]["slide_cases"]:
-                    out[(sc["slide"], grid, lv, sc["seed"])] = sc["delta"]
+                    out[(sc["slide"], grid, lv, sc["seed"])] = sc
     return out
+
+
+def shipped_deltas(run: Path) -> dict[tuple[str, str, str, int], float]:
+    """refined - coarse per slide case of a ``benchmarks.run`` JSON (the engine)."""
+    return {k: v["delta"] for k, v in shipped_rows(run).items()}
 
 
 def main() -> None:
