@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks import harness as H
 from benchmarks.edit_bars import key
 from benchmarks.edit_cuts import choose, extra_cases, gain_lines, shipped_deltas
-from benchmarks.tune_guard import Scored, part_cases, rule_lines, scored, study_parser
+from benchmarks.tune_guard import Case, Scored, part_cases, rule_lines, scored, study_parser
 from engine.encoders import build_encoder
 from engine.guard import redraw_self_test
 from engine.metrics import pixel_metrics
@@ -66,6 +66,22 @@ class Edited(NamedTuple):
         ).recovered  # fmt: skip
 
 
+def scored_case(s: Any, coarse: Any, case: Case, enc: Any, cache: Path) -> Edited:
+    """Slide ``s`` with outline ``coarse`` (slide case ``case``), scored by one MIL model as
+    the engine trains it; its head names the case (bench, slide, grid, level, seed)."""
+    bench, grid_name, pum, level, seed = case
+    truth = H.slide_truth(s)
+
+    def dice(g: Any) -> float:
+        return float(pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"])
+
+    sd = scored(s, coarse, pum, seed, enc, cache)
+    d = sd.d
+    sc = SlideScores(coarse, d.grid, sd.p, sd.labels, d.info.mpp, (d.info.width, d.info.height))
+    head = {"bench": bench, "slide": s.name, "grid": grid_name, "level": level, "seed": seed}
+    return Edited(head, sc, dice, sd)
+
+
 def edited_cases(
     data: Path, work: Path, known: dict[tuple[str, str, str, int], dict[str, Any]]
 ) -> Iterator[Edited]:
@@ -75,21 +91,11 @@ def edited_cases(
     enc = build_encoder("efficientnet-lite0", cache)
     seeds = sorted({k[3] for k in known})
     cases = [*part_cases(data, work, seeds), *extra_cases(data, work, seeds, 6, True)]
-    for s, coarse, (bench, grid_name, pum, level, seed) in cases:
-        k = (s.name, grid_name, level, seed)
-        if known[k]["verdict"] != "edited":
-            continue
-        truth = H.slide_truth(s)
-
-        def dice(g: Any, s: Any = s, truth: Any = truth) -> float:
-            return float(pixel_metrics(g, s.truth, truth.tissue, truth.downsample)["dice"])
-
-        sd = scored(s, coarse, pum, seed, enc, cache)
-        d = sd.d
-        sc = SlideScores(coarse, d.grid, sd.p, sd.labels, d.info.mpp, (d.info.width, d.info.height))
-        head = {"bench": bench, "slide": s.name, "grid": grid_name, "level": level}
-        head |= {"seed": seed, "coarse": known[k]["coarse"]}
-        yield Edited(head, sc, dice, sd)
+    for s, coarse, case in cases:
+        k = (s.name, case[1], case[3], case[4])
+        if known[k]["verdict"] == "edited":
+            e = scored_case(s, coarse, case, enc, cache)
+            yield e._replace(head=e.head | {"coarse": known[k]["coarse"]})
 
 
 def edited_study(doc: str) -> tuple[Any, dict[tuple[str, str, str, int], dict[str, Any]]]:

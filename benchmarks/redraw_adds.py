@@ -77,13 +77,11 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon
 
-from benchmarks import harness as H
+from benchmarks.edit_adds import Edited, scored_case
 from benchmarks.edit_cuts import choose, gain_lines, shipped_rows
 from benchmarks.edit_redraw import cell_lines
-from benchmarks.tune_guard import part_cases, passes, scored, study_parser
+from benchmarks.tune_guard import part_cases, passes, study_parser
 from engine.encoders import build_encoder
-from engine.guard import redraw_self_test
-from engine.metrics import pixel_metrics
 from engine.regions import (
     DEEP,
     RegionSettings,
@@ -203,59 +201,54 @@ def rule_values(rows: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any
     return values
 
 
+def with_near(geom: shapely.Geometry, more: shapely.Geometry, e: Edited) -> float:
+    """Dice of outline ``geom`` with near additions ``more`` (the re-draw's own additions
+    are on a higher bar, 0.8)."""
+    return e.dice(valid_polygons(geom.union(more), e.scores.frame))
+
+
 def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) -> list[dict]:
     """One row per re-drawn slide case: its head, self-test and each rule's Dice."""
     cache = a.work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
+    engine = RegionSettings()
     rows = []
-    for s, coarse, (bench, grid, pum, level, seed) in part_cases(a.data, a.work, [0, 1, 2]):
-        known = shipped[(s.name, grid, level, seed)]
+    for s, coarse, case in part_cases(a.data, a.work, [0, 1, 2]):
+        known = shipped[(s.name, case[1], case[3], case[4])]
         if not known["outline"].startswith("re-drawn"):
             continue
-        truth = H.slide_truth(s)
-        sd = scored(s, coarse, pum, seed, enc, cache)
-        d = sd.d
-        frame = (d.info.width, d.info.height)
-        test = redraw_self_test(
-            coarse, d.grid, sd.x, d.info.mpp, sd.classifier, RegionSettings(), frame,
-            seed * 100 + 50,
-        )  # fmt: skip
-        row: dict[str, Any] = {"bench": bench, "slide": s.name, "grid": grid, "level": level}
-        row |= {"seed": seed, "self_test": test.recovered, "verdict": known["outline"]}
-        row["coarse"] = pixel_metrics(coarse, s.truth, truth.tissue, truth.downsample)["dice"]
-        row["shipped"] = known["dice"]
-        passed = passes(row, RegionSettings().self_test_recovered)
-        sc = SlideScores(coarse, d.grid, sd.p, sd.labels, d.info.mpp, frame)
+        e = scored_case(s, coarse, case, enc, cache)
+        sc = e.scores
+        row = e.head | {"self_test": e.self_test(engine), "verdict": known["outline"]}
+        row |= {"coarse": e.dice(coarse), "shipped": known["dice"]}
+        passed = passes(row, engine.self_test_recovered)
         outlines = {}
         for island in ISLANDS:
-            settings = RegionSettings(island_above=island)
             out = refine_outline(
-                coarse, d.grid, sd.p, sd.labels, d.info.mpp, settings, frame,
-                confirm=partial(bool, passed),
+                coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp,
+                replace(engine, island_above=island), sc.frame, confirm=partial(bool, passed),
             )  # fmt: skip
             assert out.redrawn, "a re-drawn case of the shipped run is not re-drawn now"
             outlines[island] = out.regions
         for bar in BARS:
-            row[mid_key(bar)] = mid_away(sc, bar, RegionSettings())
-        # the re-draw's own additions are on a higher bar (0.8)
-        more = {n: near_additions(sc, *n, RegionSettings()) for n in NEAR if n is not None}
+            row[mid_key(bar)] = mid_away(sc, bar, engine)
+        more = {n: near_additions(sc, *n, engine) for n in NEAR if n is not None}
         for name, island, near in rules():
             geom = outlines[island]
-            if near is not None:
-                geom = valid_polygons(geom.union(more[near]), frame)
-            row[name] = pixel_metrics(geom, s.truth, truth.tissue, truth.downsample)["dice"]
-        rim = rim_scores(sd.p, sd.labels, outline_depth(d.grid, coarse))
+            row[name] = e.dice(geom) if near is None else with_near(geom, more[near], e)
+        rim = rim_scores(sc.proba, sc.coarse_labels, outline_depth(sc.grid, coarse))
         assert rim is not None, "a re-drawn outline has a rim"
         row |= {"rim_outside": rim.outside, "rim_deep": rim.deep}
         for at in LEVELS:
             bar = level_bar(rim, at)
             for own in (True, False):
                 geom = outlines[ISLANDS[0]]
-                if bar < RegionSettings().redraw_add_above:
-                    more_at = near_additions(sc, bar, own, RegionSettings())
-                    geom = valid_polygons(geom.union(more_at), frame)
-                dice = pixel_metrics(geom, s.truth, truth.tissue, truth.downsample)["dice"]
-                row[level_name(at, own)] = dice
+                if bar < engine.redraw_add_above:
+                    row[level_name(at, own)] = with_near(
+                        geom, near_additions(sc, bar, own, engine), e
+                    )
+                else:
+                    row[level_name(at, own)] = e.dice(geom)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

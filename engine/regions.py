@@ -562,7 +562,6 @@ class Outline:
 
 
 NO_ISLANDS_WHY = "no islands: self-test not passed"
-NO_ISLANDS = f"re-drawn (loose; {NO_ISLANDS_WHY})"
 UNCONFIRMED = re.compile(rf"^re-drawn \((.*); {NO_ISLANDS_WHY}\)$")
 ADDED = re.compile(r", \d+ regions? added away from the outline")
 LEFT_IN = re.compile(r"; \d+ regions? inside scored normal, not cut")

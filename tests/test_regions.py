@@ -12,7 +12,6 @@ from shapely.geometry import MultiPolygon
 from engine.errors import SettingsError
 from engine.patches import make_grid
 from engine.regions import (
-    NO_ISLANDS,
     NOT_TRUSTED,
     Outline,
     RegionSettings,
@@ -681,4 +680,6 @@ def test_verdicts_name_every_change_and_group_for_the_tallies():
     assert redrawn.verdict(replace(s, outline="redraw")) == (
         "re-drawn, 1 region added away from the outline"
     )
-    assert Outline(none, labels, True, None, unconfirmed=True).verdict(s) == NO_ISLANDS
+    assert Outline(none, labels, True, None, unconfirmed=True).verdict(s) == (
+        "re-drawn (loose; no islands: self-test not passed)"
+    )
