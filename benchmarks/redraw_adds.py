@@ -272,8 +272,13 @@ def post_hoc_lines(rows: list[dict[str, Any]], others: list[float]) -> list[str]
     return [head] + [ln.replace("edited cases", "re-drawn cases") for ln in lines]
 
 
-def main() -> None:
-    ap = study_parser(__doc__ or "")
+def shipped_study(
+    doc: str, case_rows: Callable[[Any, dict[tuple[str, str, str, int], dict[str, Any]]], list]
+) -> tuple[Any, list[dict[str, Any]], dict[tuple[str, str, str, int], dict[str, Any]]]:
+    """The command line of a study of the shipped engine's slide cases (``--shipped``: its
+    run of the tuning part; ``--out``; ``--judge``: only judge ``--out``'s rows), parsed;
+    its rows (``case_rows``, written to ``--out``) and the shipped run's, by slide case."""
+    ap = study_parser(doc)
     ap.add_argument("--shipped", type=Path, required=True, help="benchmarks.run JSON (tuning)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--judge", action="store_true", help="only judge --out's rows")
@@ -281,21 +286,41 @@ def main() -> None:
     shipped = shipped_rows(a.shipped)
     if not a.judge:
         a.out.write_text(json.dumps(case_rows(a, shipped), indent=1) + "\n")
-    rows = json.loads(a.out.read_text())
-    values = rule_values(rows)
-    base = rule_name(ISLANDS[0], None)
-    drift = max(abs(r[base] - r["shipped"]) for r in rows)
-    redrawn = {(r["slide"], r["grid"], r["level"], r["seed"]) for r in rows}
-    others = [v["delta"] for k, v in shipped.items() if k not in redrawn]
+    return a, json.loads(a.out.read_text()), shipped
+
+
+def judged(
+    rows: list[dict[str, Any]],
+    shipped: dict[tuple[str, str, str, int], dict[str, Any]],
+    values: dict[str, Callable[[dict[str, Any]], float]],
+    base: str,
+    what: str,
+) -> tuple[list[str], dict[str, tuple[float, float]], dict[str, np.ndarray]]:
+    """Each rule's gains over the study's slide cases (``what``) and the shipped gains of
+    the others, how far the study's ``base`` rule is from the shipped run, and stop 17's
+    choice, the stricter rule being the one that moves fewer cases (stable: ties keep the
+    order of ``values``). Returns the lines, each rule's (mean, worst) and gains."""
+    drift = max(abs(values[base](r) - r["shipped"]) for r in rows)
+    studied = {(r["slide"], r["grid"], r["level"], r["seed"]) for r in rows}
+    others = [v["delta"] for k, v in shipped.items() if k not in studied]
     gains = {n: np.array([f(r) - r["coarse"] for r in rows]) for n, f in values.items()}
     lines, means = gain_lines(gains, gains[base], others)
-    lines = [ln.replace("edited cases", "re-drawn cases") for ln in lines]
-    lines.insert(0, f"{len(rows)} re-drawn slide cases, {len(others)} others (their shipped gain)")
+    lines = [ln.replace("edited cases", f"{what} cases") for ln in lines]
+    lines.insert(0, f"{len(rows)} {what} slide cases, {len(others)} others (their shipped gain)")
     lines.insert(1, f"shipped rule vs the shipped run, largest Dice difference {drift:.5f}")
-    # stricter: changes fewer re-drawn cases (stable: ties keep the order above)
     moved = {n: int(np.sum(g != gains[base])) for n, g in gains.items()}
     best, chosen = choose(means, sorted(values, key=lambda n: moved[n]))
     lines.append(f"best: {best} {means[best][0]:+.5f}; within 0.001, the strictest: {chosen}")
+    return lines, means, gains
+
+
+def main() -> None:
+    a, rows, shipped = shipped_study(__doc__ or "", case_rows)
+    values = rule_values(rows)
+    base = rule_name(ISLANDS[0], None)
+    lines, means, _ = judged(rows, shipped, values, base, "re-drawn")
+    redrawn = {(r["slide"], r["grid"], r["level"], r["seed"]) for r in rows}
+    others = [v["delta"] for k, v in shipped.items() if k not in redrawn]
     lines += post_hoc_lines(rows, others)
     top = max(values, key=lambda n: means[n][0])  # whatever its worst slide case
     lines.append(f"every re-drawn slide case: the highest mean ({top}) - shipped, self-test,")

@@ -89,6 +89,14 @@ class RegionSettings:
     findable; next to the outline the edit's bar still holds (the smoothing leaks the
     inside's scores out there). An edited slide gets only large ones (below): on close
     outlines small islands were mostly false tumour (BENCHMARKS.md, issue 9, "islands").
+    An island covering at least ``island_grow_um2`` (None: none) at that bar is drawn along
+    the smoothed score's ``island_grow_to`` line instead (hysteresis: the high bar finds a
+    missed focus, the lower line draws it; an island whose lower line comes within
+    ``island_gap`` patches of the outline keeps its own): drawn on its own bar a focus came
+    out too small. Smaller islands keep their bar: on the fine grid most were false, and
+    grown they lost up to 0.059 on a tuning slide case; above 0.04 mm² every grown island
+    raised its tuning slide case
+    (BENCHMARKS.md, issue 9, "large islands drawn out").
 
     The **self-test** (``self_test``, :mod:`engine.guard`) decides what trusts the scores
     away from the line: the outline loosened by ``self_test_dilate`` patches, a model
@@ -160,6 +168,8 @@ class RegionSettings:
     self_test_recovered: float = 0.5
     island_above: float | None = 0.75
     island_gap: float = 1.0
+    island_grow_um2: float | None = 40_000.0
+    island_grow_to: float = 0.6
     tight_above: float | None = 0.9
     edit_cut_below: float | None = 0.3
     missed_min_um2: float | None = 20_000.0
@@ -198,6 +208,10 @@ class RegionSettings:
             raise SettingsError("tight_above is a rim level, 0 or more (or None)")
         if not self.island_gap >= 0:
             raise SettingsError("island_gap is a number of patches, 0 or more")
+        if self.island_grow_um2 is not None and not self.island_grow_um2 >= 0:
+            raise SettingsError("island_grow_um2 is an area in µm², 0 or more (or None)")
+        if not 0 <= self.island_grow_to <= 1:
+            raise SettingsError("island_grow_to is a probability between 0 and 1")
         if self.redraw_depth is not None and not self.redraw_depth >= 0:
             raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
         if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
@@ -787,14 +801,31 @@ def island_additions(s: SlideScores, settings: RegionSettings) -> MultiPolygon:
     """Tumour the outline missed altogether: regions whose smoothed score reaches
     ``settings.island_above`` and that lie more than ``settings.island_gap`` patches away from
     the coarse outline (empty when ``island_above`` is None). Regions touching the outline
-    are left to the edit's stricter bar: there the smoothing leaks the inside's scores out."""
+    are left to the edit's stricter bar: there the smoothing leaks the inside's scores out.
+    An island covering at least ``settings.island_grow_um2`` is traced out to the smoothed
+    score's ``island_grow_to`` line (hysteresis: found on the high bar, drawn on the lower
+    one) where that line, too, stays more than ``island_gap`` patches from the outline; one
+    whose lower line reaches the outline keeps its own (the lower line would run along the
+    outline's leak)."""
     if settings.island_above is None or s.coarse is None or s.coarse.is_empty:
         return MultiPolygon()
     smoothed = smooth_on_grid(s.grid, s.proba, settings.sigma)
     trace = replace(settings, mode="replace", sigma=0.0, threshold=settings.island_above)
     found = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)
     near = s.coarse.buffer(settings.island_gap * s.grid.size)
-    return MultiPolygon([g for g in found.geoms if not g.intersects(near)])
+    islands = [g for g in found.geoms if not g.intersects(near)]
+    if settings.island_grow_um2 is None or not islands:
+        return MultiPolygon(islands)
+    floor = settings.island_grow_um2 / s.mpp**2
+    large = [g for g in islands if g.area >= floor]
+    if not large:
+        return MultiPolygon(islands)
+    low = min(settings.island_grow_to, settings.island_above)
+    wide = regions_from_probabilities(s.grid, smoothed, s.mpp, replace(trace, threshold=low))
+    grown = [
+        g for g in wide.geoms if not g.intersects(near) and any(g.intersects(b) for b in large)
+    ]
+    return valid_polygons(shapely.union_all([*islands, *grown]))
 
 
 def _in_frame(geom: shapely.Geometry, frame: tuple[int, int] | None) -> MultiPolygon:

@@ -37,8 +37,9 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     coarse, refined = s["coarse"]["pixel"]["dice"], s["refined"]["pixel"]["dice"]
-    # Measured 0.758 -> 0.916 (seed 0): the demo's outline is loose, so the guard re-draws it
-    # (edited, it reached 0.834); a margin of 0.12 fails if either stops working.
+    # Measured 0.758 -> 0.942 (seed 0; 0.916 before the focus was drawn out to the 0.6 line):
+    # the demo's outline is loose, so the guard re-draws it (edited, it reached 0.834); a
+    # margin of 0.12 fails if either stops working.
     assert refined > coarse + 0.12, (coarse, refined)
     verdict = "re-drawn (loose), 1 region added away from the outline"
     assert "Dice +" in r.output and f"coarse outline: {verdict}" in r.output
@@ -48,12 +49,15 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     objs = read_objects(out / "demo-slide.refined.geojson")
     assert {o.object_type for o in objs} == {"detection", "tile"}
     # The missed focus (right of the main mass) is found: the re-draw adds it as an island,
-    # along the 0.75 iso-line of the scores, so it is drawn inside the focus's edge
-    # (measured 49% of its area; 36% before islands, at the 0.8 bar), around its centre.
+    # found on the 0.75 bar and, being large, drawn out to the scores' 0.6 line, close to the
+    # focus's edge (measured 89% of its area, 97% of what was drawn there inside it; 49%
+    # drawn on 0.75, 36% before islands, at the 0.8 bar), around its centre.
     detections = shapely.union_all([o.geometry for o in objs if o.object_type == "detection"])
     truth = read_objects(out / "demo-slide.truth.geojson")
     focus = max((o.geometry for o in truth), key=lambda g: g.centroid.x)
-    assert detections.intersection(focus).area > 0.25 * focus.area
+    assert detections.intersection(focus).area > 0.7 * focus.area
+    drawn = detections.intersection(focus.buffer(200))
+    assert drawn.intersection(focus).area > 0.85 * drawn.area
     assert detections.contains(focus.centroid)
 
 
@@ -112,8 +116,10 @@ def test_slide_command_then_cached_rerun(demo_inputs, tmp_path, cache_dir):
 
 def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     """The demo's coarse outline is loose: the guard re-draws it; --outline edit keeps the
-    line, adds confident tumour and cuts only what scores surely normal (a lower Dice here),
-    --outline redraw re-draws without asking the guard."""
+    line, adds confident tumour and the large focus the outline missed (the slide passes the
+    self-test; drawn out to the 0.6 line, it covers more than 0.02 mm² beyond the edit's own
+    addition) and cuts only what scores surely normal (a lower Dice here), --outline redraw
+    re-draws without asking the guard."""
     slide, coarse, truth = demo_inputs
     verdicts, dice = {}, {}
     for mode in ("auto", "edit", "redraw"):
@@ -130,7 +136,7 @@ def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     island = ", 1 region added away from the outline"
     assert verdicts == {
         "auto": f"re-drawn (loose){island}",
-        "edit": "edited",
+        "edit": f"edited{island}",
         "redraw": f"re-drawn{island}",
     }
     assert dice["auto"] == dice["redraw"] > dice["edit"] + 0.05, dice

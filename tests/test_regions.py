@@ -340,6 +340,56 @@ def test_a_redraw_adds_islands_the_outline_missed_but_not_next_to_it():
         replace(s, island_gap=-1.0).validate()
 
 
+def test_a_large_island_is_drawn_out_to_the_lower_line_and_a_small_one_is_not():
+    """``island_grow_um2``: an island covering at least that much at ``island_above`` is
+    traced out to the smoothed score's ``island_grow_to`` line (found on the high bar, drawn
+    on the lower one); a smaller one keeps its own line, and so does one whose lower line
+    reaches to within ``island_gap`` patches of the outline (it would run along the
+    outline's leak): nothing is added next to the outline."""
+    s = RegionSettings(island_above=0.75, island_gap=1.0, sigma=0.0, island_grow_um2=None)
+    grow = replace(s, island_grow_um2=100_000.0, island_grow_to=0.6)
+    grid, truth, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 24) & (j >= 24)] = 0.65  # a focus' fringe, below the island bar
+    p[(i >= 25) & (j >= 25)] = 0.8  # its core: 5 x 5 patches of 100 µm
+    p[(i >= 1) & (i < 5) & (j >= 23) & (j < 27)] = 0.65  # a small focus' fringe
+    p[(i >= 2) & (i < 4) & (j >= 24) & (j < 26)] = 0.8  # its core: 2 x 2 patches
+    p[(i >= 12) & (i < 18) & (j < 3)] = 0.65  # a fringe across the outline's top edge
+    big, small = shapely.box(2400, 2400, 3000, 3000), shapely.box(100, 2300, 500, 2700)
+    ring = big.difference(shapely.box(2500, 2500, 3000, 3000))
+    small_ring = small.difference(shapely.box(200, 2400, 400, 2600))
+    plain = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
+    grown = refine_outline(coarse, grid, p, c, 1.0, grow, confirm=lambda: True)
+    assert plain.islands == grown.islands == 2
+    # Drawn on 0.75 the line runs a third of a patch outside the core; on 0.6 it runs
+    # through the fringe's outer half (lines interpolate between patch centres).
+    assert plain.regions.intersection(ring).area < 0.25 * ring.area
+    assert grown.regions.intersection(ring).area > 0.45 * ring.area
+    # The small focus (40,000 µm², under the floor) keeps its own line.
+    assert grown.regions.intersection(small_ring).area == pytest.approx(
+        plain.regions.intersection(small_ring).area
+    )
+    # Everything else, the outline's edge included, is the same.
+    away = big.buffer(1.0)
+    assert grown.regions.difference(away).symmetric_difference(
+        plain.regions.difference(away)
+    ).area == pytest.approx(0.0, abs=1.0)
+    assert grown.regions.is_valid
+    # A 0.65 bridge from the fringe to the outline: the focus' 0.6 line now runs along the
+    # outline, so the focus keeps its 0.75 line and nothing is added along the bridge.
+    bridged = p.copy()
+    bridged[(i >= 19) & (i < 25) & (j >= 19) & (j < 25) & (np.abs(i - j) <= 1)] = 0.65
+    plain_b = refine_outline(coarse, grid, bridged, c, 1.0, s, confirm=lambda: True)
+    grown_b = refine_outline(coarse, grid, bridged, c, 1.0, grow, confirm=lambda: True)
+    assert plain_b.islands == 2
+    assert grown_b.regions.symmetric_difference(plain_b.regions).area == pytest.approx(0.0, abs=1.0)
+    with pytest.raises(SettingsError, match="island_grow_um2"):
+        replace(s, island_grow_um2=-1.0).validate()
+    with pytest.raises(SettingsError, match="island_grow_to"):
+        replace(s, island_grow_to=1.5).validate()
+
+
 def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     """The self-test (``confirm``) decides what trusts the scores away from the line: a
     loose outline whose slide fails it is still re-drawn (capped, it differs from an edit
@@ -439,8 +489,10 @@ def test_an_edited_outline_is_cut_only_where_the_scores_are_surer():
     nothing says it was drawn too far out (BENCHMARKS.md, issue 9, "edited outlines"). A
     region between the two bars is left in, and the verdict says so; a clearly normal one
     is cut; with ``edit_cut_below`` None nothing is. (The tumour beyond the outline here
-    would also have it re-drawn, ``redraw_outside``: off, to see the edit.)"""
-    s = RegionSettings(redraw_outside=None)
+    would also have it re-drawn, ``redraw_outside``: off, to see the edit; and drawn out
+    to 0.6 as a large island, ``island_grow_um2``, it would reach beyond the edit's
+    addition and count as one: off, the edit alone.)"""
+    s = RegionSettings(redraw_outside=None, island_grow_um2=None)
     grid, _, p, coarse, c = _disc_case(700)
     centres = grid.xy + grid.size / 2
     r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
