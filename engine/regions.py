@@ -814,14 +814,13 @@ def island_additions(s: SlideScores, settings: RegionSettings) -> MultiPolygon:
     found = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)
     near = s.coarse.buffer(settings.island_gap * s.grid.size)
     islands = [g for g in found.geoms if not g.intersects(near)]
-    if settings.island_grow_um2 is None or not islands:
-        return MultiPolygon(islands)
-    floor = settings.island_grow_um2 / s.mpp**2
-    large = [g for g in islands if g.area >= floor]
+    grow = settings.island_grow_um2
+    large = [] if grow is None else [g for g in islands if g.area >= grow / s.mpp**2]
     if not large:
         return MultiPolygon(islands)
-    low = min(settings.island_grow_to, settings.island_above)
-    wide = regions_from_probabilities(s.grid, smoothed, s.mpp, replace(trace, threshold=low))
+    wide = regions_from_probabilities(
+        s.grid, smoothed, s.mpp, replace(trace, threshold=settings.island_grow_to)
+    )
     grown = [
         g for g in wide.geoms if not g.intersects(near) and any(g.intersects(b) for b in large)
     ]
