@@ -92,7 +92,7 @@ def changes_nothing(verdict: str) -> bool:
     return verdict.startswith(("kept", "unchanged (tight"))
 
 
-def case_row(e: Edited, known: dict[str, Any]) -> dict[str, Any]:
+def case_row(e: Edited, known: dict[str, Any], rules: dict[str, RegionSettings]) -> dict[str, Any]:
     """Slide case ``e``: its head, its shipped Dice and verdict, each rule's Dice, and the
     self-test's answer where some rule asked it (None where none did)."""
     sc = e.scores
@@ -106,7 +106,7 @@ def case_row(e: Edited, known: dict[str, Any]) -> dict[str, Any]:
         return answer[0]
 
     row = e.head | {"verdict": known["outline"], "shipped": known["dice"]}
-    for name, settings in rules().items():
+    for name, settings in rules.items():
         out = refine_outline(
             sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, settings, sc.frame, confirm
         )
@@ -115,19 +115,26 @@ def case_row(e: Edited, known: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) -> list[dict]:
+def case_rows(
+    a: Any,
+    shipped: dict[tuple[str, str, str, int], dict[str, Any]],
+    rules_of: Callable[[Edited], dict[str, RegionSettings]] = lambda e: rules(),
+    studied: Callable[[str], bool] = lambda verdict: not changes_nothing(verdict),
+) -> list[dict]:
+    """The rows of the tuning slide cases whose shipped verdict is ``studied``, each rule of
+    ``rules_of(case)`` refined (:func:`case_row`)."""
     cache = a.work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
-    rows = []
+    out = []
     for s, coarse, case in part_cases(a.data, a.work, [0, 1, 2]):
         known = shipped[(s.name, case[1], case[3], case[4])]
-        if changes_nothing(known["outline"]):
+        if not studied(known["outline"]):
             continue
         e = scored_case(s, coarse, case, enc, cache)
-        row = case_row(e, known) | {"coarse": e.dice(coarse)}
-        rows.append(row)
+        row = case_row(e, known, rules_of(e)) | {"coarse": e.dice(coarse)}
+        out.append(row)
         print(json.dumps(row), flush=True)
-    return rows
+    return out
 
 
 def main() -> None:
