@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -66,6 +68,10 @@ from benchmarks.tune_guard import part_cases
 from engine.encoders import build_encoder
 from engine.regions import RegionSettings, refine_outline
 
+#: stop 26's engine, the scores smoothed on one lattice cell for everything: this study,
+#: ``redraw_depth`` and ``score_sigma`` each change one thing of it (its self-test included),
+#: so that their rows are computed again as they were
+STOP26 = RegionSettings(sigma=1.0, find_sigma=None)
 LINES = (0.7, 0.65, 0.6)
 FLOORS_MM2 = (0.04, 0.02, 0.01, 0.0)
 SHIPPED = "shipped (islands drawn on 0.75)"
@@ -78,11 +84,11 @@ def rule_name(line: float, floor_mm2: float) -> str:
 def rules() -> dict[str, RegionSettings]:
     """Each rule's region settings: stop 25's engine first (islands drawn on their bar),
     then the strictest."""
-    out = {SHIPPED: RegionSettings(island_grow_um2=None)}
+    out = {SHIPPED: replace(STOP26, island_grow_um2=None)}
     for floor in FLOORS_MM2:
         for line in LINES:
-            out[rule_name(line, floor)] = RegionSettings(
-                island_grow_um2=floor * 1e6, island_grow_to=line
+            out[rule_name(line, floor)] = replace(
+                STOP26, island_grow_um2=floor * 1e6, island_grow_to=line
             )
     return out
 
@@ -96,7 +102,7 @@ def case_row(e: Edited, known: dict[str, Any], rules: dict[str, RegionSettings])
     """Slide case ``e``: its head, its shipped Dice and verdict, each rule's Dice, and the
     self-test's answer where some rule asked it (None where none did)."""
     sc = e.scores
-    engine = RegionSettings()
+    engine = STOP26
     answer: list[bool] = []
 
     def confirm() -> bool:
@@ -137,12 +143,21 @@ def case_rows(
     return out
 
 
-def main() -> None:
-    a, rows, shipped = shipped_study(__doc__ or "", case_rows)
-    values: dict[str, Callable[[dict[str, Any]], float]] = {n: itemgetter(n) for n in rules()}
-    lines, _, _ = judged(rows, shipped, values, SHIPPED, "re-drawn or edited")
-    lines += cell_lines(rows, values, "studied outlines")
+def rules_study(doc: str, names: list[str], base: str, what: str, title: str, **kw: Any) -> None:
+    """A study of rules ``names`` over the slide cases :func:`case_rows` (``kw``) studies:
+    its command line (:func:`shipped_study`), the rows, and the judged lines written next to
+    ``--out`` (``base``: the rule that reproduces the shipped run; ``what``: the cases;
+    ``title``: the per-cell lines')."""
+    a, rows, shipped = shipped_study(doc, partial(case_rows, **kw))
+    values: dict[str, Callable[[dict[str, Any]], float]] = {n: itemgetter(n) for n in names}
+    lines, _, _ = judged(rows, shipped, values, base, what)
+    lines += cell_lines(rows, values, title)
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    names = list(rules())
+    rules_study(__doc__ or "", names, SHIPPED, "re-drawn or edited", "studied outlines")
 
 
 if __name__ == "__main__":

@@ -41,15 +41,10 @@ studied. No change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-from operator import itemgetter
-from typing import Any
+from dataclasses import replace
 
 from benchmarks.edit_adds import Edited
-from benchmarks.edit_redraw import cell_lines
-from benchmarks.island_grow import case_rows
-from benchmarks.redraw_adds import judged, shipped_study
+from benchmarks.island_grow import STOP26, rules_study
 from engine.regions import RegionSettings
 
 PATCHES = (1.0, 2.0, 3.0)
@@ -69,7 +64,8 @@ def rules(e: Edited) -> dict[str, RegionSettings]:
     grid, at least one)."""
     patch_um = e.scores.grid.size * e.scores.mpp
     depths = [*PATCHES, *(max(1.0, d / patch_um) for d in DEPTHS_UM), None]
-    return {n: RegionSettings(redraw_depth=d) for n, d in zip(rule_names(), depths, strict=True)}
+    named = zip(rule_names(), depths, strict=True)
+    return {n: replace(STOP26, redraw_depth=d) for n, d in named}
 
 
 def redrawn(verdict: str) -> bool:
@@ -77,13 +73,9 @@ def redrawn(verdict: str) -> bool:
 
 
 def main() -> None:
-    a, rows, shipped = shipped_study(
-        __doc__ or "", partial(case_rows, rules_of=rules, studied=redrawn)
-    )
-    values: dict[str, Callable[[dict[str, Any]], float]] = {n: itemgetter(n) for n in rule_names()}
-    lines, _, _ = judged(rows, shipped, values, SHIPPED, "re-drawn")
-    lines += cell_lines(rows, values, "re-drawn outlines only")
-    a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    title = "re-drawn outlines only"
+    kw = {"rules_of": rules, "studied": redrawn}
+    rules_study(__doc__ or "", rule_names(), SHIPPED, "re-drawn", title, **kw)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def test_demo_refined_beats_coarse(tmp_path, cache_dir):
     assert r.exit_code == 0, r.output
     s = json.loads((out / "summary.json").read_text())
     coarse, refined = s["coarse"]["pixel"]["dice"], s["refined"]["pixel"]["dice"]
-    # Measured 0.758 -> 0.942 (seed 0; 0.916 before the focus was drawn out to the 0.6 line):
+    # Measured 0.758 -> 0.939 (seed 0; 0.942 with lines drawn on one cell's smoothing, stop
+    # 26; 0.916 before the focus was drawn out to the 0.6 line):
     # the demo's outline is loose, so the guard re-draws it (edited, it reached 0.834); a
     # margin of 0.12 fails if either stops working.
     assert refined > coarse + 0.12, (coarse, refined)
@@ -118,8 +119,9 @@ def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     """The demo's coarse outline is loose: the guard re-draws it; --outline edit keeps the
     line, adds confident tumour and the large focus the outline missed (the slide passes the
     self-test; drawn out to the 0.6 line, it covers more than 0.02 mm² beyond the edit's own
-    addition) and cuts only what scores surely normal (a lower Dice here), --outline redraw
-    re-draws without asking the guard."""
+    addition) and cuts only what scores surely normal (a lower Dice here: the normal tissue
+    inside the loose line that scores below 0.4 but not surely is counted in the verdict,
+    not cut), --outline redraw re-draws without asking the guard."""
     slide, coarse, truth = demo_inputs
     verdicts, dice = {}, {}
     for mode in ("auto", "edit", "redraw"):
@@ -136,7 +138,7 @@ def test_outline_option_overrides_the_guard(demo_inputs, tmp_path, cache_dir):
     island = ", 1 region added away from the outline"
     assert verdicts == {
         "auto": f"re-drawn (loose){island}",
-        "edit": f"edited{island}",
+        "edit": f"edited{island}; 1 region inside scored normal, not cut",
         "redraw": f"re-drawn{island}",
     }
     assert dice["auto"] == dice["redraw"] > dice["edit"] + 0.05, dice
