@@ -44,7 +44,7 @@ class RegionSettings:
     re-drawn) is found on ``find_sigma`` cells (None: ``sigma``). Finding a focus is a
     detection, which more smoothing makes surer; drawing a line is a delineation, which it
     blurs: on the tuning part, drawing on 0.75 cells and finding on 1 (LCMIL's 1 for both
-    until stop 26) raised the mean gain with the worst slide case above -0.01; drawing
+    until stop 27) raised the mean gain with the worst slide case above -0.01; drawing
     and finding on less both found specks away from the outline on fine grids
     (BENCHMARKS.md, issue 9, "how much the scores are smoothed").
 

@@ -18,7 +18,7 @@ measured (in brackets, 2-core CPU, default settings) so that a real regression f
   re-drawn (stop 24), >= coarse + 0.03 (0.787 -> 0.843, +0.055, drawn on 0.75 cells' smoothing
   since stop 27; +0.018 on one cell's); the 3 regions away from it
   that score as tumour are not added, as this slide fails the guard's self-test. Here the
-  re-draw gains 0.030 on stop 23's edit (0.813, +0.026; with the issue-4 edit thresholds,
+  re-draw gains about 0.03 on stop 23's edit (0.813, +0.026; with the issue-4 edit thresholds,
   add above 0.7, +0.100, at a cost of up to 0.04 on single tuning slides at mild noise); on
   one cell's smoothing it cost 0.008, one of the few cases where re-drawing such an outline
   did (BENCHMARKS.md, issue 9, stop 24);
