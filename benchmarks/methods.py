@@ -422,8 +422,8 @@ VARIANTS: dict[str, Callable[[Case], list[Geometry]]] = {
     # the guard off: edit every outline (the default before the guard) / re-draw every one
     "v-no-guard": lambda c: _engine_with(c, regions={"outline": "edit"}),
     "v-always-redraw": lambda c: _engine_with(c, regions={"redraw_below": float("inf")}),
-    # no smoothing of the scores over the lattice
-    "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0}),
+    # no smoothing of the scores over the lattice (to draw lines, nor to find tumour away)
+    "v-no-smoothing": lambda c: _engine_with(c, regions={"sigma": 0.0, "find_sigma": None}),
     # edit thresholds: add above 0.6 instead of 0.8; cut below 0.6 or 0.3 instead of 0.4
     # (the cuts of loose outlines; an edited outline is cut below the lower of this and
     # edit_cut_below, 0.3 since stop 21)

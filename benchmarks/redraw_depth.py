@@ -26,7 +26,7 @@ guard's self-test asked where the engine asks it (an uncapped re-draw always ask
 slide that fails it is edited instead); the others keep their shipped gain (no rule here
 changes them). Judged by stop 17's rule: the highest mean with the worst slide case above
 -0.01, and within 0.001 of it the stricter rule, the one that changes fewer slide cases
-(ties: the shallower cap first).
+(ties: the order above, the patch caps first).
 
 Result (``tune-redraw-depth.txt``; 122 re-drawn slide cases, 40 others; the shipped rule
 reproduces the engine's run on every case): every deeper cap lowers the mean (+0.04526

@@ -5,8 +5,9 @@ part).
         --out benchmarks/results/tune-score-sigma.json
 
 The patches' scores are smoothed over the patch lattice by a Gaussian of ``sigma`` lattice
-cells (``RegionSettings.sigma``, 1: LCMIL's smoothing) before the edit's cuts and additions,
-the re-draw's iso-line, the islands and the measure of tumour outside the outline read them.
+cells (``RegionSettings.sigma``, 1 until this study: LCMIL's smoothing) before the edit's
+cuts and additions, the re-draw's iso-line, the islands and the measure of tumour outside
+the outline read them.
 The value came with the method and was never judged on the tuning part; in cells it is
 16-24 µm on a WSSS4LUAD-like slide and 80 µm on a region-level one at its benchmark grid.
 
@@ -27,7 +28,7 @@ Slide cases: every tuning slide case (3 benchmarks x 2 grids x 3 noise levels x 
 that the shipped engine re-draws or edits (``--shipped``: its run of the tuning part; the
 kept and tight ones are decided on the unsmoothed scores and keep their shipped gain), each
 with one MIL model as the engine trains it, refined by :func:`engine.regions.refine_outline`.
-The guard's self-test is asked where the engine asks it and answered as the shipped engine
+The guard's self-test is asked where the engine asks it and answered as stop 26's engine
 answers it (its own re-draw at sigma 1) for every rule: the test trains a model of its own,
 and training one per rule would multiply the study's time by five. Judged by stop 17's rule:
 the highest mean with the worst slide case above -0.01, and within 0.001 of it the stricter

@@ -126,6 +126,7 @@ class RefineSettings:
             regions=replace(
                 s.regions,
                 sigma=0.0,
+                find_sigma=None,  # none anywhere: islands too, as it was tuned
                 add_above=0.8,
                 remove_below=0.05,
                 outline="edit",

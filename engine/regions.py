@@ -10,6 +10,7 @@ closing and opening.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +42,8 @@ class RegionSettings:
     of ``sigma`` lattice cells, normalised by the smoothed tissue indicator so that tissue
     edges are not pulled towards 0 (LCMIL smooths the same way; tumour is contiguous).
     Tumour away from the outline (islands, and the tumour outside that gets an edited outline
-    re-drawn) is found on ``find_sigma`` cells (None: ``sigma``). Finding a focus is a
+    re-drawn) is found, and an island drawn, on ``find_sigma`` cells (None: ``sigma``); the
+    guard's self-test re-draws on ``sigma``, as the engine does. Finding a focus is a
     detection, which more smoothing makes surer; drawing a line is a delineation, which it
     blurs: on the tuning part, drawing on 0.75 cells and finding on 1 (LCMIL's 1 for both
     until stop 27) raised the mean gain with the worst slide case above -0.01; drawing
@@ -231,7 +233,9 @@ class RegionSettings:
             raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
         if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
             raise SettingsError("sigma, smooth and min_separation must be 0 or more")
-        if self.find_sigma is not None and not self.find_sigma >= 0:
+        if not math.isfinite(self.sigma):
+            raise SettingsError("sigma is a number of lattice cells, 0 or more")
+        if self.find_sigma is not None and not 0 <= self.find_sigma < math.inf:
             raise SettingsError("find_sigma is a number of lattice cells, 0 or more (or None)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -149,12 +150,12 @@ def test_edit_adds_only_where_raw_and_smoothed_scores_agree():
     c = (grid.ij[:, 0] < 5).astype(np.int8)  # the left half is inside the coarse outline
     p = np.where(c == 1, 1.0, 0.69).astype(np.float32)  # outside: unsure, close to the line
     p[(grid.ij == [8, 5]).all(1)] = 0.99  # one sure outside patch, among unsure ones
-    s = RegionSettings(add_above=0.7, remove_below=0.5)  # sigma 1
+    s = RegionSettings(add_above=0.7, remove_below=0.5)
     remove, add = edit_masks(grid, p, c, s)
     assert not remove.any()
     # The column next to the outline gets smoothed scores > 0.7 from the inside, but its own
     # scores are 0.69: not added. The sure patch is (its smoothed score stays > 0.7).
-    assert smooth_on_grid(grid, p, 1.0)[(grid.ij[:, 0] == 5)].min() > 0.7
+    assert smooth_on_grid(grid, p, s.sigma)[(grid.ij[:, 0] == 5)].min() > 0.7
     assert add.sum() == 1 and add[(grid.ij == [8, 5]).all(1)][0]
     labels = refined_labels(grid, c, p, s)
     assert labels.sum() == c.sum() + 1
@@ -392,6 +393,33 @@ def test_a_large_island_is_drawn_out_to_the_lower_line_and_a_small_one_is_not():
         replace(s, island_grow_to=1.5).validate()
 
 
+def test_tumour_away_from_the_outline_is_found_on_its_own_smoothing():
+    """``find_sigma``: islands are found (and drawn) on their own smoothing, the outline on
+    ``sigma``. A small focus (2 x 2 patches at 0.8) is an island unsmoothed; smoothed by a
+    cell its peak falls below the 0.75 bar and it is not, while the outline is the same."""
+    s = RegionSettings(sigma=0.0, find_sigma=0.0, island_grow_um2=None)
+    grid, _, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 2) & (i < 4) & (j >= 24) & (j < 26)] = 0.8
+    bare = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
+    found = replace(s, find_sigma=1.0)
+    smoothed = refine_outline(coarse, grid, p, c, 1.0, found, confirm=lambda: True)
+    assert bare.redrawn and bare.islands == 1 and smoothed.islands == 0
+    focus = shapely.box(200, 2400, 400, 2600).buffer(150)
+    assert bare.regions.intersects(focus) and not smoothed.regions.intersects(focus)
+    assert bare.regions.difference(focus).symmetric_difference(
+        smoothed.regions.difference(focus)
+    ).area == pytest.approx(0.0, abs=1.0)
+    # None: found on the outline's own smoothing.
+    assert replace(s, sigma=0.5, find_sigma=None).away_sigma == 0.5 and found.away_sigma == 1.0
+    for bad in (replace(s, find_sigma=-1.0), replace(s, find_sigma=math.inf)):
+        with pytest.raises(SettingsError, match="find_sigma"):
+            bad.validate()
+    with pytest.raises(SettingsError, match="sigma"):
+        replace(s, sigma=math.inf).validate()
+
+
 def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     """The self-test (``confirm``) decides what trusts the scores away from the line: a
     loose outline whose slide fails it is still re-drawn (capped, it differs from an edit
@@ -510,8 +538,9 @@ def test_an_edited_outline_is_cut_only_where_the_scores_are_surer():
     assert out.regions.contains(shapely.Point(2600, 1500))  # added
     assert out.regions.contains(coarse.buffer(-1))  # nothing of the outline cut
     np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
-    # A clearly normal core (16 patches: on a smaller one the smoothing leaves its rim
-    # between the two bars, and that rim is counted as left in).
+    # A clearly normal core, cut whole (16 patches; on 0.75 cells' smoothing the rim of a
+    # 12-patch one scores between the two bars, most of the region below 0.4 is left, and
+    # the verdict counts it: the rule, not a clearly normal region).
     normal = np.where(r < 250, 0.02, p).astype(np.float32)
     cut = refine_outline(coarse, grid, normal, c, 1.0, s)
     assert not cut.regions.contains(shapely.Point(1500, 1500))
@@ -621,7 +650,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     depth = outline_depth(grid, coarse)
     rim = rim_scores(p, c, depth)
     assert rim is not None and s.redraw_below <= rim.level < s.tight_above
-    far = tumour_outside(grid, p, c, depth, rim, s.sigma)
+    far = tumour_outside(grid, p, c, depth, rim, s.away_sigma)  # as the engine measures
     edge = int((c.astype(bool) & (depth < 1.0)).sum())
     # what is measured is the focus (its smoothed fringe aside), in patches along the outline
     assert far == pytest.approx(focus.sum() / edge, rel=0.35) and far >= s.redraw_outside
@@ -654,7 +683,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     _, p0, _, _, _ = _edited_with_focus(0)
     rim0 = rim_scores(p0, c, depth)
     assert rim0 is not None and s.redraw_below <= rim0.level < s.tight_above
-    assert tumour_outside(grid, p0, c, depth, rim0, s.sigma) == 0
+    assert tumour_outside(grid, p0, c, depth, rim0, s.away_sigma) == 0
     plain = refine_outline(coarse, grid, p0, c, 1.0, s)
     assert not plain.redrawn and plain.kept is None and not plain.tight
     with pytest.raises(SettingsError, match="redraw_outside"):
