@@ -99,21 +99,20 @@ def changes_nothing(verdict: str) -> bool:
     return verdict.startswith(("kept", "unchanged (tight"))
 
 
-def case_row(e: Edited, known: dict[str, Any], rules: dict[str, RegionSettings]) -> dict[str, Any]:
+def case_row(e: Edited, known: dict[str, Any], by_rule: dict[str, RegionSettings]) -> dict:
     """Slide case ``e``: its head, its shipped Dice and verdict, each rule's Dice, and the
     self-test's answer where some rule asked it (None where none did)."""
     sc = e.scores
-    engine = STOP26
     answer: list[bool] = []
 
     def confirm() -> bool:
         if not answer:
-            test = e.self_test(engine)
-            answer.append(test is not None and test >= engine.self_test_recovered)
+            test = e.self_test(STOP26)
+            answer.append(test is not None and test >= STOP26.self_test_recovered)
         return answer[0]
 
     row = e.head | {"verdict": known["outline"], "shipped": known["dice"]}
-    for name, settings in rules.items():
+    for name, settings in by_rule.items():
         out = refine_outline(
             sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, settings, sc.frame, confirm
         )

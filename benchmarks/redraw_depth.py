@@ -54,7 +54,7 @@ UNCAPPED = "no cap"
 
 
 def rule_names() -> list[str]:
-    """The rules, the shipped one first and the shallower caps before the deeper."""
+    """The rules, the shipped one first, then the caps in patches, in µm, and none."""
     patches = [SHIPPED, *(f"depth {n:g} patches" for n in PATCHES[1:])]
     return [*patches, *(f"depth >= {d:g} um" for d in DEPTHS_UM), UNCAPPED]
 

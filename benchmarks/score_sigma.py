@@ -76,7 +76,8 @@ def rule_name(sigma: float, find: float | None = None) -> str:
 
 
 def rules(e: Edited | None = None) -> dict[str, RegionSettings]:
-    """Each rule's region settings, stop 26's engine first, then the second family."""
+    """Each rule's region settings: the first family (stop 26's engine first), then the
+    second and the third."""
     out = {rule_name(s): replace(STOP26, sigma=s) for s in SIGMAS}
     for s in DRAW_SIGMAS:
         out[rule_name(s, 1.0)] = replace(STOP26, sigma=s, find_sigma=1.0)

@@ -231,12 +231,12 @@ class RegionSettings:
             raise SettingsError("island_grow_to is a probability between 0 and 1")
         if self.redraw_depth is not None and not self.redraw_depth >= 0:
             raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
-        if not (self.sigma >= 0 and self.smooth >= 0 and self.min_separation >= 0):
-            raise SettingsError("sigma, smooth and min_separation must be 0 or more")
-        if not math.isfinite(self.sigma):
-            raise SettingsError("sigma is a number of lattice cells, 0 or more")
-        if self.find_sigma is not None and not 0 <= self.find_sigma < math.inf:
-            raise SettingsError("find_sigma is a number of lattice cells, 0 or more (or None)")
+        if not (self.smooth >= 0 and self.min_separation >= 0):
+            raise SettingsError("smooth and min_separation must be 0 or more")
+        for name in ("sigma", "find_sigma"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < math.inf:
+                raise SettingsError(f"{name} is a number of lattice cells, 0 or more")
 
 
 def smooth_on_grid(grid: PatchGrid, values: npt.NDArray[np.floating], sigma: float) -> F32:
