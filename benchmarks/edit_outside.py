@@ -134,7 +134,8 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None, gated:
 
 def main() -> None:
     a, known = edited_study(__doc__ or "")
-    settings = RegionSettings(redraw_outside=None)  # stop 23's engine, this study's base
+    # stop 23's engine, this study's base
+    settings = RegionSettings(redraw_outside=None, redraw_inside=None)
 
     def row_of(e: Edited) -> dict[str, Any]:
         row, out = tested_row(e, settings)

@@ -70,9 +70,10 @@ from engine.regions import RegionSettings, refine_outline
 
 #: stop 26's engine, the scores smoothed on one lattice cell for everything: this study,
 #: ``redraw_depth`` and ``score_sigma`` each change one thing of it (its self-test included),
-#: so that their rows are computed again as they were (only the smoothing is pinned: it is
-#: the one default changed since; a later change of another default must be pinned here)
-STOP26 = RegionSettings(sigma=1.0, find_sigma=None)
+#: so that their rows are computed again as they were (the defaults changed since are
+#: pinned: the smoothing, stop 27, and re-draws for normal tissue inside, stop 28; a later
+#: change of another default must be pinned here too)
+STOP26 = RegionSettings(sigma=1.0, find_sigma=None, redraw_inside=None)
 LINES = (0.7, 0.65, 0.6)
 FLOORS_MM2 = (0.04, 0.02, 0.01, 0.0)
 SHIPPED = "shipped (islands drawn on 0.75)"
@@ -126,9 +127,10 @@ def case_rows(
     shipped: dict[tuple[str, str, str, int], dict[str, Any]],
     rules_of: Callable[[Edited], dict[str, RegionSettings]] = lambda e: rules(),
     studied: Callable[[str], bool] = lambda verdict: not changes_nothing(verdict),
+    extra: Callable[[Edited], dict[str, Any]] = lambda e: {},
 ) -> list[dict]:
     """The rows of the tuning slide cases whose shipped verdict is ``studied``, each rule of
-    ``rules_of(case)`` refined (:func:`case_row`)."""
+    ``rules_of(case)`` refined (:func:`case_row`), with the columns ``extra(case)``."""
     cache = a.work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
     out = []
@@ -137,7 +139,7 @@ def case_rows(
         if not studied(known["outline"]):
             continue
         e = scored_case(s, coarse, case, enc, cache)
-        row = case_row(e, known, rules_of(e)) | {"coarse": e.dice(coarse)}
+        row = case_row(e, known, rules_of(e)) | {"coarse": e.dice(coarse)} | extra(e)
         out.append(row)
         print(json.dumps(row), flush=True)
     return out

@@ -290,6 +290,7 @@ def case_row(
         tight_above=None,
         missed_min_um2=None,
         redraw_outside=None,
+        redraw_inside=None,
     )
     row.update(outline_columns(coarse, d, p, c, rim, base, dice))
     if skip_self_test:

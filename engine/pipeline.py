@@ -180,9 +180,10 @@ class SlideResult:
     seconds: float  # reading and embedding this slide (shared stages not included)
     #: how the result was drawn: "edited" (the coarse outline, edited), "re-drawn (loose)"
     #: (the guard judged the outline loose), "re-drawn (tumour outside)" (it left tumour
-    #: out), "re-drawn" (as asked), each followed by ", N regions added away from the
-    #: outline" where it added some, "re-drawn (loose; no islands: self-test not passed)"
-    #: (or "tumour outside; …"), "unchanged (...)", "kept (weak evidence: why)"
+    #: out), "re-drawn (normal inside)" (it closed over normal tissue), "re-drawn" (as
+    #: asked), each followed by ", N regions added away from the outline" where it added
+    #: some, "re-drawn (loose; no islands: self-test not passed)" (or "tumour outside; …",
+    #: "normal inside; …"), "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
     #: or unchanged outline may end "; N regions inside scored normal, not cut" and/or "; N
     #: regions outside scored tumour, not added (self-test not passed)"
@@ -720,8 +721,8 @@ def kept_result(
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
     only where its answer changes the outline (:func:`engine.regions.refine_outline`): the
-    islands or uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, or left
-    tumour out), an edited outline's large
+    islands or uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, left
+    tumour out or closed over normal tissue), an edited outline's large
     islands in ``auto`` or ``edit`` mode. It decides them."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:

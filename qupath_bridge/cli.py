@@ -452,7 +452,8 @@ common_options = _options(
         default="auto",
         show_default=True,
         help="auto: per slide, edit the coarse outline, or re-draw it inside itself where "
-        "the scores say it was drawn loosely or left tumour out (with --method mil); edit: "
+        "the scores say it was drawn loosely, left tumour out or closed over normal tissue "
+        "(with --method mil); edit: "
         "always edit (keep the line, add confident tumour and, where the self-test passes, "
         "large tumour foci away from it, cut only what scores surely normal); redraw: "
         "always re-draw (outlines you know are rough).",

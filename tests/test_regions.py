@@ -22,6 +22,7 @@ from engine.regions import (
     edit_masks,
     edit_outline,
     mask_to_polygons,
+    normal_inside,
     outline_depth,
     patch_labels,
     refine_outline,
@@ -688,6 +689,60 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     assert not plain.redrawn and plain.kept is None and not plain.tight
     with pytest.raises(SettingsError, match="redraw_outside"):
         replace(s, redraw_outside=-0.5).validate()
+
+
+def test_an_edited_outline_closed_over_normal_tissue_is_redrawn():
+    """``redraw_inside``: an outline whose rim looks edited, that left no tumour out, but
+    whose slide scores normal tissue two patches or more inside it, 1.5 patches deep along
+    it or more, closed over normal tissue: it is re-drawn (its deep cuts on the loose
+    outline's bar, 0.4), and the verdict says why. Here a lake of normal tissue scored 0.35,
+    which the edit leaves in (it cuts below 0.3), fills the middle of a disc of tumour."""
+    s = RegionSettings()
+    grid = _grid(n=30)
+    xy = grid.xy + grid.size / 2
+    r = np.hypot(xy[:, 0] - 1500, xy[:, 1] - 1500)
+    coarse = shapely.Point(1500, 1500).buffer(1200)
+    c = shapely.contains_xy(coarse, xy[:, 0], xy[:, 1]).astype(np.int8)
+    p = np.select([r < 700, r < 1050, r < 1200], [0.35, 0.9, 0.45], 0.1).astype(np.float32)
+    depth = outline_depth(grid, coarse)
+    rim = rim_scores(p, c, depth)
+    assert rim is not None and s.redraw_below <= rim.level < s.tight_above
+    assert tumour_outside(grid, p, c, depth, rim, s.away_sigma) == 0
+    deep = normal_inside(SlideScores(coarse, grid, p, c, 1.0), rim, s.sigma)  # as measured
+    edge = int((c.astype(bool) & (depth < 1.0)).sum())
+    # what is measured is the lake (its smoothed fringe aside), in patches along the outline
+    assert deep == pytest.approx(float((r < 700).sum()) / edge, rel=0.35)
+    assert deep >= s.redraw_inside
+    out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=lambda: True)
+    assert out.redrawn and out.why == "normal inside" and out.islands == 0
+    assert out.verdict(s) == "re-drawn (normal inside)"
+    assert verdict_group(out.verdict(s)) == "re-drawn (normal inside)"
+    assert not out.regions.contains(shapely.Point(1500, 1500)) and out.regions.is_valid
+    assert out.regions.contains(shapely.Point(1500, 2350))  # the tumour ring stays
+    # Below the bar, off, or asked for an edit: edited, the lake left in and counted.
+    for edit in (replace(s, redraw_inside=deep + 0.01), replace(s, redraw_inside=None)):
+        kept = refine_outline(coarse, grid, p, c, 1.0, edit, confirm=lambda: True)
+        assert not kept.redrawn and kept.regions.contains(shapely.Point(1500, 1500))
+        assert kept.verdict(edit).endswith("1 region inside scored normal, not cut")
+    asked = replace(s, outline="edit")
+    assert not refine_outline(coarse, grid, p, c, 1.0, asked, confirm=lambda: True).redrawn
+    # Tumour outside comes first: the same outline that also left tumour out says so.
+    focus = np.hypot(xy[:, 0] - 2750, xy[:, 1] - 250) < 250
+    pf = np.where(focus, 0.9, p)
+    both = refine_outline(coarse, grid, pf, c, 1.0, s, confirm=lambda: True)
+    assert both.redrawn and both.why == "tumour outside"
+    # Without that rule, the focus is a re-draw's island, added only where the self-test
+    # passes, as for a loose outline.
+    inside_only = replace(s, redraw_outside=None)
+    isl = refine_outline(coarse, grid, pf, c, 1.0, inside_only, confirm=lambda: True)
+    assert isl.verdict(s) == "re-drawn (normal inside), 1 region added away from the outline"
+    refused = refine_outline(coarse, grid, pf, c, 1.0, inside_only, confirm=lambda: False)
+    assert refused.redrawn and refused.unconfirmed and refused.islands == 0
+    assert refused.verdict(s) == "re-drawn (normal inside; no islands: self-test not passed)"
+    assert verdict_group(refused.verdict(s)) == "re-drawn (normal inside) no islands"
+    for bad in (-0.5, math.inf):
+        with pytest.raises(SettingsError, match="redraw_inside"):
+            replace(s, redraw_inside=bad).validate()
 
 
 def test_an_outline_asked_to_be_redrawn_without_a_rim_is_cut():
