@@ -79,7 +79,7 @@ def inside_columns(sc: SlideScores, settings: RegionSettings) -> dict[str, Any]:
     rim = rim_scores(sc.proba, c, depth)
     if rim is None:
         return {"in": None, "in_deep": None}
-    inside = partial(normal_inside, sc, rim, settings.sigma)
+    inside = partial(normal_inside, sc, depth, rim, settings.sigma)
     return {"in": inside(beyond=1.0), "in_deep": inside(beyond=2.0)}
 
 

@@ -49,18 +49,13 @@ change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from benchmarks.edit_adds import Edited
-from benchmarks.edit_redraw import cell_lines
-from benchmarks.island_grow import case_rows
-from benchmarks.redraw_adds import judged, shipped_study
+from benchmarks.island_grow import rules_study
 from engine.classifier import mil_proba
 from engine.regions import RegionSettings, RimScores, outline_depth, rim_scores
 
@@ -126,14 +121,11 @@ def separation_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     by_rule = rules()
-    rows_of = partial(case_rows, rules_of=lambda e: by_rule, extra=rim_levels)
-    a, rows, shipped = shipped_study(__doc__ or "", rows_of)
-    names = [rule_name(b) for b in BARS]
-    values: dict[str, Callable[[dict[str, Any]], float]] = {n: itemgetter(n) for n in names}
-    lines, _, _ = judged(rows, shipped, values, SHIPPED, "re-drawn or edited")
-    lines += separation_lines(rows)
-    lines += cell_lines(rows, values, "studied outlines")
-    a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    names, what = [rule_name(b) for b in BARS], "re-drawn or edited"
+    rules_study(
+        __doc__ or "", names, SHIPPED, what, "studied outlines", separation_lines,
+        rules_of=lambda e: by_rule, extra=rim_levels,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

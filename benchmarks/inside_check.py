@@ -25,31 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import harness as H
-from benchmarks.edit_adds import Edited, scored_case
+from benchmarks.edit_adds import scored_case
+from benchmarks.island_grow import asked_once
 from benchmarks.tune_guard import REPO, spec_cases
 from engine.encoders import build_encoder
 from engine.regions import RegionSettings, refine_outline
 
 RULES = {"with the rule": RegionSettings(), "without": RegionSettings(redraw_inside=None)}
-
-
-def asked_once(e: Edited) -> Callable[[], bool]:
-    """Case ``e``'s self-test as the engine asks it (today's settings), run at most once."""
-    answer: list[bool] = []
-
-    def confirm() -> bool:
-        if not answer:
-            test = e.self_test(RegionSettings())
-            answer.append(test is not None and test >= RegionSettings().self_test_recovered)
-        return answer[0]
-
-    return confirm
 
 
 def rows(data: Path, work: Path, first: int, n: int) -> list[dict]:
@@ -59,7 +46,7 @@ def rows(data: Path, work: Path, first: int, n: int) -> list[dict]:
     out = []
     for s, coarse, case in spec_cases(data, work, spec, [0, 1, 2], first):
         e = scored_case(s, coarse, case, enc, cache)
-        sc, confirm = e.scores, asked_once(e)
+        sc, (confirm, _) = e.scores, asked_once(e, RegionSettings())
         row = e.head | {"coarse": e.dice(coarse)}
         for name, settings in RULES.items():
             o = refine_outline(

@@ -100,18 +100,25 @@ def changes_nothing(verdict: str) -> bool:
     return verdict.startswith(("kept", "unchanged (tight"))
 
 
-def case_row(e: Edited, known: dict[str, Any], by_rule: dict[str, RegionSettings]) -> dict:
-    """Slide case ``e``: its head, its shipped Dice and verdict, each rule's Dice, and the
-    self-test's answer where some rule asked it (None where none did)."""
-    sc = e.scores
+def asked_once(e: Edited, settings: RegionSettings) -> tuple[Callable[[], bool], list[bool]]:
+    """Slide case ``e``'s self-test under ``settings`` as ``refine_outline`` asks it, run at
+    most once, and the list its answer goes to (empty until asked)."""
     answer: list[bool] = []
 
     def confirm() -> bool:
         if not answer:
-            test = e.self_test(STOP26)
-            answer.append(test is not None and test >= STOP26.self_test_recovered)
+            test = e.self_test(settings)
+            answer.append(test is not None and test >= settings.self_test_recovered)
         return answer[0]
 
+    return confirm, answer
+
+
+def case_row(e: Edited, known: dict[str, Any], by_rule: dict[str, RegionSettings]) -> dict:
+    """Slide case ``e``: its head, its shipped Dice and verdict, each rule's Dice, and the
+    self-test's answer where some rule asked it (None where none did)."""
+    sc = e.scores
+    confirm, answer = asked_once(e, STOP26)
     row = e.head | {"verdict": known["outline"], "shipped": known["dice"]}
     for name, settings in by_rule.items():
         out = refine_outline(
@@ -145,14 +152,23 @@ def case_rows(
     return out
 
 
-def rules_study(doc: str, names: list[str], base: str, what: str, title: str, **kw: Any) -> None:
+def rules_study(
+    doc: str,
+    names: list[str],
+    base: str,
+    what: str,
+    title: str,
+    more_lines: Callable[[list[dict[str, Any]]], list[str]] = lambda rows: [],
+    **kw: Any,
+) -> None:
     """A study of rules ``names`` over the slide cases :func:`case_rows` (``kw``) studies:
     its command line (:func:`shipped_study`), the rows, and the judged lines written next to
     ``--out`` (``base``: the rule that reproduces the shipped run; ``what``: the cases;
-    ``title``: the per-cell lines')."""
+    ``title``: the per-cell lines'; ``more_lines(rows)``: the study's own, before those)."""
     a, rows, shipped = shipped_study(doc, partial(case_rows, **kw))
     values: dict[str, Callable[[dict[str, Any]], float]] = {n: itemgetter(n) for n in names}
     lines, _, _ = judged(rows, shipped, values, base, what)
+    lines += more_lines(rows)
     lines += cell_lines(rows, values, title)
     a.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
 

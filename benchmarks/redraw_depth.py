@@ -74,8 +74,8 @@ def redrawn(verdict: str) -> bool:
 
 def main() -> None:
     title = "re-drawn outlines only"
-    kw = {"rules_of": rules, "studied": redrawn}
-    rules_study(__doc__ or "", rule_names(), SHIPPED, "re-drawn", title, **kw)
+    doc, names = __doc__ or "", rule_names()
+    rules_study(doc, names, SHIPPED, "re-drawn", title, rules_of=rules, studied=redrawn)
 
 
 if __name__ == "__main__":

@@ -230,10 +230,16 @@ class RegionSettings:
             )
         if not self.redraw_below >= 0:
             raise SettingsError("redraw_below is a rim level, 0 or more")
-        for name in ("redraw_outside", "redraw_inside"):
+        finite = {
+            "redraw_outside": "a depth in patches, 0 or more (or None)",
+            "redraw_inside": "a depth in patches, 0 or more (or None)",
+            "sigma": "a number of lattice cells, 0 or more",
+            "find_sigma": "a number of lattice cells, 0 or more",
+        }
+        for name, what in finite.items():
             v = getattr(self, name)
             if v is not None and not 0 <= v < math.inf:
-                raise SettingsError(f"{name} is a depth in patches, 0 or more (or None)")
+                raise SettingsError(f"{name} is {what}")
         if self.missed_min_um2 is not None and not self.missed_min_um2 >= 0:
             raise SettingsError("missed_min_um2 is an area in µm², 0 or more (or None)")
         for name in ("island_above", "edit_cut_below"):
@@ -252,10 +258,6 @@ class RegionSettings:
             raise SettingsError("redraw_depth is a number of patches, 0 or more (or None)")
         if not (self.smooth >= 0 and self.min_separation >= 0):
             raise SettingsError("smooth and min_separation must be 0 or more")
-        for name in ("sigma", "find_sigma"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v < math.inf:
-                raise SettingsError(f"{name} is a number of lattice cells, 0 or more")
 
 
 def smooth_on_grid(grid: PatchGrid, values: npt.NDArray[np.floating], sigma: float) -> F32:
@@ -357,13 +359,19 @@ def tumour_outside(
     return _along_outline(c, depth, ~c & tumour & (depth >= beyond))
 
 
-def normal_inside(s: SlideScores, rim: RimScores, sigma: float, beyond: float = 2.0) -> float:
+def normal_inside(
+    s: SlideScores,
+    depth: npt.NDArray[np.floating],
+    rim: RimScores,
+    sigma: float,
+    beyond: float = 2.0,
+) -> float:
     """The other side of :func:`tumour_outside`: how much normal tissue the slide's scores
-    find deep inside the outline, as a depth in patches along it: the patches ``beyond``
-    patches or more inside it whose smoothed score is below ``rim.cut_at``, per patch of the
-    outline's inner edge. Nearer the line, a capped re-draw moves it anyway."""
+    find deep inside the outline (``depth``: :func:`outline_depth`), as a depth in patches
+    along it: the patches ``beyond`` patches or more inside it whose smoothed score is below
+    ``rim.cut_at``, per patch of the outline's inner edge. Nearer the line, a capped re-draw
+    moves it anyway."""
     c = np.asarray(s.coarse_labels).astype(bool)
-    depth = outline_depth(s.grid, s.coarse)
     normal = smooth_on_grid(s.grid, s.proba, sigma) < rim.cut_at
     return _along_outline(c, depth, c & normal & (depth >= beyond))
 
@@ -699,25 +707,21 @@ def refine_outline(
         and rim.level >= settings.tight_above
     ):
         return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
-    # An outline that looks edited by its rim but left tumour out was drawn coarsely too.
-    outside = (
-        settings.outline == "auto"
-        and settings.redraw_outside is not None
-        and rim is not None
-        and rim.level >= settings.redraw_below
-        and tumour_outside(grid, proba, c, depth, rim, settings.away_sigma)
-        >= settings.redraw_outside
-    )
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
-    # ... or closed over normal tissue deep inside, where the rim cannot tell
-    closed = (
-        settings.outline == "auto"
-        and settings.redraw_inside is not None
-        and rim is not None
-        and rim.level >= settings.redraw_below
-        and not outside
-        and normal_inside(scores, rim, settings.sigma) >= settings.redraw_inside
-    )
+    outside = closed = False
+    if settings.outline == "auto" and rim is not None and rim.level >= settings.redraw_below:
+        # It looks edited by its rim, but it was drawn coarsely too where it left tumour out
+        outside = (
+            settings.redraw_outside is not None
+            and tumour_outside(grid, proba, c, depth, rim, settings.away_sigma)
+            >= settings.redraw_outside
+        )
+        # ... or closed over normal tissue deep inside, which the rim cannot tell
+        closed = (
+            not outside
+            and settings.redraw_inside is not None
+            and normal_inside(scores, depth, rim, settings.sigma) >= settings.redraw_inside
+        )
     # rough: drawn too far out (its rim, or as the user says); loose: re-drawn either way
     rough = settings.outline == "redraw" or (
         settings.outline == "auto" and rim is not None and rim.level < settings.redraw_below

@@ -708,7 +708,7 @@ def test_an_edited_outline_closed_over_normal_tissue_is_redrawn():
     rim = rim_scores(p, c, depth)
     assert rim is not None and s.redraw_below <= rim.level < s.tight_above
     assert tumour_outside(grid, p, c, depth, rim, s.away_sigma) == 0
-    deep = normal_inside(SlideScores(coarse, grid, p, c, 1.0), rim, s.sigma)  # as measured
+    deep = normal_inside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.sigma)  # as used
     edge = int((c.astype(bool) & (depth < 1.0)).sum())
     # what is measured is the lake (its smoothed fringe aside), in patches along the outline
     assert deep == pytest.approx(float((r < 700).sum()) / edge, rel=0.35)
