@@ -852,18 +852,25 @@ def apply_edit(s: SlideScores, cuts: MultiPolygon, adds: MultiPolygon) -> MultiP
 
 
 def redraw_outline(
-    s: SlideScores, rim: RimScores, settings: RegionSettings = RegionSettings()
+    s: SlideScores,
+    rim: RimScores,
+    settings: RegionSettings = RegionSettings(),
+    add_scores: npt.NDArray[np.floating] | None = None,
 ) -> tuple[MultiPolygon, npt.NDArray[np.int8]]:
     """A loose outline re-drawn: inside it, the smoothed scores' iso-line at ``rim.cut_at``
     (finer than whole patches: a loose rim is often narrower than one); outside it, tissue
-    whose smoothed score exceeds ``settings.redraw_add_above``. Deeper inside the outline
-    than ``settings.redraw_depth`` patches only confident cuts (``settings.remove_below``)
-    apply. Returns the regions and the label of each patch."""
+    whose smoothed score (or ``add_scores``, per patch: studies of other additions) exceeds
+    ``settings.redraw_add_above``. Deeper inside the outline than ``settings.redraw_depth``
+    patches only confident cuts (``settings.remove_below``) apply. Returns the regions and
+    the label of each patch."""
     smoothed = smooth_on_grid(s.grid, s.proba, settings.sigma)
     trace = replace(settings, mode="replace", sigma=0.0, threshold=rim.cut_at)
     keep = regions_from_probabilities(s.grid, smoothed, s.mpp, trace)
     added = regions_from_probabilities(
-        s.grid, smoothed, s.mpp, replace(trace, threshold=settings.redraw_add_above)
+        s.grid,
+        smoothed if add_scores is None else add_scores,
+        s.mpp,
+        replace(trace, threshold=settings.redraw_add_above),
     )
     geom = s.coarse.intersection(keep).union(added.difference(s.coarse))
     if settings.redraw_depth is not None:

@@ -25,6 +25,7 @@ from engine.regions import (
     normal_inside,
     outline_depth,
     patch_labels,
+    redraw_outline,
     refine_outline,
     refined_labels,
     regions_from_probabilities,
@@ -241,6 +242,28 @@ def test_redraw_adds_outside_the_outline_only_on_the_edits_evidence():
     assert out.regions.intersection(confident).area > 0.3 * confident.area
     looser = refine_outline(coarse, grid, p, c, 1.0, replace(s, redraw_add_above=0.6))
     assert looser.regions.intersection(likely).area > 0.3 * likely.area
+
+
+def test_a_redraw_traces_its_additions_on_the_scores_it_is_given():
+    """``redraw_outline(add_scores=...)`` (studies of other additions, benchmarks/
+    outside_adds.py) traces the additions outside the outline on those per-patch scores, and
+    leaves the line inside the outline to the smoothed scores."""
+    s = RegionSettings()
+    grid, truth, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    block = (i >= 22) & (i < 28) & (j >= 22) & (j < 28)
+    p[block] = 0.95
+    confident = shapely.box(2200, 2200, 2800, 2800)
+    sc = SlideScores(coarse, grid, p, c, 1.0, None)
+    rim = rim_scores(p, c, outline_depth(grid, coarse))
+    shipped, _ = redraw_outline(sc, rim, s)
+    assert shipped.intersection(confident).area > 0.3 * confident.area
+    low = np.where(block, 0.5, smooth_on_grid(grid, p, s.sigma)).astype(np.float32)
+    fewer, _ = redraw_outline(sc, rim, s, add_scores=low)
+    assert fewer.intersection(confident).area == 0
+    inside = coarse.buffer(-1)
+    assert fewer.intersection(inside).symmetric_difference(shipped.intersection(inside)).area < 1
 
 
 def test_lone_patch_edits_are_dropped_and_wider_ones_drawn():
