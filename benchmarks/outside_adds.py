@@ -14,17 +14,23 @@ MIL model per slide case as the engine trains it (the shipped column reproduces 
 
 * ``own``: on outlines re-drawn for tumour outside (whose rim scores like the inside, so the
   smoothing leaks the inside's scores across the line), the re-draw's additions are traced on
-  the lower of the patch's own and smoothed score, as an edit's are;
+  an edit's score, the lower of the patch's own and smoothed score (traced as the re-draw
+  traces: its iso-line at 0.8);
 * ``near only``: on re-drawn outlines whose self-test refused (scores not trusted away from
-  the line), the re-draw's additions more than ``island_gap`` patches from the outline are
-  dropped, as the islands are.
+  the line), the added pieces lying wholly more than ``island_gap`` patches from the outline
+  are dropped (judged as islands are).
+
+Where a re-draw for tumour outside loses, two more columns say where: ``inside part`` (the
+re-drawn outline inside the coarse one only: nothing added) and ``edit + additions`` (the
+edit the outline gets without the rule, plus what the re-draw adds outside the line).
 
 Result (``tune-outside-adds.txt``; 81 slide cases): neither is adopted. ``own`` lifts the
 worst slide case (-0.029 -> -0.019) but lowers the mean on the 76 slide cases re-drawn for
 tumour outside (gland level -0.0017, 24 of 38 down; region level -0.0009, 6 of 38 down);
-``near only`` loses on 8 of its 12 (the far additions of refused slides were tumour: the 4
-region-level ones lose 0.027-0.038) and gains the -0.029 case only 0.0006: its loss is next
-to the line.
+``near only`` loses on 8 of its 12, 3 unchanged (the far additions of refused slides were
+tumour: the 4 region-level ones lose 0.027-0.038), and gains the -0.029 case only 0.0006.
+That case's inside part alone is -0.001 over coarse, the edit plus the re-draw's additions
+-0.028: its loss is what the re-draw adds next to the line.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ from engine.regions import (
     valid_polygons,
 )
 
+#: the engine without stop 24's rule: the edit an outline re-drawn for tumour outside would get
+NO_RULE = RegionSettings(redraw_outside=None)
 #: the variants and the shipped verdicts of the slide cases each would change
 VARIANTS = {
     "own": lambda verdict: verdict.startswith("re-drawn (tumour outside"),
@@ -124,6 +132,18 @@ def rows(data: Path, work: Path, runs: list[Path]) -> list[dict]:
             row["verdict"] = o.verdict(st)
             if "own" in todo:
                 row["own"] = e.dice(own_additions(e, st, not o.unconfirmed))
+                edit = refine_outline(
+                    sc.coarse,
+                    sc.grid,
+                    sc.proba,
+                    sc.coarse_labels,
+                    sc.mpp,
+                    NO_RULE,
+                    sc.frame,
+                    confirm,
+                ).regions
+                row["inside part"] = e.dice(o.regions.intersection(sc.coarse))
+                row["edit + additions"] = e.dice(edit.union(o.regions.difference(sc.coarse)))
             if "near only" in todo:
                 row["near only"] = e.dice(near_only(e, o.regions, st))
             out.append(row)
@@ -145,9 +165,18 @@ def judged(rs: list[dict]) -> list[str]:
             worst = {k: min(r[k] - r["coarse"] for r in on) for k in ("shipped", v)}
             lines.append(
                 f"{v:9s} {bench:10s} {len(on):2d} cases: against shipped mean {d.mean():+.4f}, "
-                f"up {int((d > 0.0005).sum())}, down {int((d < -0.0005).sum())}, "
+                f"up {int((d > 0.0005).sum())}, down {int((d < -0.0005).sum())} (by more than "
+                f"0.0005), "
                 f"min {d.min():+.4f}, max {d.max():+.4f}; worst over coarse "
                 f"{worst['shipped']:+.4f} shipped, {worst[v]:+.4f} {v}"
+            )
+    for r in rs:
+        if r["shipped"] - r["coarse"] < -0.02:
+            cols = ("shipped", *VARIANTS, "inside part", "edit + additions")
+            lines.append(
+                f"below coarse - 0.02: {r['slide']} {r['grid']} {r['level']} s{r['seed']}, "
+                "over coarse: "
+                + ", ".join(f"{k} {r[k] - r['coarse']:+.4f}" for k in cols if k in r)
             )
     return lines
 
