@@ -41,6 +41,13 @@ only ``out>=0.5`` (+0.03229, 39 re-drawn): chosen, ``RegionSettings.redraw_outsi
 (the engine's :func:`engine.regions.tumour_outside`). ``far>=0.5`` +0.03130 is 0.0011
 below; the self-test as a gate gains less at every bar; every edited outline re-drawn
 +0.03259, worst -0.0363. 0.25 is the family's lowest bar.
+
+Judged again on stop 28's engine (stop 29, ``tune-edit-outside-stop29.txt``, ``--shipped
+benchmarks/results/tune-stop28.json``; the base then pins ``redraw_inside`` off too):
+``far>=0.25`` is still the best (+0.03639, worst -0.0088), and within 0.001 of it the fewest
+re-drawn is ``out>=0.5 & self-test`` (+0.03542, 18 re-drawn; ``far>=0.25 & self-test``
++0.03545, also 18): the next candidate, not adopted in stop 29 (BENCHMARKS.md, issue 9,
+"Nine slides per benchmark").
 """
 
 from __future__ import annotations
