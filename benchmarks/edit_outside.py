@@ -46,8 +46,9 @@ Judged again on stop 28's engine (stop 29, ``tune-edit-outside-stop29.txt``, ``-
 benchmarks/results/tune-stop28.json``; the base then pins ``redraw_inside`` off too):
 ``far>=0.25`` is still the best (+0.03639, worst -0.0088), and within 0.001 of it the fewest
 re-drawn is ``out>=0.5 & self-test`` (+0.03542, 18 re-drawn; ``far>=0.25 & self-test``
-+0.03545, also 18): the next candidate, not adopted in stop 29 (BENCHMARKS.md, issue 9,
-"Nine slides per benchmark").
++0.03545, also 18); on six more tuning slides per benchmark the first lifts the worst slide
+case and costs a little mean (``inside_check --rule outside``): not adopted in stop 29
+(BENCHMARKS.md, issue 9, "Nine slides per benchmark").
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def test_a_dead_worker_is_retried_once_then_its_slide_fails(
     client, items, single, encoder_cache, tmp_path
 ):
     expected, _ = single
-    client.wait_for_workers(2, timeout=60)  # back from the deaths of earlier tests, if any
+    client.wait_for_workers(2, timeout=180)  # back from earlier tests' deaths (slow under load)
     cache = fresh_cache(tmp_path / "cache", encoder_cache)
     settings = replace(SETTINGS, cache_dir=cache)
     # Slide 1's worker dies once mid-embedding: the retry gives the same result.
@@ -163,7 +163,7 @@ def test_a_dead_worker_is_retried_once_then_its_slide_fails(
     # Slide 1's worker dies on every try: it is tried twice, then reported; slide 0 completes.
     # (Two deaths in one run, not three: a slide queued on a worker that dies counts that
     # death too, and two would fail it.)
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=180)
     got = {o.index: o for o in refine_on_cluster(client, items, settings, _dies(1, None))}
     assert got[1].result is None and "worker died" in got[1].error
     assert got[0].error is None
@@ -401,7 +401,7 @@ def test_a_worker_killed_in_prototype_phase_one_still_yields_every_slide(
     client, items, per_slide, encoder_cache, tmp_path
 ):
     expected, _, settings = per_slide
-    client.wait_for_workers(2, timeout=60)  # back from the deaths of earlier tests, if any
+    client.wait_for_workers(2, timeout=180)  # back from earlier tests' deaths (slow under load)
     cache = fresh_cache(tmp_path / "cache", encoder_cache)  # phase 1 embeds on the workers
     settings = replace(settings, cache_dir=cache)
     dies = _dies(1, tmp_path, step=local_step)
