@@ -87,7 +87,7 @@ def outside_columns(sc: SlideScores, settings: RegionSettings) -> dict[str, Any]
         return {"out": None, "out_far": None, "agree": None}
     _, labels = redraw_outline(sc, rim, settings)
     r = labels.astype(bool)
-    out = partial(tumour_outside, sc.grid, sc.proba, c, depth, rim, settings.away_sigma)
+    out = partial(tumour_outside, sc, depth, rim, settings.away_sigma)
     return {
         "out": out(beyond=0.0),
         "out_far": out(beyond=1.0),  # the engine's measure since stop 24

@@ -69,45 +69,36 @@ WITHOUT = {
 VERDICT = {"inside": "re-drawn (normal inside", "outside": "re-drawn (tumour outside"}
 
 
-def measure(e: Any) -> dict[str, Any]:
-    """The outside rule's measure of one slide case (:func:`engine.regions.tumour_outside`,
-    in patches), its rim level and patch side, so that other bars can be read off the rows
-    (None without a rim)."""
-    sc, st = e.scores, RegionSettings()
-    depth = outline_depth(sc.grid, sc.coarse)
-    rim = rim_scores(sc.proba, sc.coarse_labels, depth)
-    if rim is None:
-        return {"measure": None, "rim level": None, "patch um": sc.grid.size * sc.mpp}
-    m = tumour_outside(sc.grid, sc.proba, sc.coarse_labels, depth, rim, st.away_sigma)
-    return {"measure": m, "rim level": rim.level, "patch um": sc.grid.size * sc.mpp}
-
-
 #: stop 29's next candidate for the outside rule (``edit_outside`` judged again): the measure
 #: with the tissue next to the line (``out``), at 0.5, where the self-test passes
 CANDIDATE_BAR = 0.5
 EVERY_OUTSIDE = RegionSettings(redraw_outside=0.0)
 
 
-def candidate(e: Any, confirm: Any) -> dict[str, Any]:
-    """Stop 29's candidate on one slide case: its measure ``out`` (beyond 0), the self-test's
-    answer and the Dice of the outline re-drawn for tumour outside, these two only where
-    ``out`` reaches the bar (None elsewhere: the candidate keeps the engine without the
-    rule)."""
-    sc = e.scores
+def outside_columns(e: Any, confirm: Any) -> dict[str, Any]:
+    """One slide case's columns for the outside rule (None without a rim): its measure
+    (:func:`engine.regions.tumour_outside`, in patches), rim level and patch side, so that
+    other bars can be read off the rows; and stop 29's candidate: its measure ``out`` (the
+    tissue next to the line too), and where ``out`` reaches the bar, the self-test's answer
+    and the Dice of the outline re-drawn for tumour outside (None elsewhere: the candidate
+    keeps the engine without the rule)."""
+    sc, st = e.scores, RegionSettings()
+    cols: dict[str, Any] = {"measure": None, "rim level": None, "patch um": sc.grid.size * sc.mpp}
+    cols |= dict.fromkeys(("out", "self-test passed", "re-drawn for outside"))
     depth = outline_depth(sc.grid, sc.coarse)
     rim = rim_scores(sc.proba, sc.coarse_labels, depth)
     if rim is None:
-        return {"out": None, "self-test passed": None, "re-drawn for outside": None}
-    out = tumour_outside(
-        sc.grid, sc.proba, sc.coarse_labels, depth, rim, RegionSettings().away_sigma, beyond=0.0
-    )
-    if out < CANDIDATE_BAR:
-        return {"out": out, "self-test passed": None, "re-drawn for outside": None}
-    o = refine_outline(
-        sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, EVERY_OUTSIDE, sc.frame, confirm
-    )
-    redrawn = e.dice(o.regions) if o.why == "tumour outside" else None
-    return {"out": out, "self-test passed": bool(confirm()), "re-drawn for outside": redrawn}
+        return cols
+    cols["measure"] = tumour_outside(sc, depth, rim, st.away_sigma)
+    cols["rim level"] = rim.level
+    cols["out"] = tumour_outside(sc, depth, rim, st.away_sigma, beyond=0.0)
+    if cols["out"] >= CANDIDATE_BAR:
+        o = refine_outline(
+            sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, EVERY_OUTSIDE, sc.frame, confirm
+        )
+        cols["self-test passed"] = bool(confirm())
+        cols["re-drawn for outside"] = e.dice(o.regions) if o.why == "tumour outside" else None
+    return cols
 
 
 def rows(data: Path, work: Path, first: int, n: int, bench: str, rule: str) -> list[dict]:
@@ -121,7 +112,7 @@ def rows(data: Path, work: Path, first: int, n: int, bench: str, rule: str) -> l
         sc, (confirm, _) = e.scores, asked_once(e, RegionSettings())
         row = e.head | {"coarse": e.dice(coarse)}
         if rule == "outside":  # stop 28's rows are kept as they were computed
-            row |= measure(e) | candidate(e, confirm)
+            row |= outside_columns(e, confirm)
         for name, settings in rules.items():
             o = refine_outline(
                 sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, settings, sc.frame, confirm

@@ -45,6 +45,7 @@ import shapely
 
 from benchmarks import harness as H
 from benchmarks.edit_adds import scored_case
+from benchmarks.edit_cuts import shipped_rows
 from benchmarks.island_grow import asked_once
 from benchmarks.tune_guard import REPO, spec_cases
 from engine.encoders import build_encoder
@@ -68,19 +69,6 @@ VARIANTS = {
         verdict.startswith("re-drawn") and "self-test not passed" in verdict
     ),
 }
-
-
-def run_cases(paths: list[Path]) -> dict[tuple[str, str, str, int], dict[str, Any]]:
-    """The engine's slide cases of ``benchmarks.run`` results, by (slide, grid, level, seed)."""
-    out = {}
-    for path in paths:
-        for bench in json.loads(path.read_text())["benchmarks"].values():
-            e = bench["encoders"]["lite0"]
-            for grid, levels in (("benchmark", e["levels"]), ("auto", e["default_grid"]["levels"])):
-                for level, cell in levels.items():
-                    for c in cell["methods"]["engine"]["slide_cases"]:
-                        out[(c["slide"], grid, level, c["seed"])] = c | {"spec": bench["spec"]}
-    return out
 
 
 def own_additions(e: Any, settings: RegionSettings, trusted: bool) -> Any:
@@ -108,12 +96,12 @@ def near_only(e: Any, shipped: Any, settings: RegionSettings) -> Any:
 def rows(data: Path, work: Path, runs: list[Path]) -> list[dict]:
     cache = work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
-    known = run_cases(runs)
-    specs = {c["spec"]["name"]: c["spec"] for c in known.values()}
+    known = {k: c for run in runs for k, c in shipped_rows(run).items()}
+    specs = [b["spec"] for run in runs for b in json.loads(run.read_text())["benchmarks"].values()]
     st = RegionSettings()
     out = []
-    for name, sp in specs.items():
-        spec = H.part_spec(H.BENCHMARKS[name], sp["part"], sp["n_slides"])
+    for sp in specs:
+        spec = H.part_spec(H.BENCHMARKS[sp["name"]], sp["part"], sp["n_slides"])
         for s, coarse, case in spec_cases(data, work, spec, [0, 1, 2]):
             k = known[(s.name, case[1], case[3], case[4])]
             todo = [v for v, changes in VARIANTS.items() if changes(k["outline"])]

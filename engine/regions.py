@@ -341,21 +341,19 @@ def rim_scores(
 
 
 def tumour_outside(
-    grid: PatchGrid,
-    proba: npt.NDArray[np.floating],
-    coarse_labels: npt.NDArray[np.integer],
+    s: SlideScores,
     depth: npt.NDArray[np.floating],
     rim: RimScores,
     sigma: float,
     beyond: float = 1.0,
 ) -> float:
-    """How much tumour the slide's scores find outside the outline, as a depth in patches
-    along it: the patches more than ``beyond`` patches outside it whose smoothed score
-    reaches ``rim.cut_at``, per patch of the outline's inner edge (inside, within a patch of
-    the line). Next to the line the smoothing leaks the inside's scores out, hence
-    ``beyond``."""
-    c = np.asarray(coarse_labels).astype(bool)
-    tumour = smooth_on_grid(grid, proba, sigma) >= rim.cut_at
+    """How much tumour the slide's scores find outside the outline (``depth``:
+    :func:`outline_depth`), as a depth in patches along it: the patches more than ``beyond``
+    patches outside it whose smoothed score reaches ``rim.cut_at``, per patch of the
+    outline's inner edge (inside, within a patch of the line). Next to the line the
+    smoothing leaks the inside's scores out, hence ``beyond``."""
+    c = np.asarray(s.coarse_labels).astype(bool)
+    tumour = smooth_on_grid(s.grid, s.proba, sigma) >= rim.cut_at
     return _along_outline(c, depth, ~c & tumour & (depth >= beyond))
 
 
@@ -713,8 +711,7 @@ def refine_outline(
         # It looks edited by its rim, but it was drawn coarsely too where it left tumour out
         outside = (
             settings.redraw_outside is not None
-            and tumour_outside(grid, proba, c, depth, rim, settings.away_sigma)
-            >= settings.redraw_outside
+            and tumour_outside(scores, depth, rim, settings.away_sigma) >= settings.redraw_outside
         )
         # ... or closed over normal tissue deep inside, which the rim cannot tell
         closed = (

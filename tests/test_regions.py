@@ -674,7 +674,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     depth = outline_depth(grid, coarse)
     rim = rim_scores(p, c, depth)
     assert rim is not None and s.redraw_below <= rim.level < s.tight_above
-    far = tumour_outside(grid, p, c, depth, rim, s.away_sigma)  # as the engine measures
+    far = tumour_outside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.away_sigma)  # as used
     edge = int((c.astype(bool) & (depth < 1.0)).sum())
     # what is measured is the focus (its smoothed fringe aside), in patches along the outline
     assert far == pytest.approx(focus.sum() / edge, rel=0.35) and far >= s.redraw_outside
@@ -707,7 +707,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     _, p0, _, _, _ = _edited_with_focus(0)
     rim0 = rim_scores(p0, c, depth)
     assert rim0 is not None and s.redraw_below <= rim0.level < s.tight_above
-    assert tumour_outside(grid, p0, c, depth, rim0, s.away_sigma) == 0
+    assert tumour_outside(SlideScores(coarse, grid, p0, c, 1.0), depth, rim0, s.away_sigma) == 0
     plain = refine_outline(coarse, grid, p0, c, 1.0, s)
     assert not plain.redrawn and plain.kept is None and not plain.tight
     with pytest.raises(SettingsError, match="redraw_outside"):
@@ -730,8 +730,9 @@ def test_an_edited_outline_closed_over_normal_tissue_is_redrawn():
     depth = outline_depth(grid, coarse)
     rim = rim_scores(p, c, depth)
     assert rim is not None and s.redraw_below <= rim.level < s.tight_above
-    assert tumour_outside(grid, p, c, depth, rim, s.away_sigma) == 0
-    deep = normal_inside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.sigma)  # as used
+    scores = SlideScores(coarse, grid, p, c, 1.0)
+    assert tumour_outside(scores, depth, rim, s.away_sigma) == 0
+    deep = normal_inside(scores, depth, rim, s.sigma)  # as used
     edge = int((c.astype(bool) & (depth < 1.0)).sum())
     # what is measured is the lake (its smoothed fringe aside), in patches along the outline
     assert deep == pytest.approx(float((r < 700).sum()) / edge, rel=0.35)
