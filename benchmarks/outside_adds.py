@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ import shapely
 from benchmarks import harness as H
 from benchmarks.edit_adds import scored_case
 from benchmarks.edit_cuts import shipped_rows
+from benchmarks.edit_outside import STOP24_RULE
 from benchmarks.island_grow import asked_once
 from benchmarks.tune_guard import REPO, spec_cases
 from engine.encoders import build_encoder
@@ -61,7 +63,7 @@ from engine.regions import (
 )
 
 #: the engine without stop 24's rule: the edit an outline re-drawn for tumour outside would get
-NO_RULE = RegionSettings(redraw_outside=None)
+NO_RULE = replace(STOP24_RULE, redraw_outside=None)
 #: the variants and the shipped verdicts of the slide cases each would change
 VARIANTS = {
     "own": lambda verdict: verdict.startswith("re-drawn (tumour outside"),
@@ -98,7 +100,7 @@ def rows(data: Path, work: Path, runs: list[Path]) -> list[dict]:
     enc = build_encoder("efficientnet-lite0", cache)
     known = {k: c for run in runs for k, c in shipped_rows(run).items()}
     specs = [b["spec"] for run in runs for b in json.loads(run.read_text())["benchmarks"].values()]
-    st = RegionSettings()
+    st = STOP24_RULE  # the engine whose runs it reads (stop 29's)
     out = []
     for sp in specs:
         spec = H.part_spec(H.BENCHMARKS[sp["name"]], sp["part"], sp["n_slides"])

@@ -185,7 +185,8 @@ class SlideResult:
     #: some, "re-drawn (loose; no islands: self-test not passed)" (or "tumour outside; …",
     #: "normal inside; …"), "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
-    #: or unchanged outline may end "; N regions inside scored normal, not cut" and/or "; N
+    #: or unchanged outline may end "; N regions inside scored normal, not cut", "; tumour
+    #: scored outside, not re-drawn (self-test not passed)" (``outside_tested``) and/or "; N
     #: regions outside scored tumour, not added (self-test not passed)"
     outline: str = "edited"
     #: the grid this slide was cut into (``patch_um`` resolved)
@@ -721,9 +722,10 @@ def kept_result(
 def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
     only where its answer changes the outline (:func:`engine.regions.refine_outline`): the
-    islands or uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, left
-    tumour out or closed over normal tissue), an edited outline's large
-    islands in ``auto`` or ``edit`` mode. It decides them."""
+    re-draw of an edited outline that left tumour out (``outside_tested``), the islands or
+    uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, left tumour out or
+    closed over normal tissue), an edited outline's large islands in ``auto`` or ``edit``
+    mode. It decides them."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:
         return None

@@ -14,6 +14,7 @@ from engine.errors import SettingsError
 from engine.patches import make_grid
 from engine.regions import (
     NOT_TRUSTED,
+    OUTSIDE_REFUSED,
     Outline,
     RegionSettings,
     SlideScores,
@@ -688,6 +689,30 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     assert refused.verdict(s) == "re-drawn (tumour outside; no islands: self-test not passed)"
     assert verdict_group(refused.verdict(s)) == "re-drawn (tumour outside) no islands"
     assert not refused.regions.contains(shapely.Point(2500, 500))
+    # Gated (stop 30's rule, not shipped): measured from the line, and re-drawn only where
+    # the self-test trusts the scores; refused, the outline keeps its edit and the verdict
+    # says both what was not re-drawn and what was not added. The test is asked once.
+    gated = replace(s, redraw_outside=0.5, outside_beyond=0.0, outside_tested=True)
+    near = tumour_outside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.away_sigma, 0.0)
+    assert near >= far and near >= gated.redraw_outside
+    asked: list[bool] = []
+
+    def passes() -> bool:
+        asked.append(True)
+        return True
+
+    trusted = refine_outline(coarse, grid, p, c, 1.0, gated, confirm=passes)
+    assert asked == [True] and trusted.redrawn and trusted.why == "tumour outside"
+    assert trusted.verdict(gated) == out.verdict(s)
+    edited = refine_outline(coarse, grid, p, c, 1.0, gated, confirm=lambda: False)
+    assert not edited.redrawn and edited.refused and edited.missed == 1
+    assert edited.verdict(gated) == (
+        f"unchanged (no confident edit); {OUTSIDE_REFUSED}; 1 region outside scored tumour, "
+        + NOT_TRUSTED
+    )
+    group = "unchanged (no confident edit) + outside not trusted + tumour left out"
+    assert verdict_group(edited.verdict(gated)) == group
+    assert not edited.regions.contains(shapely.Point(2500, 500))
     # Below the bar, off, or asked for an edit: edited, the focus added as a large island.
     for edit in (replace(s, redraw_outside=far + 0.01), replace(s, redraw_outside=None)):
         kept = refine_outline(coarse, grid, p, c, 1.0, edit, confirm=lambda: True)
@@ -710,8 +735,9 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     assert tumour_outside(SlideScores(coarse, grid, p0, c, 1.0), depth, rim0, s.away_sigma) == 0
     plain = refine_outline(coarse, grid, p0, c, 1.0, s)
     assert not plain.redrawn and plain.kept is None and not plain.tight
-    with pytest.raises(SettingsError, match="redraw_outside"):
-        replace(s, redraw_outside=-0.5).validate()
+    for bad in ({"redraw_outside": -0.5}, {"outside_beyond": math.inf}):
+        with pytest.raises(SettingsError, match=next(iter(bad))):
+            replace(s, **bad).validate()
 
 
 def test_an_edited_outline_closed_over_normal_tissue_is_redrawn():
