@@ -51,10 +51,12 @@ unless another's is higher by more than 0.001 (the rule's resolution). Stop 24's
 judged too (``benchmarks/outside_gate.py`` judges them).
 
 Result (``tune-outside-gate.txt``): no rule has a slide case below -0.03; stop 24's rule has
-the highest pooled mean, +0.03708 against +0.03607 (``out>=0.5 & self-test``) and +0.03596
+the highest pooled mean, +0.03708 against +0.03607 (``out>=0.5 & self-test``) and +0.03598
 (``far>=0.25 & self-test``), by 0.00101: it stays, and the engine is stop 28's again. On
-slides 9-14 the gated rules move 21 gland-level slide cases (14 down, by up to 0.043) and 5
-region-level ones (all down, 0.045-0.061): the self-test refused re-draws that gained.
+slides 9-14 ``out>=0.5 & self-test`` moves 21 gland-level slide cases (14 down, by up to
+0.043) and 5 region-level ones (all down, 0.045-0.061; two refused, three below its bar),
+``far>=0.25 & self-test`` 16 and 3 (all 3 refused): the self-test refused re-draws that
+gained.
 """
 
 from __future__ import annotations

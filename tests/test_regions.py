@@ -735,7 +735,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     assert tumour_outside(SlideScores(coarse, grid, p0, c, 1.0), depth, rim0, s.away_sigma) == 0
     plain = refine_outline(coarse, grid, p0, c, 1.0, s)
     assert not plain.redrawn and plain.kept is None and not plain.tight
-    for bad in ({"redraw_outside": -0.5}, {"outside_beyond": math.inf}):
+    for bad in ({"redraw_outside": -0.5}, {"outside_beyond": math.inf}, {"outside_beyond": None}):
         with pytest.raises(SettingsError, match=next(iter(bad))):
             replace(s, **bad).validate()
 
