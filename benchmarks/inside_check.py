@@ -84,7 +84,7 @@ from engine.regions import (
 )
 
 #: each rule: the engine without it and the verdict it gives; both rules were checked on
-#: stop 24's outside rule (stop 30 gated it: ``edit_outside.STOP24_RULE`` pins the rows)
+#: stop 24's outside rule (``edit_outside.STOP24_RULE`` pins it, should the defaults move)
 WITHOUT = {
     "inside": replace(STOP24_RULE, redraw_inside=None),
     "outside": replace(STOP24_RULE, redraw_outside=None),
@@ -92,11 +92,11 @@ WITHOUT = {
 VERDICT = {"inside": "re-drawn (normal inside", "outside": "re-drawn (tumour outside"}
 
 
-#: stop 30: the engine's rule (the measure from the line at 0.5, gated by the self-test) and
-#: the gate alone on stop 24's rule
+#: stop 30's two gated rules: its candidate (the measure from the line at 0.5, gated by the
+#: self-test) and the gate alone on stop 24's rule
 GATED = {
-    "out>=0.5 & self-test": RegionSettings(
-        redraw_outside=0.5, outside_beyond=0.0, outside_tested=True
+    "out>=0.5 & self-test": replace(
+        STOP24_RULE, redraw_outside=0.5, outside_beyond=0.0, outside_tested=True
     ),
     "far>=0.25 & self-test": replace(STOP24_RULE, outside_tested=True),
 }
@@ -193,16 +193,19 @@ def judged(rs: list[dict], rule: str = "inside") -> list[str]:
     return lines
 
 
+def candidate_value(r: dict) -> float:
+    """Slide case ``r``'s Dice under stop 29's candidate, read off its columns: the outline
+    re-drawn for tumour outside where ``out`` reached the bar and the self-test passed, else
+    the engine without the rule."""
+    on = r["self-test passed"] and r["re-drawn for outside"] is not None
+    return float(r["re-drawn for outside"] if on else r["without"])
+
+
 def candidate_lines(rs: list[dict]) -> list[str]:
     """Stop 29's candidate against the shipped rule, over the same slide cases."""
-
-    def value(r: dict) -> float:
-        on = r["self-test passed"] and r["re-drawn for outside"] is not None
-        return r["re-drawn for outside"] if on else r["without"]
-
-    moved = [r for r in rs if value(r) != r["with the rule"]]
-    d = np.array([value(r) - r["with the rule"] for r in moved])
-    o = np.array([value(r) - r["coarse"] for r in rs])
+    moved = [r for r in rs if candidate_value(r) != r["with the rule"]]
+    d = np.array([candidate_value(r) - r["with the rule"] for r in moved])
+    o = np.array([candidate_value(r) - r["coarse"] for r in rs])
     n = sum(bool(r["self-test passed"]) and r["re-drawn for outside"] is not None for r in rs)
     lines = [
         f"candidate out>={CANDIDATE_BAR:g} & self-test re-draws {n}; against the shipped rule "
@@ -211,9 +214,10 @@ def candidate_lines(rs: list[dict]) -> list[str]:
         f"candidate, over coarse: mean {o.mean():+.4f}, worst {o.min():+.4f}, "
         f"below -0.02 {int((o < -0.02).sum())}, below -0.03 {int((o < -0.03).sum())}",
     ]
-    for r in sorted(moved, key=lambda r: value(r) - r["with the rule"]):
+    for r in sorted(moved, key=lambda r: candidate_value(r) - r["with the rule"]):
+        v = candidate_value(r)
         lines.append(
-            f"  {value(r) - r['with the rule']:+.4f} over coarse {value(r) - r['coarse']:+.4f}  "
+            f"  {v - r['with the rule']:+.4f} over coarse {v - r['coarse']:+.4f}  "
             f"{r['grid']:9s} {r['level']:8s} {r['slide']} s{r['seed']}"
         )
     return lines

@@ -714,11 +714,10 @@ def refine_outline(
     (``redraw_inside``; all three ``outline="auto"``) or as asked (``"redraw"``).
     ``confirm()``, the guard's self-test, is asked at most once, and only where its answer
     matters: in ``auto`` mode an edited outline is re-drawn for tumour outside (with
-    ``outside_tested``), a re-drawn
-    outline's islands are added, or its re-draw is uncapped, and in ``auto`` or ``edit``
-    mode an edited outline's large islands (at least ``missed_min_um2``) are added, only if
-    it agrees. ``kept``: the caller's reason to keep the outline whatever the scores say
-    (e.g. too few patches to learn from)."""
+    ``outside_tested``), a re-drawn outline's islands are added, or its re-draw is
+    uncapped, and in ``auto`` or ``edit`` mode an edited outline's large islands (at least
+    ``missed_min_um2``) are added, only if it agrees. ``kept``: the caller's reason to keep
+    the outline whatever the scores say (e.g. too few patches to learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
         return Outline(MultiPolygon(), np.zeros(len(grid), np.int8), False, None, kept=kept)

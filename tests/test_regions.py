@@ -675,7 +675,8 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     depth = outline_depth(grid, coarse)
     rim = rim_scores(p, c, depth)
     assert rim is not None and s.redraw_below <= rim.level < s.tight_above
-    far = tumour_outside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.away_sigma)  # as used
+    scores = SlideScores(coarse, grid, p, c, 1.0)
+    far = tumour_outside(scores, depth, rim, s.away_sigma)  # as used
     edge = int((c.astype(bool) & (depth < 1.0)).sum())
     # what is measured is the focus (its smoothed fringe aside), in patches along the outline
     assert far == pytest.approx(focus.sum() / edge, rel=0.35) and far >= s.redraw_outside
@@ -693,7 +694,7 @@ def test_an_edited_outline_that_left_tumour_out_is_redrawn():
     # the self-test trusts the scores; refused, the outline keeps its edit and the verdict
     # says both what was not re-drawn and what was not added. The test is asked once.
     gated = replace(s, redraw_outside=0.5, outside_beyond=0.0, outside_tested=True)
-    near = tumour_outside(SlideScores(coarse, grid, p, c, 1.0), depth, rim, s.away_sigma, 0.0)
+    near = tumour_outside(scores, depth, rim, s.away_sigma, 0.0)
     assert near >= far and near >= gated.redraw_outside
     asked: list[bool] = []
 
