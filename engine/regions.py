@@ -172,7 +172,11 @@ class RegionSettings:
     (None: never), the band just inside the outline scores like its deep inside: the line
     already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
     there changed outlines by a few patches' worth, mostly for the worse (BENCHMARKS.md,
-    issue 9, "tight outlines").
+    issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is
+    ``tight_fine_above`` (None: ``tight_above`` everywhere): the rim is half a patch deep,
+    thinner there than a close line's own wander, so a close outline's rim reads lower, and
+    the edits and re-draws of such outlines lost more than they gained on the tuning part
+    (BENCHMARKS.md, issue 9, "close outlines on fine grids").
 
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
@@ -208,6 +212,8 @@ class RegionSettings:
     island_grow_um2: float | None = 40_000.0
     island_grow_to: float = 0.6
     tight_above: float | None = 0.9
+    tight_fine_above: float | None = None
+    fine_um: float = 32.0
     edit_cut_below: float | None = 0.3
     missed_min_um2: float | None = 20_000.0
     redraw_outside: float | None = 0.25
@@ -221,6 +227,13 @@ class RegionSettings:
         outside that gets an edited outline re-drawn): ``find_sigma``, or ``sigma`` where that
         is None."""
         return self.sigma if self.find_sigma is None else self.find_sigma
+
+    def tight_bar(self, patch_um: float) -> float | None:
+        """The rim level from which an outline is left as drawn on ``patch_um`` patches
+        (None: never)."""
+        if self.tight_fine_above is not None and patch_um <= self.fine_um:
+            return self.tight_fine_above
+        return self.tight_above
 
     @property
     def edit_bar(self) -> float | None:
@@ -264,8 +277,12 @@ class RegionSettings:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
                 raise SettingsError(f"{name} is a probability between 0 and 1 (or None)")
-        if self.tight_above is not None and not self.tight_above >= 0:
-            raise SettingsError("tight_above is a rim level, 0 or more (or None)")
+        for name in ("tight_above", "tight_fine_above"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < math.inf:
+                raise SettingsError(f"{name} is a rim level, 0 or more (or None)")
+        if not 0 <= self.fine_um < math.inf:
+            raise SettingsError("fine_um is a patch side in µm, 0 or more")
         if not self.island_gap >= 0:
             raise SettingsError("island_gap is a number of patches, 0 or more")
         if self.island_grow_um2 is not None and not self.island_grow_um2 >= 0:
@@ -726,12 +743,8 @@ def refine_outline(
     weak = kept or weak_evidence(proba, c, rim, settings.min_separation)
     if weak:
         return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
-    if (
-        settings.outline == "auto"
-        and settings.tight_above is not None
-        and rim is not None
-        and rim.level >= settings.tight_above
-    ):
+    tight = settings.tight_bar(grid.size * mpp)
+    if settings.outline == "auto" and tight is not None and rim is not None and rim.level >= tight:
         return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
     if confirm is not None:
