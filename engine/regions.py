@@ -172,11 +172,17 @@ class RegionSettings:
     (None: never), the band just inside the outline scores like its deep inside: the line
     already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
     there changed outlines by a few patches' worth, mostly for the worse (BENCHMARKS.md,
-    issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is
-    ``tight_fine_above`` (None: ``tight_above`` everywhere): the rim is half a patch deep,
+    issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is also
+    ``tight_fine_above`` (None: ``tight_above`` only): the rim is half a patch deep,
     thinner there than a close line's own wander, so a close outline's rim reads lower, and
     the edits and re-draws of such outlines lost more than they gained on the tuning part
-    (BENCHMARKS.md, issue 9, "close outlines on fine grids").
+    (stop 31: 0.75 on patches of 32 µm or less, chosen by stop 17's rule on 540 tuning slide
+    cases, worst -0.029 -> -0.002; on 324 never looked at, the shipped engine's worst -0.036
+    -> -0.002; BENCHMARKS.md, issue 9, "Close outlines on fine grids"), except where the
+    slide scores ``tight_fine_inside`` patches or more of normal tissue deep inside the
+    outline (:func:`normal_inside`; None: never): it closed over normal tissue and is not
+    close, whatever its rim (WSSS4LUAD-like outlines at 16-24 µm; the close outlines the bar
+    was chosen on measure 0.2 at most, those that closed over normal tissue 1.06 and more).
 
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
@@ -212,8 +218,9 @@ class RegionSettings:
     island_grow_um2: float | None = 40_000.0
     island_grow_to: float = 0.6
     tight_above: float | None = 0.9
-    tight_fine_above: float | None = None
+    tight_fine_above: float | None = 0.75
     fine_um: float = 32.0
+    tight_fine_inside: float | None = 0.5
     edit_cut_below: float | None = 0.3
     missed_min_um2: float | None = 20_000.0
     redraw_outside: float | None = 0.25
@@ -227,13 +234,6 @@ class RegionSettings:
         outside that gets an edited outline re-drawn): ``find_sigma``, or ``sigma`` where that
         is None."""
         return self.sigma if self.find_sigma is None else self.find_sigma
-
-    def tight_bar(self, patch_um: float) -> float | None:
-        """The rim level from which an outline is left as drawn on ``patch_um`` patches
-        (None: never)."""
-        if self.tight_fine_above is not None and patch_um <= self.fine_um:
-            return self.tight_fine_above
-        return self.tight_above
 
     @property
     def edit_bar(self) -> float | None:
@@ -277,10 +277,10 @@ class RegionSettings:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
                 raise SettingsError(f"{name} is a probability between 0 and 1 (or None)")
-        for name in ("tight_above", "tight_fine_above"):
+        for name in ("tight_above", "tight_fine_above", "tight_fine_inside"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < math.inf:
-                raise SettingsError(f"{name} is a rim level, 0 or more (or None)")
+                raise SettingsError(f"{name} is a rim level or depth, 0 or more (or None)")
         if not 0 <= self.fine_um < math.inf:
             raise SettingsError("fine_um is a patch side in µm, 0 or more")
         if not self.island_gap >= 0:
@@ -408,6 +408,23 @@ def normal_inside(
     c = np.asarray(s.coarse_labels).astype(bool)
     normal = smooth_on_grid(s.grid, s.proba, sigma) < rim.cut_at
     return _along_outline(c, depth, c & normal & (depth >= beyond))
+
+
+def is_tight(
+    s: SlideScores, depth: npt.NDArray[np.floating], rim: RimScores, settings: RegionSettings
+) -> bool:
+    """Whether the outline is left as drawn (``RegionSettings.tight_above``): its rim level
+    reaches ``tight_above``, or on patches of ``fine_um`` or less ``tight_fine_above``, there
+    only where the slide scores less than ``tight_fine_inside`` patches of normal tissue deep
+    inside it (:func:`normal_inside`): an outline that closed over normal tissue is not close,
+    whatever its rim."""
+    if settings.tight_above is not None and rim.level >= settings.tight_above:
+        return True
+    fine_bar = settings.tight_fine_above
+    if fine_bar is None or s.grid.size * s.mpp > settings.fine_um or rim.level < fine_bar:
+        return False
+    bar = settings.tight_fine_inside
+    return bar is None or normal_inside(s, depth, rim, settings.sigma) < bar
 
 
 def _along_outline(
@@ -743,10 +760,9 @@ def refine_outline(
     weak = kept or weak_evidence(proba, c, rim, settings.min_separation)
     if weak:
         return Outline(valid_polygons(coarse, frame), c, False, rim, kept=weak)
-    tight = settings.tight_bar(grid.size * mpp)
-    if settings.outline == "auto" and tight is not None and rim is not None and rim.level >= tight:
-        return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
     scores = SlideScores(coarse, grid, proba, c, mpp, frame)
+    if settings.outline == "auto" and rim is not None and is_tight(scores, depth, rim, settings):
+        return Outline(valid_polygons(coarse, frame), c, False, rim, unchanged=True, tight=True)
     if confirm is not None:
         confirm = cache(confirm)  # asked at most once, whichever rule asks first
     outside = closed = refused = False

@@ -846,6 +846,47 @@ def test_a_tight_outline_is_left_as_drawn():
         replace(s, tight_above=-0.5).validate()
 
 
+def test_a_close_outline_on_a_fine_grid_is_left_as_drawn_from_a_lower_rim_level():
+    """``tight_fine_above``: on patches of ``fine_um`` or less an outline is left as drawn
+    from that rim level (BENCHMARKS.md, issue 9, "close outlines on fine grids"), unless the
+    slide scores ``tight_fine_inside`` patches or more of normal tissue deep inside it; on
+    larger patches the same outline and scores are edited, as with the rule off."""
+    s = replace(RegionSettings(), tight_fine_above=0.75, fine_um=32.0, tight_fine_inside=0.5)
+    grid, _, p, coarse, c = _disc_case(700)
+    centres = grid.xy + grid.size / 2
+    r = np.hypot(centres[:, 0] - 1500, centres[:, 1] - 1500)
+    depth = outline_depth(grid, coarse)
+    p = np.where(r < 200, 0.05, p)  # a clearly normal core, deep inside
+    p = np.where((c == 1) & (depth < 0.5), 0.65, p).astype(np.float32)
+    rim = rim_scores(p, c, depth)
+    assert rim is not None and 0.75 <= rim.level < 0.9  # tight only on the fine grid
+    core = normal_inside(SlideScores(coarse, grid, p, c, 0.32), depth, rim, s.sigma)
+    assert 0.2 < core < 0.5  # some normal tissue deep inside, under the exemption's bar
+    tight = "unchanged (tight outline: its edge scores like its inside)"
+    fine = refine_outline(coarse, grid, p, c, 0.32, s)  # 100 px patches at 0.32 µm/px
+    assert fine.tight and fine.verdict(s) == tight
+    assert fine.regions.symmetric_difference(coarse).area < 1e-6 * coarse.area
+    others = (
+        (0.4, s),  # 40 µm patches: the 0.9 bar
+        (0.32, replace(s, tight_fine_above=None)),
+        (0.32, replace(s, tight_fine_inside=0.2)),  # the core counts as closed over
+    )
+    for mpp, settings in others:
+        edited = refine_outline(coarse, grid, p, c, mpp, settings)
+        assert not edited.tight and not edited.redrawn
+        assert edited.regions.area < coarse.area - 2 * grid.size**2  # the core is cut
+    # From tight_above (0.9) on, tight on any grid, whatever lies inside (stop 17's rule).
+    above = replace(s, tight_above=0.8, tight_fine_inside=0.2)
+    assert refine_outline(coarse, grid, p, c, 0.32, above).tight
+    for bad in (
+        replace(s, tight_fine_above=-1.0),
+        replace(s, tight_fine_inside=math.nan),
+        replace(s, fine_um=math.inf),
+    ):
+        with pytest.raises(SettingsError, match="tight_fine_above|tight_fine_inside|fine_um"):
+            bad.validate()
+
+
 def test_verdicts_name_every_change_and_group_for_the_tallies():
     """Every combination a slide can reach reads as one line, and the tallies group it
     without its counts; stop 22's wording (counted, no reason given) groups as today's."""
