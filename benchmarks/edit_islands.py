@@ -45,7 +45,8 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
     islands, by stop 17's rule (the stricter first: no islands, then the stricter variant,
     the self-test before "always")."""
     a, known = edited_study(doc)
-    settings = RegionSettings(redraw_outside=None, redraw_inside=None)  # the edits of stop 21
+    # the edits of stop 21
+    settings = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
 
     def row_of(e: Edited) -> dict[str, Any]:
         sc = e.scores

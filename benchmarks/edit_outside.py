@@ -77,9 +77,12 @@ from engine.regions import (
     tumour_outside,
 )
 
-#: the engine from stop 24 to stop 29, whose rows the studies that read it pin: the measure
-#: from a patch beyond the line (``out_far``) at 0.25, not gated by the self-test
-STOP24_RULE = RegionSettings(redraw_outside=0.25, outside_beyond=1.0, outside_tested=False)
+#: the engine from stop 24 to stop 30, whose rows the studies that read it pin: the measure
+#: from a patch beyond the line (``out_far``) at 0.25, not gated by the self-test (and no
+#: lower tight bar on fine grids, stop 31)
+STOP24_RULE = RegionSettings(
+    redraw_outside=0.25, outside_beyond=1.0, outside_tested=False, tight_fine_above=None
+)
 
 BARS = (0.25, 0.5, 0.75, 1.0, 1.5)
 AGREE = (0.8, 0.85, 0.9)
@@ -150,7 +153,7 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None, gated:
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     # stop 23's engine, this study's base
-    settings = RegionSettings(redraw_outside=None, redraw_inside=None)
+    settings = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
 
     def row_of(e: Edited) -> dict[str, Any]:
         row, out = tested_row(e, settings)

@@ -56,7 +56,8 @@ of 0.75-0.9 that the engine had improved (an edit's cuts, a re-draw for normal i
 drawn. No tuning row above had such a rim. Those outlines closed over normal tissue: their
 slides score it deep inside them (:func:`engine.regions.normal_inside`), where a close outline
 has tumour. ``--inside`` scores again every slide case of the rows above where the rule fires
-(the same MIL model: rim level and shipped Dice must come back) and measures that; ``--small``
+(rim >= 0.75 on <= 32 µm, those already tight at 0.9 included; the same MIL model: rim level
+and shipped Dice must come back) and measures that; ``--small``
 computes CI's small slides' rows with it; ``--judge-inside`` (``tune-tight-fine-inside.txt``)
 judges an exemption from the rule at 0.25 / 0.5 / 1 / 1.5 patches of such tissue, read off
 tuning rows only. Result: where the rule fires, close outlines measure 0.00-0.06 (gland level)
@@ -192,10 +193,10 @@ def inside_rows(data: Path, work: Path, bench: str) -> list[dict]:
     want = {
         (r["slide"], r["grid"], r["level"], r["seed"]): r for r in rs if left_as_drawn(r, bar, um)
     }
-    cache = work / "cache"
-    enc = build_encoder("efficientnet-lite0", cache)
     if not want:
         return []
+    cache = work / "cache"
+    enc = build_encoder("efficientnet-lite0", cache)
     last = max(int(k[0].rsplit("-", 1)[1]) for k in want) + 1
     out = []
     for s, coarse, case in spec_cases(
@@ -321,7 +322,9 @@ def inside_lines(
     ]
     lines = [
         f"{len(rs)} slide cases ({len(seen)} seen, {len(new)} new, {len(small)} on CI's small "
-        f"slides); the rule fires on {len(fired)}",
+        f"slides); rim >= {CHOSEN.tight_fine_above:g} on <= {CHOSEN.fine_um:g} um on {len(fired)} "
+        f"({sum(r['rim level'] >= cast(float, SHIPPED.tight_above) for r in fired)} of them "
+        "tight at the old bar too)",
         "normal inside where it fires, by benchmark (min / max): "
         + ", ".join(
             f"{b} {min(ni[key(r)] for r in fired if r['bench'] == b):.2f} / "

@@ -288,6 +288,7 @@ def case_row(
         redraw_depth=None,
         island_above=None,
         tight_above=None,
+        tight_fine_above=None,
         missed_min_um2=None,
         redraw_outside=None,
         redraw_inside=None,

@@ -169,11 +169,12 @@ class RegionSettings:
     verdict says ``re-drawn (normal inside)``.
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
-    (None: never), the band just inside the outline scores like its deep inside: the line
+    (None: not by this bar), the band just inside the outline scores like its deep inside: the line
     already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
     there changed outlines by a few patches' worth, mostly for the worse (BENCHMARKS.md,
     issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is also
-    ``tight_fine_above`` (None: ``tight_above`` only): the rim is half a patch deep,
+    ``tight_fine_above`` (None: ``tight_above`` only; both None: never tight): the rim is half a
+    patch deep,
     thinner there than a close line's own wander, so a close outline's rim reads lower, and
     the edits and re-draws of such outlines lost more than they gained on the tuning part
     (stop 31: 0.75 on patches of 32 µm or less, chosen by stop 17's rule on 540 tuning slide
@@ -277,7 +278,9 @@ class RegionSettings:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
                 raise SettingsError(f"{name} is a probability between 0 and 1 (or None)")
-        for name in ("tight_above", "tight_fine_above", "tight_fine_inside"):
+        if self.tight_above is not None and not self.tight_above >= 0:
+            raise SettingsError("tight_above is a rim level, 0 or more (or None)")
+        for name in ("tight_fine_above", "tight_fine_inside"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < math.inf:
                 raise SettingsError(f"{name} is a rim level or depth, 0 or more (or None)")
@@ -421,7 +424,9 @@ def is_tight(
     if settings.tight_above is not None and rim.level >= settings.tight_above:
         return True
     fine_bar = settings.tight_fine_above
-    if fine_bar is None or s.grid.size * s.mpp > settings.fine_um or rim.level < fine_bar:
+    # patch sides come back from µm through pixels: a hair over fine_um is fine_um
+    fine = s.grid.size * s.mpp <= settings.fine_um * (1 + 1e-9)
+    if fine_bar is None or not fine or rim.level < fine_bar:
         return False
     bar = settings.tight_fine_inside
     return bar is None or normal_inside(s, depth, rim, settings.sigma) < bar
@@ -648,7 +653,7 @@ class Outline:
     #: regions added away from the outline (tumour it missed altogether): a re-draw's
     #: islands, or those of an edited outline that cover ``missed_min_um2``
     islands: int = 0
-    #: left as drawn: its rim scores like its deep inside (``RegionSettings.tight_above``)
+    #: left as drawn: its rim scores like its deep inside (:func:`is_tight`)
     tight: bool = False
     #: re-drawn without islands: the self-test did not confirm the scores
     unconfirmed: bool = False
