@@ -107,24 +107,43 @@ UMS = (16.0, 24.0, 32.0, 40.0, 48.0, 80.0)
 #: the engine before this study (the rule off), and the rule its family chose (checked
 #: without the exemption for outlines closed over normal tissue, added after the check)
 SHIPPED = RegionSettings(tight_fine_above=None)
-CHOSEN = replace(SHIPPED, tight_fine_above=0.75, fine_um=32.0, tight_fine_inside=None)
+BAR, UM = 0.75, 32.0
+CHOSEN = replace(SHIPPED, tight_fine_above=BAR, fine_um=UM, tight_fine_inside=None)
 #: bars tried for that exemption (``RegionSettings.tight_fine_inside``; None: no exemption)
 INSIDE_BARS = (None, 0.25, 0.5, 1.0, 1.5)
 #: the rule with the exemption as shipped (refined directly in the rows that measure it)
 EXEMPT = replace(CHOSEN, tight_fine_inside=0.5)
 
 
-def left_as_drawn(r: dict, bar: float, um: float) -> bool:
+def left_as_drawn(r: dict, bar: float = BAR, um: float = UM) -> bool:
     return r["rim level"] is not None and r["rim level"] >= bar and r["patch um"] <= um
+
+
+def shipped_of(r: dict) -> float:
+    """Slide case ``r``'s Dice under the engine before this study (seen rows name it "with
+    the rule", stop 24's)."""
+    return float(r["shipped"] if "shipped" in r else r["with the rule"])
+
+
+def case_key(r: dict) -> tuple[str, str, str, int]:
+    return r["slide"], r["grid"], r["level"], r["seed"]
 
 
 def family_value(r: dict, bar: float, um: float) -> float:
     """Slide case ``r``'s Dice under the rule (``bar``, ``um``), read off its columns."""
-    return float(r["coarse"] if left_as_drawn(r, bar, um) else r["with the rule"])
+    return float(r["coarse"]) if left_as_drawn(r, bar, um) else shipped_of(r)
+
+
+def loaded(names: Any) -> list[dict]:
+    return [r for f in names for r in json.loads((RESULTS / f"{f}.json").read_text())]
 
 
 def seen_rows() -> list[dict]:
-    return [r for f in SEEN for r in json.loads((RESULTS / f"{f}.json").read_text())]
+    return loaded(SEEN)
+
+
+def new_rows() -> list[dict]:
+    return loaded(f"tune-tight-fine-{b}" for b in NEW)
 
 
 def summary(name: str, values: np.ndarray, base: np.ndarray, coarse: np.ndarray) -> str:
@@ -186,13 +205,8 @@ def inside_rows(data: Path, work: Path, bench: str) -> list[dict]:
     """Every slide case of ``bench``'s seen and new rows where the chosen rule fires, scored
     again (the same MIL model: its rim level and the shipped Dice must come back), with the
     normal tissue its slide scores deep inside the outline (:func:`normal_inside`)."""
-    bar, um = CHOSEN.tight_fine_above, CHOSEN.fine_um
-    assert bar is not None
-    rs = [r for r in seen_rows() if r["bench"] == bench]
-    rs += json.loads((RESULTS / f"tune-tight-fine-{bench}.json").read_text())
-    want = {
-        (r["slide"], r["grid"], r["level"], r["seed"]): r for r in rs if left_as_drawn(r, bar, um)
-    }
+    rs = [r for r in seen_rows() + new_rows() if r["bench"] == bench]
+    want = {case_key(r): r for r in rs if left_as_drawn(r)}
     if not want:
         return []
     cache = work / "cache"
@@ -206,8 +220,7 @@ def inside_rows(data: Path, work: Path, bench: str) -> list[dict]:
         if r is None:
             continue
         row = case_row(scored_case(s, coarse, case, enc, cache), inside=True)
-        shipped = r.get("shipped", r.get("with the rule"))
-        if row["rim level"] != r["rim level"] or row["shipped"] != shipped:
+        if row["rim level"] != r["rim level"] or row["shipped"] != shipped_of(r):
             raise SystemExit(f"error: {row} does not reproduce {r}")
         out.append(row)
         print(json.dumps(row), flush=True)
@@ -246,23 +259,21 @@ def rows(data: Path, work: Path, bench: str, first: int, n: int) -> list[dict]:
 
 def judged(seen: list[dict], new: list[dict]) -> list[str]:
     """The criterion set before the new rows: see the module's docstring."""
-    bar, um = CHOSEN.tight_fine_above, CHOSEN.fine_um
-    assert bar is not None
     for r in new:  # the engine's rule is the column formula
-        if r["chosen"] != (r["coarse"] if left_as_drawn(r, bar, um) else r["shipped"]):
+        if r["chosen"] != family_value(r, BAR, UM):
             raise SystemExit(f"error: the engine's rule is not the studied one on {r}")
     nc = np.array([r["coarse"] for r in new])
     ns, nr = np.array([r["shipped"] for r in new]), np.array([r["chosen"] for r in new])
     sc = np.array([r["coarse"] for r in seen])
-    ss = np.array([r["with the rule"] for r in seen])
-    sr = np.array([family_value(r, bar, um) for r in seen])
+    ss = np.array([shipped_of(r) for r in seen])
+    sr = np.array([family_value(r, BAR, UM) for r in seen])
     lines = [f"new rows: {len(new)} slide cases"]
     lines.append(summary("shipped", ns, ns, nc))
-    lines.append(summary(f"rim>={bar:g} on <={um:g} um", nr, ns, nc))
+    lines.append(summary(f"rim>={BAR:g} on <={UM:g} um", nr, ns, nc))
     pc, ps, pr = (np.concatenate(p) for p in ((sc, nc), (ss, ns), (sr, nr)))
     lines.append(f"every row: {len(pc)} slide cases")
     lines.append(summary("shipped", ps, ps, pc))
-    lines.append(summary(f"rim>={bar:g} on <={um:g} um", pr, ps, pc))
+    lines.append(summary(f"rim>={BAR:g} on <={UM:g} um", pr, ps, pc))
     checks = {
         "(1) no new slide case below coarse - 0.03": bool((nr - nc).min() >= -0.03),
         "(2) new rows' mean at most 0.001 below the shipped engine's": bool(
@@ -299,10 +310,8 @@ def judged(seen: list[dict], new: list[dict]) -> list[str]:
 def inside_value(r: dict, ni: float | None, bar: float | None) -> float:
     """Slide case ``r``'s Dice under the chosen rule with the exemption at ``bar`` (``ni``:
     the normal tissue deep inside its outline, where the rule fires)."""
-    fired = left_as_drawn(r, cast(float, CHOSEN.tight_fine_above), CHOSEN.fine_um)
-    shipped = float(r["shipped"] if "shipped" in r else r["with the rule"])
-    if not fired or (bar is not None and ni is not None and ni >= bar):
-        return shipped
+    if not left_as_drawn(r) or (bar is not None and ni is not None and ni >= bar):
+        return shipped_of(r)
     return float(r["coarse"])
 
 
@@ -310,19 +319,17 @@ def inside_lines(
     seen: list[dict], new: list[dict], inside: list[dict], small: list[dict]
 ) -> list[str]:
     """The exemption's bars over every tuning row (seen, new and CI's small slides)."""
-    key = lambda r: (r["slide"], r["grid"], r["level"], r["seed"])  # noqa: E731
+    key = case_key
     ni = {key(r): r["normal inside"] for r in inside + small}
     for r in inside + small:  # the engine's rule is the column formula
         if r["exempt"] != inside_value(r, r["normal inside"], EXEMPT.tight_fine_inside):
             raise SystemExit(f"error: the engine's exemption is not the studied one on {r}")
     rs = seen + new + small
     coarse = np.array([r["coarse"] for r in rs])
-    fired = [
-        r for r in rs if left_as_drawn(r, cast(float, CHOSEN.tight_fine_above), CHOSEN.fine_um)
-    ]
+    fired = [r for r in rs if left_as_drawn(r)]
     lines = [
         f"{len(rs)} slide cases ({len(seen)} seen, {len(new)} new, {len(small)} on CI's small "
-        f"slides); rim >= {CHOSEN.tight_fine_above:g} on <= {CHOSEN.fine_um:g} um on {len(fired)} "
+        f"slides); rim >= {BAR:g} on <= {UM:g} um on {len(fired)} "
         f"({sum(r['rim level'] >= cast(float, SHIPPED.tight_above) for r in fired)} of them "
         "tight at the old bar too)",
         "normal inside where it fires, by benchmark (min / max): "
@@ -370,25 +377,16 @@ def main() -> None:
         rs = inside_rows(a.data, a.work, a.bench) if a.inside else small_rows(a.data, a.work)
         a.out.write_text(json.dumps(rs, indent=1) + "\n")
     elif a.judge_inside:
-        new = [
-            r for b in NEW for r in json.loads((RESULTS / f"tune-tight-fine-{b}.json").read_text())
-        ]
-        inside = [
-            r
-            for b in NEW
-            for r in json.loads((RESULTS / f"tune-tight-fine-inside-{b}.json").read_text())
-        ]
-        small = json.loads((RESULTS / "tune-tight-fine-small.json").read_text())
-        lines = inside_lines(seen_rows(), new, inside, small)
+        inside = loaded(f"tune-tight-fine-inside-{b}" for b in NEW)
+        small = loaded(["tune-tight-fine-small"])
+        lines = inside_lines(seen_rows(), new_rows(), inside, small)
         (RESULTS / "tune-tight-fine-inside.txt").write_text("\n".join(lines) + "\n")
     elif a.seen:
         text = "\n".join(seen_lines(seen_rows())) + "\n"
         (RESULTS / "tune-tight-fine-seen.txt").write_text(text)
     elif a.judge:
-        new = [
-            r for b in NEW for r in json.loads((RESULTS / f"tune-tight-fine-{b}.json").read_text())
-        ]
-        (RESULTS / "tune-tight-fine.txt").write_text("\n".join(judged(seen_rows(), new)) + "\n")
+        lines = judged(seen_rows(), new_rows())
+        (RESULTS / "tune-tight-fine.txt").write_text("\n".join(lines) + "\n")
     else:
         if a.bench is None or a.out is None:
             ap.error("--bench and --out are needed to compute rows")

@@ -169,21 +169,21 @@ class RegionSettings:
     verdict says ``re-drawn (normal inside)``.
 
     A tight outline (``outline="auto"``): where the rim's level is ``tight_above`` or more
-    (None: not by this bar), the band just inside the outline scores like its deep inside: the line
-    already runs along tumour, and the outline is left as drawn (``Outline.tight``). Edits
-    there changed outlines by a few patches' worth, mostly for the worse (BENCHMARKS.md,
-    issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is also
-    ``tight_fine_above`` (None: ``tight_above`` only; both None: never tight): the rim is half a
-    patch deep,
-    thinner there than a close line's own wander, so a close outline's rim reads lower, and
-    the edits and re-draws of such outlines lost more than they gained on the tuning part
-    (stop 31: 0.75 on patches of 32 µm or less, chosen by stop 17's rule on 540 tuning slide
-    cases, worst -0.029 -> -0.002; on 324 never looked at, the shipped engine's worst -0.036
-    -> -0.002; BENCHMARKS.md, issue 9, "Close outlines on fine grids"), except where the
-    slide scores ``tight_fine_inside`` patches or more of normal tissue deep inside the
-    outline (:func:`normal_inside`; None: never): it closed over normal tissue and is not
-    close, whatever its rim (WSSS4LUAD-like outlines at 16-24 µm; the close outlines the bar
-    was chosen on measure 0.2 at most, those that closed over normal tissue 1.06 and more).
+    (None: not by this bar), the band just inside the outline scores like its deep inside:
+    the line already runs along tumour, and the outline is left as drawn (``Outline.tight``).
+    Edits there changed outlines by a few patches' worth, mostly for the worse
+    (BENCHMARKS.md, issue 9, "tight outlines"). On patches of ``fine_um`` or less the bar is
+    also ``tight_fine_above`` (None: ``tight_above`` only; both None: never tight): the rim
+    is half a patch deep, thinner there than a close line's own wander, so a close outline's
+    rim reads lower, and the edits and re-draws of such outlines lost more than they gained
+    on the tuning part (stop 31: 0.75 on patches of 32 µm or less, chosen by stop 17's rule
+    on 540 tuning slide cases, worst -0.029 -> -0.002; on 324 never looked at, the shipped
+    engine's worst -0.036 -> -0.002; BENCHMARKS.md, issue 9, "Close outlines on fine
+    grids"), except where the slide scores ``tight_fine_inside`` patches or more of normal
+    tissue deep inside the outline (:func:`normal_inside`; None: never): it closed over
+    normal tissue and is not close, whatever its rim (WSSS4LUAD-like outlines at 16-24 µm;
+    the close outlines the bar was chosen on measure 0.2 at most, those that closed over
+    normal tissue 1.06 and more).
 
     Weak evidence: where the deep inside of the outline does not score at least
     ``min_separation`` above the tissue outside it, the scores separate nothing the
