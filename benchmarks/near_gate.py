@@ -1,0 +1,218 @@
+"""Tumour continuing across a re-drawn outline's line, added where the slide's self-test says
+its scores fall off slowly (stop 32; tuning part).
+
+    python -m benchmarks.near_gate --bench glas-gland --first 0 --slides 3 \
+        --out benchmarks/results/tune-near-gate-seen-glas-gland.json   # and region, wsss4luad
+    python -m benchmarks.near_gate --choose
+    python -m benchmarks.near_gate --bench glas-gland --first 21 --slides 6 \
+        --out benchmarks/results/tune-near-gate-glas-gland.json        # and region
+    python -m benchmarks.near_gate --bench wsss4luad --first 27 --slides 6 \
+        --out benchmarks/results/tune-near-gate-wsss4luad.json
+    python -m benchmarks.near_gate --judge
+
+Why: on the report part the engine misses two of issue 9's comparisons at severe and moderate
+noise: the CA classifier at gland level (by 0.002-0.004) and LCMIL-style at region level on
+the 80 µm grid (0.846 against 0.862), both where it re-draws. A re-draw adds tissue outside the
+outline only where the smoothed score exceeds 0.8; stop 25 (``redraw_adds``, on stop 24's
+engine) found that adding what continues the outline's own tumour across the line above 0.7
+(:func:`benchmarks.redraw_adds.near_additions`) gained at gland level and on region-level
+slides at 80 µm and lost on region-level slides on the fine auto grid, and, post hoc, that
+it gained where the slide failed the guard's self-test (+0.04392 against +0.04230, worst
+-0.0049) and lost where it passed. The self-test loosens the outline by two patches and asks
+how much of that band the slide's scores take back out (:mod:`engine.guard`): where they take
+out little, the scores fall off slowly across the tumour's edge, and tumour continuing the
+outline's own across the line scores below the 0.8 bar too; where they take out most of it,
+the scores drop sharply at the edge, and what scores 0.7-0.8 next to the line is the
+smoothing's leak of the inside. This study asks it on the engine as shipped (stop 31), with
+the self-test's share as a measured gate.
+
+The family, set before any row was computed: each re-drawn slide case (loose, tumour outside,
+normal inside) gets the near additions above 0.7 (the smoothed score and the patch's own, or
+the smoothed score alone) where the slide's self-test share is below ``gate`` (0.5: the slide
+fails the self-test; 0.6; 0.7; or always, whatever the self-test); a slide whose self-test
+cannot run (too few patches in the band) gets none (except "always"). Judged by stop 17's
+rule on the tuning part's own slides (0-2 of each benchmark, seeds 0-2, both grids, every
+noise level; ``--choose``, ``tune-near-gate-seen.txt``): the highest mean gain over coarse
+whose worst slide case is above -0.01, and within 0.001 of it the rule that moves the fewest
+slide cases (the engine as shipped is a candidate).
+
+The check, set before its rows are computed (``--judge``, ``tune-near-gate.txt``): slides
+21-26 of the gland- and region-level tuning streams and 27-32 of the WSSS4LUAD-like one, never
+looked at, the same cases; the chosen rule becomes the default if (1) no slide case of the new
+rows falls below coarse - 0.03 with it, (2) its mean gain over coarse on the new rows is at
+least the shipped engine's, and (3) its mean over every row (seen and new) is at least the
+shipped engine's. Otherwise the engine keeps its re-draw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import harness as H
+from benchmarks.edit_adds import scored_case
+from benchmarks.redraw_adds import near_additions
+from benchmarks.tune_guard import spec_cases
+from engine.encoders import build_encoder
+from engine.regions import RegionSettings, refine_outline, valid_polygons
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BENCHES = ("glas-gland", "region", "wsss4luad")
+SHIPPED = RegionSettings()
+#: near additions: (bar, the patch's own score too)
+NEAR = ((0.7, True), (0.7, False))
+#: below this self-test share (None: always)
+GATES: tuple[float | None, ...] = (0.5, 0.6, 0.7, None)
+
+
+def near_key(near: tuple[float, bool]) -> str:
+    return f"near {'smoothed&own' if near[1] else 'smoothed'}>{near[0]:g}"
+
+
+def rule_name(near: tuple[float, bool], gate: float | None) -> str:
+    return near_key(near) + (" always" if gate is None else f" where self-test < {gate:g}")
+
+
+def rule_value(r: dict, near: tuple[float, bool], gate: float | None) -> float:
+    """Slide case ``r``'s Dice under the rule (``near`` additions below ``gate``)."""
+    if near_key(near) not in r:  # not re-drawn
+        return float(r["shipped"])
+    st = r["self test"]
+    if gate is None or (st is not None and st < gate):
+        return float(r[near_key(near)])
+    return float(r["shipped"])
+
+
+def case_row(e: Any) -> dict:
+    """One slide case: the shipped outline, and where it is re-drawn the slide's self-test
+    share and the outline with each near addition."""
+    sc = e.scores
+    test: list[float | None] = []
+
+    def share() -> float | None:
+        if not test:
+            test.append(e.self_test(SHIPPED))
+        return test[0]
+
+    def confirm() -> bool:
+        st = share()
+        return st is not None and st >= SHIPPED.self_test_recovered
+
+    o = refine_outline(
+        sc.coarse, sc.grid, sc.proba, sc.coarse_labels, sc.mpp, SHIPPED, sc.frame, confirm
+    )
+    row = e.head | {
+        "coarse": e.dice(sc.coarse),
+        "patch um": sc.grid.size * sc.mpp,
+        "shipped": e.dice(o.regions),
+        "verdict": o.verdict(SHIPPED),
+    }
+    if o.redrawn:
+        row["self test"] = share()
+        for near in NEAR:
+            more = near_additions(sc, *near, SHIPPED)
+            row[near_key(near)] = e.dice(valid_polygons(o.regions.union(more), sc.frame))
+    return row
+
+
+def rows(data: Path, work: Path, bench: str, first: int, n: int) -> list[dict]:
+    cache = work / "cache"
+    enc = build_encoder("efficientnet-lite0", cache)
+    spec = H.part_spec(H.BENCHMARKS[bench], "tune", first + n)
+    out = []
+    for s, coarse, case in spec_cases(data, work, spec, [0, 1, 2], first):
+        out.append(case_row(scored_case(s, coarse, case, enc, cache)))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def loaded(names: Any) -> list[dict]:
+    return [r for f in names for r in json.loads((RESULTS / f"{f}.json").read_text())]
+
+
+def summary(name: str, values: np.ndarray, base: np.ndarray, coarse: np.ndarray) -> str:
+    o, d = values - coarse, values - base
+    moved = d[d != 0]
+    return (
+        f"{name:42s} mean {o.mean():+.5f}  worst {o.min():+.4f}  below -0.01 "
+        f"{int((o < -0.01).sum())}, below -0.03 {int((o < -0.03).sum())}; moves "
+        f"{len(moved)} (up {int((moved > 0).sum())}, down {int((moved < 0).sum())}"
+        + (f", worst {moved.min():+.4f})" if len(moved) else ")")
+    )
+
+
+def rules() -> list[tuple[str, tuple[float, bool], float | None]]:
+    return [(rule_name(n, g), n, g) for n in NEAR for g in GATES]
+
+
+def cell_lines(rs: list[dict], values: dict[str, np.ndarray], base: np.ndarray) -> list[str]:
+    """Each rule's mean change against the shipped engine, per benchmark x grid x noise."""
+    lines = ["per cell, mean change against the shipped engine (re-drawn cases / cases):"]
+    for bench in BENCHES:
+        for grid in ("benchmark", "auto"):
+            for level in ("mild", "moderate", "severe"):
+                idx = [
+                    i
+                    for i, r in enumerate(rs)
+                    if (r["bench"], r["grid"], r["level"]) == (bench, grid, level)
+                ]
+                if not idx:
+                    continue
+                n_re = sum("self test" in rs[i] for i in idx)
+                parts = [f"{(v[idx] - base[idx]).mean():+.4f}" for v in values.values()]
+                head = f"  {bench:10s} {grid:9s} {level:8s} {n_re}/{len(idx)}  "
+                lines.append(head + " ".join(parts))
+    return lines
+
+
+def choose_lines(rs: list[dict]) -> tuple[list[str], str]:
+    coarse = np.array([r["coarse"] for r in rs])
+    base = np.array([r["shipped"] for r in rs])
+    lines = [f"{len(rs)} slide cases, {sum('self test' in r for r in rs)} re-drawn"]
+    lines.append(summary("shipped", base, base, coarse))
+    scored = [(base.mean() - coarse.mean(), (base - coarse).min(), 0, "shipped")]
+    values = {}
+    for name, near, gate in rules():
+        v = np.array([rule_value(r, near, gate) for r in rs])
+        values[name] = v
+        lines.append(summary(name, v, base, coarse))
+        scored.append(((v - coarse).mean(), (v - coarse).min(), int((v != base).sum()), name))
+    ok = [s for s in scored if s[1] > -0.01]
+    best = max(s[0] for s in ok)
+    pick = min((s for s in ok if s[0] >= best - 0.001), key=lambda s: (s[2], -s[0]))
+    lines.append(f"stop 17's rule picks: {pick[3]} (mean {pick[0]:+.5f})")
+    lines.append("columns: " + " | ".join(values))
+    lines += cell_lines(rs, values, base)
+    return lines, pick[3]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=RESULTS / "tmp")
+    ap.add_argument("--bench", choices=BENCHES)
+    ap.add_argument("--first", type=int, default=0)
+    ap.add_argument("--slides", type=int, default=3)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--choose", action="store_true", help="judge the family on the seen rows")
+    ap.add_argument("--judge", action="store_true", help="judge the new rows")
+    a = ap.parse_args()
+    if a.choose:
+        lines, _ = choose_lines(loaded(f"tune-near-gate-seen-{b}" for b in BENCHES))
+        (RESULTS / "tune-near-gate-seen.txt").write_text("\n".join(lines) + "\n")
+    elif a.judge:
+        raise SystemExit("error: the check is written once the choice is made")
+    else:
+        if a.bench is None or a.out is None:
+            ap.error("--bench and --out are needed to compute rows")
+        rs = rows(a.data, a.work, a.bench, a.first, a.slides)
+        a.out.write_text(json.dumps(rs, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
