@@ -129,7 +129,9 @@ def case_row(s: Any, coarse: Any, case: Any, enc: Any, cache: Path, how: str | N
     # The engine's own call (kept, tight, re-drawn or edited), not a copy of its rules
     frame = (d.info.width, d.info.height)
     # stop 20's engine decides which cases are edited (no re-draw for tumour outside)
-    shipped = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
+    shipped = RegionSettings(
+        redraw_outside=None, redraw_inside=None, tight_fine_above=None, near_add_above=None
+    )
     out = refine_outline(coarse, d.grid, p, c, d.info.mpp, shipped, frame)
     row["verdict"] = (
         "kept" if out.kept else "tight" if out.tight else "loose" if out.redrawn else "edited"

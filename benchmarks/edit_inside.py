@@ -113,7 +113,7 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None) -> flo
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     # the engine without this study's rule (stop 27's; stop 24's rows: stop 24's engine)
-    settings = RegionSettings(redraw_inside=None, tight_fine_above=None)
+    settings = RegionSettings(redraw_inside=None, tight_fine_above=None, near_add_above=None)
 
     def row_of(e: Edited) -> dict[str, Any]:
         row, out = tested_row(e, settings)

@@ -46,7 +46,9 @@ def island_study(doc: str, columns: Columns, variants: list[tuple[str, str]]) ->
     the self-test before "always")."""
     a, known = edited_study(doc)
     # the edits of stop 21
-    settings = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
+    settings = RegionSettings(
+        redraw_outside=None, redraw_inside=None, tight_fine_above=None, near_add_above=None
+    )
 
     def row_of(e: Edited) -> dict[str, Any]:
         sc = e.scores

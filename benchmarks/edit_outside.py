@@ -79,9 +79,13 @@ from engine.regions import (
 
 #: the engine from stop 24 to stop 30, whose rows the studies that read it pin: the measure
 #: from a patch beyond the line (``out_far``) at 0.25, not gated by the self-test (and no
-#: lower tight bar on fine grids, stop 31)
+#: lower tight bar on fine grids, stop 31, nor additions across a re-drawn line, stop 32)
 STOP24_RULE = RegionSettings(
-    redraw_outside=0.25, outside_beyond=1.0, outside_tested=False, tight_fine_above=None
+    redraw_outside=0.25,
+    outside_beyond=1.0,
+    outside_tested=False,
+    tight_fine_above=None,
+    near_add_above=None,
 )
 
 BARS = (0.25, 0.5, 0.75, 1.0, 1.5)
@@ -153,7 +157,9 @@ def rule_value(r: dict[str, Any], measure: str | None, bar: float | None, gated:
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     # stop 23's engine, this study's base
-    settings = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
+    settings = RegionSettings(
+        redraw_outside=None, redraw_inside=None, tight_fine_above=None, near_add_above=None
+    )
 
     def row_of(e: Edited) -> dict[str, Any]:
         row, out = tested_row(e, settings)

@@ -126,7 +126,9 @@ def rule_value(r: dict[str, Any], rule: str, bar: float) -> float:
 def main() -> None:
     a, known = edited_study(__doc__ or "")
     # stop 23: no re-draw for tumour outside (nor, stop 28, for normal tissue inside)
-    settings = RegionSettings(redraw_outside=None, redraw_inside=None, tight_fine_above=None)
+    settings = RegionSettings(
+        redraw_outside=None, redraw_inside=None, tight_fine_above=None, near_add_above=None
+    )
 
     def row_of(e: Edited) -> dict[str, Any]:
         sc = e.scores

@@ -74,7 +74,8 @@ def rule_name(bar: float) -> str:
 def rules() -> dict[str, RegionSettings]:
     """Each bar's settings (stop 27's engine), the shipped bar first; then the forced edit
     and re-draw, which are columns, not rules."""
-    base = RegionSettings(redraw_inside=None, tight_fine_above=None)  # stop 27's engine
+    # stop 27's engine
+    base = RegionSettings(redraw_inside=None, tight_fine_above=None, near_add_above=None)
     out = {rule_name(b): replace(base, redraw_below=b) for b in BARS}
     return out | {"edit": replace(base, outline="edit"), "redraw": replace(base, outline="redraw")}
 

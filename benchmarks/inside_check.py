@@ -104,7 +104,9 @@ GATED = {
 #: stop 29's next candidate for the outside rule (``edit_outside`` judged again): the measure
 #: with the tissue next to the line (``out``), at 0.5, where the self-test passes
 CANDIDATE_BAR = 0.5
-EVERY_OUTSIDE = RegionSettings(redraw_outside=0.0, outside_tested=False, tight_fine_above=None)
+EVERY_OUTSIDE = RegionSettings(
+    redraw_outside=0.0, outside_tested=False, tight_fine_above=None, near_add_above=None
+)
 
 
 def outside_columns(e: Any, confirm: Any) -> dict[str, Any]:

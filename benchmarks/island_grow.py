@@ -71,9 +71,12 @@ from engine.regions import RegionSettings, refine_outline
 #: stop 26's engine, the scores smoothed on one lattice cell for everything: this study,
 #: ``redraw_depth`` and ``score_sigma`` each change one thing of it (its self-test included),
 #: so that their rows are computed again as they were (the defaults changed since are
-#: pinned: the smoothing, stop 27, re-draws for normal tissue inside, stop 28, and the tight
-#: bar on fine grids, stop 31; a later change of another default must be pinned here too)
-STOP26 = RegionSettings(sigma=1.0, find_sigma=None, redraw_inside=None, tight_fine_above=None)
+#: pinned: the smoothing, stop 27, re-draws for normal tissue inside, stop 28, the tight
+#: bar on fine grids, stop 31, and additions across a re-drawn line, stop 32; a later change
+#: of another default must be pinned here too)
+STOP26 = RegionSettings(
+    sigma=1.0, find_sigma=None, redraw_inside=None, tight_fine_above=None, near_add_above=None
+)
 LINES = (0.7, 0.65, 0.6)
 FLOORS_MM2 = (0.04, 0.02, 0.01, 0.0)
 SHIPPED = "shipped (islands drawn on 0.75)"

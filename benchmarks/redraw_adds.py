@@ -10,10 +10,10 @@ above 0.75 where the self-test passes (islands, stop 17). Both parts' region-lev
 80 µm, severe noise, gain less than the LCMIL-style re-draw on every slide case (0.822 vs
 0.859 tuning): their coarse outlines leave out tumour that continues the outline's own and
 scores 0.6-0.8. This study adds, to each re-draw of the shipped engine (stop 24), the regions
-above a lower bar that overlap the outline (:func:`near_additions`: tumour continuing across
-the line, not specks away from it), from the smoothed score or from the smoothed score and
-the patch's own (the edit's rule against the smoothing's leak across the line), and moves
-the islands' bar:
+above a lower bar that overlap the outline (:func:`engine.regions.near_additions`: tumour
+continuing across the line, not specks away from it), from the smoothed score or from the
+smoothed score and the patch's own (the edit's rule against the smoothing's leak across the
+line), and moves the islands' bar:
 
 * near additions: none (shipped), smoothed above 0.5 / 0.6 / 0.7, smoothed and own above
   0.5 / 0.6 / 0.7;
@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon
 
 from benchmarks.edit_adds import Edited, scored_case
 from benchmarks.edit_cuts import choose, gain_lines, shipped_rows
@@ -87,9 +86,9 @@ from engine.regions import (
     RegionSettings,
     RimScores,
     SlideScores,
+    near_additions,
     outline_depth,
     refine_outline,
-    regions_from_probabilities,
     rim_scores,
     smooth_on_grid,
     valid_polygons,
@@ -112,21 +111,6 @@ NEAR: tuple[tuple[float, bool] | None, ...] = (
     (0.5, True),
     (0.5, False),
 )
-
-
-def near_additions(
-    sc: SlideScores, bar: float, own: bool, settings: RegionSettings
-) -> shapely.Geometry:
-    """The regions whose smoothed score (and with ``own`` the patch's own score too) exceeds
-    ``bar`` and that overlap or touch the coarse outline, less the outline: tumour continuing
-    the outline's own across the line (the coarse outline's, not the re-draw's: where the
-    re-draw cut the inside, such a region may stand apart from it)."""
-    smoothed = smooth_on_grid(sc.grid, sc.proba, settings.sigma)
-    values = np.minimum(smoothed, sc.proba) if own else smoothed
-    trace = replace(settings, mode="replace", sigma=0.0, threshold=bar)
-    found = regions_from_probabilities(sc.grid, values, sc.mpp, trace)
-    near = MultiPolygon([g for g in found.geoms if g.intersects(sc.coarse)])
-    return near.difference(sc.coarse)
 
 
 def mid_key(bar: float) -> str:
@@ -232,7 +216,7 @@ def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) 
             outlines[island] = out.regions
         for bar in BARS:
             row[mid_key(bar)] = mid_away(sc, bar, engine)
-        more = {n: near_additions(sc, *n, engine) for n in NEAR if n is not None}
+        more = {n: near_additions(sc, n[0], engine, n[1]) for n in NEAR if n is not None}
         for name, island, near in rules():
             geom = outlines[island]
             row[name] = e.dice(geom) if near is None else with_near(geom, more[near], e)
@@ -245,7 +229,7 @@ def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) 
                 geom = outlines[ISLANDS[0]]
                 if bar < engine.redraw_add_above:
                     row[level_name(at, own)] = with_near(
-                        geom, near_additions(sc, bar, own, engine), e
+                        geom, near_additions(sc, bar, engine, own), e
                     )
                 else:
                     row[level_name(at, own)] = e.dice(geom)

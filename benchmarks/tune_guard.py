@@ -289,6 +289,7 @@ def case_row(
         island_above=None,
         tight_above=None,
         tight_fine_above=None,
+        near_add_above=None,
         missed_min_um2=None,
         redraw_outside=None,
         redraw_inside=None,

@@ -183,7 +183,8 @@ class SlideResult:
     #: out), "re-drawn (normal inside)" (it closed over normal tissue), "re-drawn" (as
     #: asked), each followed by ", N regions added away from the outline" where it added
     #: some, "re-drawn (loose; no islands: self-test not passed)" (or "tumour outside; …",
-    #: "normal inside; …"), "unchanged (...)", "kept (weak evidence: why)"
+    #: "normal inside; …"; a re-draw whose slide failed the self-test may end ", extended
+    #: across its line by A mm²"), "unchanged (...)", "kept (weak evidence: why)"
     #: (the coarse outline unchanged) or "from scores" (region mode "replace"); an edited
     #: or unchanged outline may end "; N regions inside scored normal, not cut", "; tumour
     #: scored outside, not re-drawn (self-test not passed)" (``outside_tested``) and/or "; N
@@ -719,18 +720,21 @@ def kept_result(
     return result
 
 
-def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callable[[], bool] | None:
+def self_test_for(
+    d: SlideFeatures, settings: RefineSettings, k: int
+) -> Callable[[], float | None] | None:
     """The guard's self-test for slide ``k`` (MIL only: it retrains the slide's model), run
     only where its answer changes the outline (:func:`engine.regions.refine_outline`): the
     re-draw of an edited outline that left tumour out (``outside_tested``), the islands or
     uncapped re-draw of an outline re-drawn in ``auto`` mode (loose, left tumour out or
     closed over normal tissue), an edited outline's large islands in ``auto`` or ``edit``
-    mode. It decides them."""
+    mode, and with ``near_add_above`` a re-drawn outline's additions across its line. It
+    decides them; it answers with its share (None where it cannot run)."""
     r, c = settings.regions, settings.classifier
     if settings.method != "mil" or not r.self_test or d.features is None:
         return None
 
-    def confirm() -> bool:
+    def confirm() -> float | None:
         test = cached_self_test(
             settings.cache_dir or default_cache_dir(),
             redraw_self_test,
@@ -753,7 +757,7 @@ def self_test_for(d: SlideFeatures, settings: RefineSettings, k: int) -> Callabl
             _share(test.edit_recovered),
             _share(test.edit_retained),
         )
-        return test.passed(r.self_test_recovered)
+        return test.recovered
 
     return confirm
 
@@ -769,7 +773,7 @@ def slide_outline(
     proba: npt.NDArray[np.float32],
     settings: RegionSettings,
     kept: str | None = None,
-    confirm: Callable[[], bool] | None = None,
+    confirm: Callable[[], float | None] | None = None,
 ) -> Outline:
     frame = (d.info.width, d.info.height)
     if settings.mode == "edit":

@@ -23,6 +23,7 @@ from engine.regions import (
     edit_masks,
     edit_outline,
     mask_to_polygons,
+    near_additions,
     normal_inside,
     outline_depth,
     patch_labels,
@@ -450,9 +451,10 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
     loose outline whose slide fails it is still re-drawn (capped, it differs from an edit
     with cuts only near the line inside the outline), but gets no islands, and says so;
     uncapped, it is edited. A loose outline asks in ``auto`` mode only, once, and only where
-    the answer changes the outline (islands found, or an uncapped re-draw); confident
-    regions (the edit's bar) are added either way."""
-    s = RegionSettings(island_above=0.7, island_gap=1.0)
+    the answer changes the outline (islands found, or an uncapped re-draw; with the
+    additions across the line on, every re-draw: the next test); confident regions (the
+    edit's bar) are added either way."""
+    s = RegionSettings(island_above=0.7, island_gap=1.0, near_add_above=None)
     grid, truth, p, coarse, c = _disc_case(950)
     i, j = grid.ij[:, 0], grid.ij[:, 1]
     p = p.copy()
@@ -509,6 +511,62 @@ def test_a_loose_slide_that_fails_the_self_test_is_redrawn_without_islands():
         assert rim is not None and rim.level == pytest.approx((rim_p - 0.1) / 0.8)
         assert not refine_outline(coarse, grid, p, c, 1.0, s, confirm=fails).redrawn
     assert asked == []
+
+
+def test_a_redraw_whose_slide_fails_the_self_test_is_extended_across_its_line():
+    """``near_add_above``: a re-drawn outline whose slide's self-test ran and failed (its
+    share below ``self_test_recovered``) also gets the tissue continuing its tumour across
+    the coarse line above that bar (:func:`near_additions`), which the re-draw's own 0.8
+    bar leaves out; a slide that passes, or where the test cannot run (None), does not, nor
+    does any slide with the rule off. The test is asked for it even with no islands."""
+    s = replace(RegionSettings(), near_add_above=0.7)
+    grid, _, p, coarse, c = _disc_case(950)
+    i, j = grid.ij[:, 0], grid.ij[:, 1]
+    p = p.copy()
+    p[(i >= 12) & (i < 19) & (j >= 20) & (j < 29)] = 0.75  # a lobe across the line (y 2450)
+    lobe = shapely.box(1200, 2500, 1900, 2900)  # its part outside the coarse outline
+    assert not lobe.intersects(coarse)
+    asked: list[float | None] = []
+
+    def answers(v):
+        def confirm():
+            asked.append(v)
+            return v
+
+        return confirm
+
+    out = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(0.3))
+    plain = refine_outline(coarse, grid, p, c, 1.0, replace(s, near_add_above=None))
+    assert asked == [0.3] and out.redrawn and out.islands == 0
+    assert out.regions.intersection(lobe).area > 0.35 * lobe.area
+    assert out.near_um2 == pytest.approx(out.regions.difference(plain.regions).area)
+    mm2 = f"{out.near_um2 / 1e6:.3f}"  # 1 µm a pixel here
+    assert out.verdict(s) == f"re-drawn (loose), extended across its line by {mm2} mm²"
+    assert verdict_group(out.verdict(s)) == "re-drawn (loose) + across the line"
+    np.testing.assert_array_equal(out.labels, patch_labels(grid, out.regions))
+    assert plain.verdict(s) == "re-drawn (loose)"
+    assert plain.regions.intersection(lobe).area < 0.05 * lobe.area  # 0.8 bar: not added
+    more = near_additions(SlideScores(coarse, grid, p, c, 1.0), 0.7, s)
+    assert out.regions.symmetric_difference(plain.regions.union(more)).area < 1.0
+    for v in (0.6, None, True):  # passed, could not run, passed (a bool answer)
+        other = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(v))
+        assert other.near_um2 == 0
+        assert other.regions.symmetric_difference(plain.regions).area < 1.0
+    failed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(False))
+    assert failed.near_um2 == pytest.approx(out.near_um2)
+    # With islands found, a failed test drops them and extends the line instead.
+    p[(i >= 24) & (j < 6)] = 0.9  # far from the outline
+    unconfirmed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(0.3))
+    assert unconfirmed.unconfirmed and unconfirmed.islands == 0 and unconfirmed.near_um2 > 0
+    assert unconfirmed.verdict(s).startswith(
+        "re-drawn (loose; no islands: self-test not passed), extended across its line by "
+    )
+    assert verdict_group(unconfirmed.verdict(s)) == "re-drawn (loose) no islands + across the line"
+    speck = Outline(MultiPolygon(), out.labels, True, None, near_um2=150.0)
+    assert speck.verdict(s) == "re-drawn (loose), extended across its line by less than 0.001 mm²"
+    assert verdict_group(speck.verdict(s)) == "re-drawn (loose) + across the line"
+    with pytest.raises(SettingsError, match="near_add_above"):
+        replace(s, near_add_above=1.5).validate()
 
 
 @pytest.mark.parametrize("seed", range(12))

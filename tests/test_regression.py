@@ -15,9 +15,11 @@ measured (in brackets, 2-core CPU, default settings) so that a real regression f
   cost of up to 0.067 on single tuning slides);
   moderate noise: the outline left out tumour blobs (moderate noise omits 15% of them) and
   the slide scores tumour well away from it, so although its rim does not look loose it is
-  re-drawn (stop 24), >= coarse + 0.03 (0.787 -> 0.843, +0.055, drawn on 0.75 cells' smoothing
-  since stop 27; +0.018 on one cell's); the 3 regions away from it
-  that score as tumour are not added, as this slide fails the guard's self-test. Here the
+  re-drawn (stop 24), >= coarse + 0.03 (0.787 -> 0.838, +0.051; 0.843 before stop 32, drawn
+  on 0.75 cells' smoothing since stop 27; +0.018 on one cell's); the 3 regions away from it
+  that score as tumour are not added, as this slide fails the guard's self-test, and since
+  stop 32 the re-draw takes in 0.021 mm² of tissue continuing its tumour across the line
+  above 0.7, as such a slide's does (here it costs 0.005). Here the
   re-draw gains about 0.03 on stop 23's edit (0.813, +0.026; with the issue-4 edit thresholds,
   add above 0.7, +0.100, at a cost of up to 0.04 on single tuning slides at mild noise); on
   one cell's smoothing it cost 0.008, one of the few cases where re-drawing such an outline
@@ -40,6 +42,7 @@ left unchanged, one region inside counted, +0.000).
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -50,11 +53,13 @@ from engine.pipeline import RefineSettings, SlideInput, refine
 from tests.conftest import GLAS, need
 
 CASES = [
-    # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict
+    # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict (A: an
+    # area, which the test does not pin)
     ("region", 80.0, "severe", 0, 0.13, "re-drawn (loose), 1 region added away from the outline"),
     (
         "region", 80.0, "moderate", 0, 0.03,
-        "re-drawn (tumour outside; no islands: self-test not passed)",
+        "re-drawn (tumour outside; no islands: self-test not passed), extended across its line "
+        "by A mm²",
     ),
     ("glas", 40.0, "severe", 1, 0.01, "edited; 3 regions inside scored normal, not cut"),
     ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
@@ -87,7 +92,8 @@ def test_refined_beats_coarse_on_real_tissue(
     assert after >= before + gain, (
         f"{kind} {level} s{seed}: coarse {before:.3f}, refined {after:.3f}"
     )
-    assert result.slides[0].outline == outline
+    pattern = re.escape(outline).replace("A", r"[\d.]+")
+    assert re.fullmatch(pattern, result.slides[0].outline), result.slides[0].outline
 
 
 def test_an_outline_closed_over_normal_tissue_is_redrawn_on_real_tissue(tmp_path, cache_dir):
