@@ -12,10 +12,10 @@ its scores fall off slowly (stop 32; tuning part).
 
 Why: on the report part the engine misses two of issue 9's comparisons at severe and moderate
 noise: the CA classifier at gland level (by 0.002-0.004) and LCMIL-style at region level on
-the 80 µm grid (0.846 against 0.862), both where it re-draws. A re-draw adds tissue outside the
-outline only where the smoothed score exceeds 0.8; stop 25 (``redraw_adds``, on stop 24's
-engine) found that adding what continues the outline's own tumour across the line above 0.7
-(:func:`engine.regions.near_additions`) gained at gland level and on region-level
+the 80 µm grid (0.846 against 0.862), cells where it mostly re-draws. A re-draw adds tissue
+outside the outline only where the smoothed score exceeds 0.8; stop 25 (``redraw_adds``, on
+stop 24's engine) found that adding what continues the outline's own tumour across the line
+above 0.7 (:func:`engine.regions.near_additions`) gained at gland level and on region-level
 slides at 80 µm and lost on region-level slides on the fine auto grid, and, post hoc, that
 it gained where the slide failed the guard's self-test (+0.04392 against +0.04230, worst
 -0.0049) and lost where it passed. The self-test loosens the outline by two patches and asks

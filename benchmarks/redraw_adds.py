@@ -195,7 +195,7 @@ def case_rows(a: Any, shipped: dict[tuple[str, str, str, int], dict[str, Any]]) 
     """One row per re-drawn slide case: its head, self-test and each rule's Dice."""
     cache = a.work / "cache"
     enc = build_encoder("efficientnet-lite0", cache)
-    engine = RegionSettings()
+    engine = RegionSettings(near_add_above=None)  # stop 32's rule is this study's column
     rows = []
     for s, coarse, case in part_cases(a.data, a.work, [0, 1, 2]):
         known = shipped[(s.name, case[1], case[3], case[4])]

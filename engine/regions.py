@@ -177,7 +177,8 @@ class RegionSettings:
     the line scores below the re-draw's 0.8 bar too; where the self-test passes, the scores
     drop sharply at the edge, and what scores 0.7-0.8 next to the line is the smoothing's
     leak of the inside. Chosen by stop 17's rule on the tuning part's own slides (162 slide
-    cases: mean gain +0.04775 -> +0.04835, 19 moved, mostly gland level at severe noise) and
+    cases: mean gain +0.04775 -> +0.04835, 19 moved, 17 of them gland level at moderate and
+    severe noise) and
     checked on 324 tuning slide cases never looked at, by a criterion set before (+0.03772
     -> +0.03819; 24 moved, 16 up, 8 down by up to 0.021, none below coarse - 0.03), it is
     the default (BENCHMARKS.md, issue 9, "Tumour continuing across a re-drawn line").
@@ -777,11 +778,13 @@ def refine_outline(
     slide scores tumour outside it (``redraw_outside``) or normal tissue deep inside it
     (``redraw_inside``; all three ``outline="auto"``) or as asked (``"redraw"``).
     ``confirm()``, the guard's self-test (the share of its band taken back out, None where it
-    cannot run, or a bool: passed or not), is asked at most once, and only where its answer
-    matters: in ``auto`` mode an edited outline is re-drawn for tumour outside (with
-    ``outside_tested``), a re-drawn outline's islands are added, or its re-draw is
-    uncapped, and in ``auto`` or ``edit`` mode an edited outline's large islands (at least
-    ``missed_min_um2``) are added, only if it agrees. ``kept``: the caller's reason to keep
+    cannot run, or a bool: passed or not, ``False`` meaning it ran and failed), is asked at
+    most once, and only where its answer matters: in ``auto`` mode an edited outline is
+    re-drawn for tumour outside (with ``outside_tested``), a re-drawn outline's islands are
+    added, or its re-draw is uncapped, and in ``auto`` or ``edit`` mode an edited outline's
+    large islands (at least ``missed_min_um2``) are added, only if it agrees; with
+    ``near_add_above``, every outline re-drawn in ``auto`` mode asks it (a failed test adds
+    tissue across the line). ``kept``: the caller's reason to keep
     the outline whatever the scores say (e.g. too few patches to learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
