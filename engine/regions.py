@@ -783,8 +783,8 @@ def refine_outline(
     re-drawn for tumour outside (with ``outside_tested``), a re-drawn outline's islands are
     added, or its re-draw is uncapped, and in ``auto`` or ``edit`` mode an edited outline's
     large islands (at least ``missed_min_um2``) are added, only if it agrees; with
-    ``near_add_above``, every outline re-drawn in ``auto`` mode asks it (a failed test adds
-    tissue across the line). ``kept``: the caller's reason to keep
+    ``near_add_above``, an outline re-drawn in ``auto`` mode asks it where tissue continues
+    across its line (a failed test adds it). ``kept``: the caller's reason to keep
     the outline whatever the scores say (e.g. too few patches to learn from)."""
     c = np.asarray(coarse_labels).astype(np.int8)
     if coarse is None or coarse.is_empty:
@@ -839,10 +839,12 @@ def refine_outline(
                 labels = patch_labels(grid, geom)
             near = 0.0
             bar = settings.near_add_above
-            if bar is not None and settings.outline == "auto" and share is not None:
-                v = share()  # the self-test ran and failed: tumour continuing across the line
-                if v is not None and float(v) < settings.self_test_recovered:
-                    more = near_additions(scores, bar, settings)
+            if bar is not None and settings.outline == "auto" and confirm is not None:
+                more = near_additions(scores, bar, settings)
+                # the self-test (a model trained again) is asked only where they add tissue;
+                # they do where it ran and failed: tumour continuing across the line
+                adds = not valid_polygons(more.difference(geom)).is_empty
+                if adds and share is not None and share() is not None and not confirm():
                     wider = _in_frame(geom.union(more), frame)
                     near = wider.difference(geom).area * mpp**2
                     geom = wider

@@ -518,7 +518,8 @@ def test_a_redraw_whose_slide_fails_the_self_test_is_extended_across_its_line():
     share below ``self_test_recovered``) also gets the tissue continuing its tumour across
     the coarse line above that bar (:func:`near_additions`), which the re-draw's own 0.8
     bar leaves out; a slide that passes, or where the test cannot run (None), does not, nor
-    does any slide with the rule off. The test is asked for it even with no islands."""
+    does any slide with the rule off. The test is asked for it even with no islands, and
+    only where such tissue is there to add."""
     s = replace(RegionSettings(), near_add_above=0.7)
     grid, _, p, coarse, c = _disc_case(950)
     i, j = grid.ij[:, 0], grid.ij[:, 1]
@@ -554,6 +555,11 @@ def test_a_redraw_whose_slide_fails_the_self_test_is_extended_across_its_line():
         assert other.regions.symmetric_difference(plain.regions).area < 1.0
     failed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(False))
     assert failed.near_um2 == pytest.approx(out.near_um2)
+    asked.clear()  # nothing continues across the line: nobody asks, nothing is added
+    _, _, bare, _, _ = _disc_case(950)
+    none = refine_outline(coarse, grid, bare, c, 1.0, s, confirm=answers(0.3))
+    assert asked == [] and none.redrawn and none.near_um2 == 0
+    assert none.verdict(s) == "re-drawn (loose)"
     # With islands found, a failed test drops them and extends the line instead.
     p[(i >= 24) & (j < 6)] = 0.9  # far from the outline
     unconfirmed = refine_outline(coarse, grid, p, c, 1.0, s, confirm=answers(0.3))
