@@ -747,10 +747,21 @@ def self_test_for(
             (d.info.width, d.info.height),
             seed=c.random_state * 100 + 50 + k,
         )
+        # Asked for several rules (islands, uncapped re-draws, additions across the line), so
+        # the line says what the test found and its verdict, not what it is asked for.
+        verdict = (
+            "could not run"
+            if test.recovered is None
+            else "passed"
+            if test.passed(r.self_test_recovered)
+            else "failed"
+        )
         log.info(
-            "%s: scores away from the outline to trust; self-test took back %s of a %d-patch band "
+            "%s: self-test %s (needs %s): took back %s of a %d-patch band added to the outline "
             "and kept %s of the outline (an edit: %s and %s)",
             d.item.label,
+            verdict,
+            _share(r.self_test_recovered),
             _share(test.recovered),
             test.band_patches,
             _share(test.retained),

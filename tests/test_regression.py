@@ -42,6 +42,7 @@ left unchanged, one region inside counted, +0.000).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 
@@ -54,15 +55,18 @@ from tests.conftest import GLAS, need
 
 CASES = [
     # kind, patch µm, noise, seed, required gain over coarse Dice, the guard's verdict (A: an
-    # area, which the test does not pin)
-    ("region", 80.0, "severe", 0, 0.13, "re-drawn (loose), 1 region added away from the outline"),
+    # area, which the test does not pin), the self-test's verdict in the log (None: not asked)
+    (
+        "region", 80.0, "severe", 0, 0.13,
+        "re-drawn (loose), 1 region added away from the outline", "passed",
+    ),
     (
         "region", 80.0, "moderate", 0, 0.03,
         "re-drawn (tumour outside; no islands: self-test not passed), extended across its line "
-        "by A mm²",
+        "by A mm²", "failed",
     ),
-    ("glas", 40.0, "severe", 1, 0.01, "edited; 3 regions inside scored normal, not cut"),
-    ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)"),
+    ("glas", 40.0, "severe", 1, 0.01, "edited; 3 regions inside scored normal, not cut", None),
+    ("glas", 40.0, "mild", 0, -0.01, "unchanged (no confident edit)", None),
 ]  # fmt: skip
 
 
@@ -75,9 +79,9 @@ def bench_slides(tmp_path_factory):
     return {"glas": glas_mosaic(data, out, 0), "region": region_slide(data, out, 0)}
 
 
-@pytest.mark.parametrize("kind, patch_um, level, seed, gain, outline", CASES)
+@pytest.mark.parametrize("kind, patch_um, level, seed, gain, outline, tested", CASES)
 def test_refined_beats_coarse_on_real_tissue(
-    bench_slides, cache_dir, kind, patch_um, level, seed, gain, outline
+    bench_slides, cache_dir, caplog, kind, patch_um, level, seed, gain, outline, tested
 ):
     from benchmarks.slides import simulate_coarse, thumbnail_tissue
 
@@ -85,7 +89,8 @@ def test_refined_beats_coarse_on_real_tissue(
     coarse = simulate_coarse(slide.truth, slide.tissue, level, seed, slide.mpp, frame=slide.size)
     settings = RefineSettings(cache_dir=cache_dir)
     settings = replace(settings, grid=GridSettings(patch_um=patch_um))
-    result = refine([SlideInput(slide.path, coarse)], settings, progress=False)
+    with caplog.at_level(logging.INFO, logger="qupath_refine"):
+        result = refine([SlideInput(slide.path, coarse)], settings, progress=False)
     tissue, ds = thumbnail_tissue(slide.path)
     before = pixel_metrics(coarse, slide.truth, tissue, ds)["dice"]
     after = pixel_metrics(result.slides[0].regions, slide.truth, tissue, ds)["dice"]
@@ -94,6 +99,12 @@ def test_refined_beats_coarse_on_real_tissue(
     )
     pattern = re.escape(outline).replace("A", r"[\d.]+")
     assert re.fullmatch(pattern, result.slides[0].outline), result.slides[0].outline
+    # The log says what the self-test found, whatever rule asked for it.
+    said = [m for m in caplog.messages if ": self-test " in m]
+    if tested is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and f": self-test {tested} (needs 50%): took back " in said[0], said
 
 
 def test_an_outline_closed_over_normal_tissue_is_redrawn_on_real_tissue(tmp_path, cache_dir):
