@@ -188,13 +188,13 @@ def test_the_guards_self_test_is_cached_too(tmp_path):
     coarse = write_features(tmp_path / "loose.geojson", annotation_features(loose, "Tumor"))
     cache = tmp_path / "cache"
     r, first = refine(s, coarse, tmp_path / "a", cache, quiet=False)
-    assert "self-test took back" in r.output, r.output
+    assert "self-test passed (needs 50%): took back " in r.output, r.output
     assert first["slides"][0]["outline"] == "re-drawn (loose), 1 region added away from the outline"
     (entry,) = (cache / "self-tests").glob("*.npz")
     written = entry.stat().st_mtime_ns
     r, again = refine(s, coarse, tmp_path / "b", cache, quiet=False)
     assert again["slides"][0]["classifier"] == "cached"
-    assert "self-test took back" in r.output  # the guard still decides, from the cached test
+    assert "self-test passed (needs 50%): took back " in r.output  # the guard still decides, from the cached test
     assert entry.stat().st_mtime_ns == written  # read, not run and written again
     assert again["slides"][0]["outline"] == first["slides"][0]["outline"]
     assert_same_outputs(tmp_path / "a", tmp_path / "b", s.name)
