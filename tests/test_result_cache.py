@@ -194,7 +194,8 @@ def test_the_guards_self_test_is_cached_too(tmp_path):
     written = entry.stat().st_mtime_ns
     r, again = refine(s, coarse, tmp_path / "b", cache, quiet=False)
     assert again["slides"][0]["classifier"] == "cached"
-    assert "self-test passed (needs 50%): took back " in r.output  # the guard still decides, from the cached test
+    # the guard still decides, from the cached test
+    assert "self-test passed (needs 50%): took back " in r.output
     assert entry.stat().st_mtime_ns == written  # read, not run and written again
     assert again["slides"][0]["outline"] == first["slides"][0]["outline"]
     assert_same_outputs(tmp_path / "a", tmp_path / "b", s.name)
