@@ -6,6 +6,8 @@ exits non-zero.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from engine.errors import RefineError
 
 
@@ -14,4 +16,14 @@ class ProjectError(RefineError):
 
 
 class OutputError(RefineError):
-    """The output folder cannot be written (not a folder, read-only, full, in use)."""
+    """The output folder cannot be written (not a folder, read-only, full, in use); ``path``:
+    the folder a write failed in, where one did."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DiskFullError(ProjectError):
+    """The disk filled up while a project run was writing: the message says what each image
+    now holds (every data file is whole: as it was, or fully written)."""

@@ -33,8 +33,9 @@ LOCK_NAME = ".qupath-refine.lock"
 TMP_SUFFIX = ".qupath-refine.tmp"
 
 
-def _why(e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
+def os_reason(e: OSError) -> str:
+    """An OS error in a user's words."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full"
     if e.errno == errno.EROFS:
         return "the file system is read-only"
@@ -67,7 +68,7 @@ def check_out_dir(out: Path) -> None:
                 "Choose another --out."
             )
     except OSError as e:
-        raise OutputError(f"Cannot use --out {out}: {_why(e)}.") from None
+        raise OutputError(f"Cannot use --out {out}: {os_reason(e)}.") from None
 
 
 @contextlib.contextmanager
@@ -86,7 +87,7 @@ def locked_out_dir(out: Path) -> Iterator[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"Cannot create the folder {out}: {_why(e)}.") from None
+        raise OutputError(f"Cannot create the folder {out}: {os_reason(e)}.") from None
     lock_path = out / LOCK_NAME
     lock = FileLock(lock_path, timeout=0)
     try:
@@ -99,7 +100,7 @@ def locked_out_dir(out: Path) -> Iterator[Path]:
         ) from None
     except OSError as e:
         _remove_empty(created)
-        raise OutputError(f"Cannot lock the folder {out}: {_why(e)}.") from None
+        raise OutputError(f"Cannot lock the folder {out}: {os_reason(e)}.") from None
     try:
         remove_stale_temps(out)
         yield out
@@ -183,8 +184,9 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
             else "nothing was changed there"
         )
         raise OutputError(
-            f"Could not write the results to {where}: {_why(e)}; {done}. Free some space or "
-            "choose another --out, then run again."
+            f"Could not write the results to {where}: {os_reason(e)}; {done}. Free some space or "
+            "choose another --out, then run again.",
+            Path(where) if files else None,
         ) from None
     return [target for _, target in temps]
 

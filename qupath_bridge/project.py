@@ -20,6 +20,7 @@ Facts this module relies on (checked against QuPath 0.4.4-0.7.0 core with paquo 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,10 @@ import shapely
 
 from engine.files import replaced_atomically
 from qupath_bridge.classes import REFINED_SUFFIX, probability_key, refined_class
-from qupath_bridge.errors import ProjectError
+from qupath_bridge.errors import DiskFullError, ProjectError
 from qupath_bridge.export import WORK_DIR, ImageRecord
 from qupath_bridge.geojson_io import QuPathObject
+from qupath_bridge.outputs import os_reason
 
 log = logging.getLogger("qupath_refine")
 
@@ -136,9 +138,16 @@ def backup_image_data(project: Path, entry_id: str, stamp: str) -> Path | None:
     if not files:
         return None
     dst = work_dir(project) / "backup" / stamp / entry_id
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        shutil.copy2(f, dst / f.name)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            _copy_atomically(f, dst / f.name)
+    except OSError:
+        # a full disk: no partial copy may pass for a backup (repairs look for whole ones)
+        shutil.rmtree(dst, ignore_errors=True)
+        with suppress(OSError):
+            dst.parent.rmdir()  # the run's folder, if this image's was its only one
+        raise
     return dst
 
 
@@ -160,7 +169,12 @@ def restore_image_data(project: Path, entry_id: str, backup: Path) -> None:
     dst = project_file(project).parent / "data" / entry_id
     dst.mkdir(parents=True, exist_ok=True)
     for f in backup.iterdir():
-        shutil.copy2(f, dst / f.name)
+        try:
+            _copy_atomically(f, dst / f.name)
+        except OSError:
+            # a full disk: move our copy back instead (a rename needs no space), so the data
+            # file is whole again; the backup folder then lacks it
+            os.replace(f, dst / f.name)
     stale = dst / "data.qpdata.bkp"
     if stale.exists():
         stale.unlink()
@@ -199,6 +213,26 @@ def qpdata_complete(path: Path) -> bool:
     except OSError:
         return False
     return head == QPDATA_MAGIC and (tail == QPDATA_END or tail.startswith(QPDATA_END_REF))
+
+
+def os_error_in(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``: itself, or what it was raised from or while handling."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` comes of a full disk: an OSError's errno, or a Java IOException raised
+    through paquo, whose message is the OS's own words."""
+    cause = os_error_in(e)
+    if cause is not None:
+        return cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    return any(words in str(e) for words in ("No space left on device", "Disk quota exceeded"))
 
 
 def entry_names(project: Path) -> dict[str, str]:
@@ -286,11 +320,11 @@ def project_lock(project: Path) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     root = work_dir(project)
-    root.mkdir(parents=True, exist_ok=True)
     info = root / "lock.json"
     lock_file = root / "lock"
     lock = FileLock(lock_file, timeout=0)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     except Timeout:
         holder = _lock_holder(info)
@@ -298,6 +332,8 @@ def project_lock(project: Path) -> Iterator[None]:
             f"Another qupath-refine run ({holder}) is working on this project; wait for it to "
             f"finish or stop it, then run again. (Lock: {root / 'lock'})"
         ) from None
+    except OSError as e:  # after Timeout, which is one (a TimeoutError)
+        raise _unwritable(root, e) from None
     try:
         if info.exists():
             log.warning(
@@ -306,8 +342,11 @@ def project_lock(project: Path) -> Iterator[None]:
             )
         doc = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         doc["command"] = " ".join(sys.argv)
-        with replaced_atomically(info) as tmp:
-            tmp.write_text(json.dumps(doc), encoding="utf-8")
+        try:
+            with replaced_atomically(info) as tmp:
+                tmp.write_text(json.dumps(doc), encoding="utf-8")
+        except OSError as e:
+            raise _unwritable(root, e) from None
         yield
     finally:
         info.unlink(missing_ok=True)
@@ -317,6 +356,14 @@ def project_lock(project: Path) -> Iterator[None]:
         # so two runs never both hold the lock.
         lock_file.unlink(missing_ok=True)
         lock.release()
+
+
+def _unwritable(root: Path, e: OSError) -> ProjectError:
+    kind = DiskFullError if disk_full(e) else ProjectError
+    return kind(
+        f"Cannot write to {root}: {os_reason(e)}. Nothing in the project was changed; free some "
+        "space (or make the folder writable), then run again."
+    )
 
 
 def _lock_holder(info: Path) -> str:
@@ -495,7 +542,15 @@ def write_refined(
     h = entry.hierarchy
     refined_id = refined_class(coarse_class)
     refined = _refined_path_class(qp, coarse_class, color)
-    backup = backup_image_data(project, entry_id, stamp)
+    try:
+        backup = backup_image_data(project, entry_id, stamp)
+    except OSError as e:
+        what = f"could not back up image {entry.image_name!r} before writing it"
+        if disk_full(e):
+            raise DiskFullError(f"The disk is full: {what}; it holds what it held.") from None
+        raise ProjectError(
+            f"{what.capitalize()} ({os_reason(e)}); it holds what it held."
+        ) from None
     try:
         victims = [
             d
@@ -518,10 +573,15 @@ def write_refined(
     except Exception as e:
         if backup is not None:
             restore_image_data(project, entry_id, backup)
-        raise ProjectError(
-            f"Writing image {entry.image_name!r} failed ({e}); its data file was restored "
+        # a full disk stops the run (the next images would fail alike); any other failure
+        # is this image's, and the others are still written
+        said = (
+            f"writing image {entry.image_name!r} failed ({e}); its data file was restored "
             f"from {backup}."
-        ) from None
+        )
+        if disk_full(e):
+            raise DiskFullError(f"The disk is full: {said}") from None
+        raise ProjectError(said[0].upper() + said[1:]) from None
     return WriteReport(entry_id, len(victims), len(new), backup)
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,3 +48,30 @@ def default_sigint() -> None:
     """A shell that starts the suite in the background ignores SIGINT in its children, and
     an ignored SIGINT is inherited: give the run under test Ctrl-C as a terminal gives it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def small_disk_at(folder: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``folder`` (a real full disk: ENOSPC from the
+    kernel); mounting needs root, elsewhere the test is skipped."""
+    folder.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command: cannot make a small disk")
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {p.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def leave_free(folder: Path, free: int) -> Path:
+    """Fill the disk under ``folder`` until ``free`` bytes are left (to the page); the filler
+    file, to delete when the test gives the space back."""
+    filler = folder / "filler"
+    st = os.statvfs(folder)
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - free))
+    return filler

@@ -32,7 +32,7 @@ from engine.synthetic import make_demo_slide
 from qupath_bridge.geojson_io import annotation_features, read_objects, write_features
 from qupath_bridge.outputs import LOCK_NAME, TMP_SUFFIX, OutputError, check_out_dir
 from qupath_bridge.slide_io import _stem, output_names
-from tests.conftest import default_sigint
+from tests.conftest import default_sigint, small_disk_at
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -275,17 +275,8 @@ def test_damaged_onnx_export_is_redone(tmp_path, caplog):
 @pytest.fixture
 def small_disk(tmp_path):
     """An 8 MiB tmpfs; mounting needs root, elsewhere the test is skipped."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if not shutil.which("mount"):
-        pytest.skip("no mount command: cannot make a small disk")
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {p.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_disk_at(tmp_path / "disk", 8 << 20) as mnt:
+        yield mnt
 
 
 def fill(folder: Path) -> None:

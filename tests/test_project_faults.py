@@ -6,6 +6,7 @@ What needs QuPath (paquo writing data files while killed) is in test_project_paq
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -46,8 +47,9 @@ from qupath_bridge.project import (
     project_lock,
     qpdata_complete,
     repair_image_data,
+    restore_image_data,
 )
-from tests.conftest import REPO, default_sigint
+from tests.conftest import REPO, default_sigint, leave_free, small_disk_at
 from tests.test_project import demo_image, export_folder, qpproj
 
 REFINED = "Tumor: refined"
@@ -596,3 +598,63 @@ def test_sigkill_mid_run_then_the_next_run_takes_over(finished, cache_dir):
     assert json.loads((work / "results" / "summary.json").read_text())["images"][0]["image"] == (
         "demo"
     )
+
+
+# --- a full disk under the project -------------------------------------------------------
+
+
+def test_a_backup_on_a_full_disk_leaves_no_partial_copy_and_a_restore_needs_no_space(tmp_path):
+    """Our backup of a data file is whole or absent (repairs take the newest whole one); and
+    putting one back after a failed save works on a full disk (it is moved back)."""
+    with small_disk_at(tmp_path / "disk", 1 << 20) as disk:
+        project = qpproj(disk / "proj", [{"name": "A", "slide": tmp_path / "a.svs", "width": 10,
+                                          "height": 10, "mpp": 0.5}])  # fmt: skip
+        d = project.parent / "data" / "1"
+        d.mkdir(parents=True)
+        whole = qpdata(os.urandom(300 << 10))
+        (d / "data.qpdata").write_bytes(whole)
+        filler = leave_free(disk, 100 << 10)  # less than one more copy
+        with pytest.raises(OSError) as e:
+            backup_image_data(project, "1", "20261208-000000")
+        assert e.value.errno == errno.ENOSPC
+        backups = project.parent / "qupath-refine" / "backup"
+        assert not [p for p in backups.rglob("*") if p.is_file()]
+        assert not (backups / "20261208-000000").exists()
+        filler.unlink()
+        saved = backup_image_data(project, "1", "20261208-000001")
+        assert saved is not None and (saved / "data.qpdata").read_bytes() == whole
+        # a save that died half-way on a full disk, QuPath's .bkp beside it
+        (d / "data.qpdata.bkp").write_bytes(whole)
+        (d / "data.qpdata").write_bytes(whole[: len(whole) // 3])
+        leave_free(disk, 0)
+        restore_image_data(project, "1", saved)
+        assert (d / "data.qpdata").read_bytes() == whole
+        assert not (d / "data.qpdata.bkp").exists()
+
+
+@pytest.mark.parametrize("free, said", [(0, "Cannot write to"), (48 << 10, "could not write")])
+def test_a_full_disk_under_the_project_is_one_line_and_the_next_run_works(
+    demo_slide, tmp_path, cache_dir, free, said
+):
+    """The project's disk full at the lock (nothing free) or at the results (room for the lock
+    and the memory only): exit 2 with one line saying the disk is full, the previous results
+    untouched, no temporaries, the lock released; with space again the next run succeeds."""
+    with small_disk_at(tmp_path / "disk", 16 << 20) as disk:
+        project = qpproj(disk / "proj", [])
+        img = demo_image(demo_slide, annotation_features(demo_slide.coarse, "Tumor"))
+        export = export_folder(project, [img])
+        args = [str(project), "--from-export", str(export), "--geojson-only", "--patch-um", "64"]
+        args += ["--cache-dir", str(cache_dir), "-q"]
+        assert CliRunner().invoke(main, args).exit_code == 0
+        work = project.parent / "qupath-refine"
+        before = folder_state(work / "results")
+        filler = leave_free(disk, free)
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, r.stderr
+        line = one_error(r.stderr)
+        assert said in line and "disk is full" in line.lower() and "run again" in line, line
+        assert folder_state(work / "results") == before
+        assert not list(work.rglob("*.tmp")) and not (work / "lock.json").exists()
+        filler.unlink()
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.stderr

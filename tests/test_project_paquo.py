@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import shapely
 
-from tests.conftest import CMU_SVS, REPO, default_sigint
+from tests.conftest import CMU_SVS, REPO, default_sigint, leave_free, small_disk_at
 
 REFINED = "Tumor: refined"
 DEMO = "demo.tif"  # the synthetic slide's image name
@@ -956,3 +956,55 @@ def test_deleted_region_is_remembered_through_paquo(runs: Runs, paquo_helper, ca
     refine(project, cache_dir)  # remembered in later runs too
     again = image(paquo_helper.snapshot(project), DEMO)
     assert sum(overlap(geom(o), inside) for o in ours(again, "detection")) <= TOL_PX2
+
+
+# --- a full disk under the project -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "room, said",
+    [
+        ("none", "Cannot write to"),  # the lock
+        ("half a backup", "could not back up image 'demo.tif'"),
+        ("a backup", "writing image 'demo.tif' failed"),  # QuPath's save of it
+        ("backups and saves", "Every image was written into the project"),  # then the results
+    ],
+)
+def test_a_full_disk_leaves_every_data_file_whole_and_the_next_run_works(
+    runs: Runs, paquo_helper, cache_dir, tmp_path, room, said
+):
+    """The project's disk fills up at each step of a run that writes through paquo: one
+    error line saying the disk is full and what each image holds, exit 2, every data file
+    whole and holding what it held (or, written, what the run wrote: the same objects), no
+    partial backup, the lock released; with space again the next run succeeds."""
+    from qupath_bridge.project import qpdata_complete
+
+    data = {f.parent.name: f.stat().st_size for f in runs.project.glob("data/*/data.qpdata")}
+    demo, total = data[runs.ids[DEMO]], sum(data.values())
+    used = sum(f.stat().st_size for f in runs.project.rglob("*") if f.is_file())
+    free = {
+        "none": 0,
+        "half a backup": demo // 2,
+        "a backup": demo + demo // 2,  # not the new data file beside QuPath's .bkp
+        "backups and saves": 2 * total + (64 << 10),  # not the results' tiles
+    }[room]
+    with small_disk_at(tmp_path / "disk", used + 4 * total + (16 << 20)) as disk:
+        project = disk / "project"
+        shutil.copytree(runs.project, project)
+        backups = {p.name for p in (project / "qupath-refine" / "backup").iterdir()}
+        filler = leave_free(disk, free)
+        r = cli(project, "--patch-um", PATCH_UM, "--cache-dir", cache_dir)
+        line = error_line(r)
+        assert "disk is full" in line.lower() and said in line and "run again" in line, line
+        for f in project.glob("data/*/data.qpdata"):
+            assert qpdata_complete(f), f
+        for f in (project / "qupath-refine" / "backup").rglob("data.qpdata"):
+            assert qpdata_complete(f), f  # whole, or no backup at all
+        if room in ("none", "half a backup"):  # no backup was made: none is left
+            assert {p.name for p in (project / "qupath-refine" / "backup").iterdir()} == backups
+        assert not (project / "qupath-refine" / "lock.json").exists()
+        assert not list(project.rglob("*.tmp"))
+        assert others(paquo_helper.snapshot(project)) == others(runs.after2)
+        filler.unlink()
+        refine(project, cache_dir)
+        assert others(paquo_helper.snapshot(project)) == others(runs.after2)

@@ -49,15 +49,15 @@ from engine.pipeline import (
 )
 from engine.regions import clean
 from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
-from qupath_bridge.errors import ProjectError
+from qupath_bridge.errors import DiskFullError, ProjectError
 from qupath_bridge.export import RESULTS_FORMAT, Export, ImageRecord, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
     clip_to_frame,
+    collection_json,
     read_objects,
     refined_features,
     union,
-    write_features,
 )
 from qupath_bridge.memory import (
     Memory,
@@ -67,12 +67,14 @@ from qupath_bridge.memory import (
     remembered_negative,
     write_memory,
 )
-from qupath_bridge.outputs import write_json
+from qupath_bridge.outputs import json_bytes, write_files, write_json
 from qupath_bridge.project import (
     check_version,
+    disk_full,
     entry_names,
     list_images,
     open_project,
+    os_error_in,
     project_file,
     project_lock,
     prune_backups,
@@ -426,42 +428,75 @@ def refine_and_write(
     stamp = timestamp()
     outcomes: dict[int, ImageOutcome] = {}
     failed: dict[int, str] = {}
-    with ExitStack() as stack:
-        # on a cluster: connected, and the shared cache checked, before any data file is touched
-        done, timings = _refined(stack, got, settings, progress, dask, failed)
-        if write_paquo:
-            repair_images(pfile, [r.id for r in got.records if not r.live])
-        qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
-        back = WriteBack(pfile, qp, classes, options.tiles, stamp)
-        for k, res, seconds in done:
-            r, inp = got.records[k], got.inputs[k]
-            outcomes[k] = back.image(r, inp, res, got, results_dir, round(seconds, 1))
-        if qp is not None and any(o.written for o in outcomes.values()):
-            save_project(qp)
-            prune_backups(pfile, keep=BACKUPS_KEPT)
-    write_results(results_dir, got, outcomes, failed, classes)
-    report = ProjectRun(
-        images=tuple(o.row for _, o in sorted(outcomes.items())),
-        timings=rounded(timings, 2),
-        seconds=round(time.perf_counter() - t0, 1),
-        results=str(results_dir),
-        backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
-        errors=tuple(o.error for _, o in sorted(outcomes.items()) if o.error),
-    )
-    if dask is not None:
-        why = tuple({"image": got.records[k].name, "error": e} for k, e in sorted(failed.items()))
-        report = replace(
-            report,
-            failed=why,
-            dask=dask.summary(),
+    try:
+        with ExitStack() as stack:
+            # on a cluster: connected, and the shared cache checked, before any data file is touched
+            done, timings = _refined(stack, got, settings, progress, dask, failed)
+            if write_paquo:
+                repair_images(pfile, [r.id for r in got.records if not r.live])
+            qp = stack.enter_context(open_project(pfile, write=True)) if write_paquo else None
+            back = WriteBack(pfile, qp, classes, options.tiles, stamp)
+            for k, res, seconds in done:
+                r, inp = got.records[k], got.inputs[k]
+                outcomes[k] = back.image(r, inp, res, got, results_dir, round(seconds, 1))
+            if qp is not None and any(o.written for o in outcomes.values()):
+                save_project(qp)
+                prune_backups(pfile, keep=BACKUPS_KEPT)
+        write_results(results_dir, got, outcomes, failed, classes)
+        report = ProjectRun(
+            images=tuple(o.row for _, o in sorted(outcomes.items())),
+            timings=rounded(timings, 2),
+            seconds=round(time.perf_counter() - t0, 1),
+            results=str(results_dir),
+            backup=str(work_dir(pfile) / "backup" / stamp) if write_paquo else None,
+            errors=tuple(o.error for _, o in sorted(outcomes.items()) if o.error),
         )
-    write_json(results_dir / "summary.json", report.to_json())
+        if dask is not None:
+            why = tuple(
+                {"image": got.records[k].name, "error": e} for k, e in sorted(failed.items())
+            )
+            report = replace(
+                report,
+                failed=why,
+                dask=dask.summary(),
+            )
+        write_json(results_dir / "summary.json", report.to_json())
+    except (RefineError, OSError) as e:
+        if not (isinstance(e, DiskFullError) or disk_full(e)):
+            raise
+        raise DiskFullError(full_disk_message(e, got, outcomes)) from None
     if report.errors:
         raise ProjectError(
             f"{len(report.errors)} image(s) could not be written (each was restored from its "
             "backup): " + " | ".join(report.errors)
         )
     return report
+
+
+def full_disk_message(
+    e: BaseException, got: ProjectInputs, outcomes: dict[int, ImageOutcome]
+) -> str:
+    """One line for a run the disk stopped: where, what each image now holds, what to do."""
+    if isinstance(e, DiskFullError):
+        what = str(e)  # worded by write_refined or project_lock
+    else:
+        cause = os_error_in(e)
+        where = getattr(e, "path", None) or (cause.filename if cause is not None else None)
+        what = f"The disk is full: could not write in {where or 'the project'}."
+    written = [got.records[k].name for k, o in sorted(outcomes.items()) if o.written]
+    if not written:
+        held = "No image in the project was changed"
+    elif len(written) == len(got.records):
+        held = "Every image was written into the project before that"
+    else:
+        held = (
+            f"Written into the project before that: {', '.join(written)}; every other image "
+            "holds what it held"
+        )
+    return (
+        f"{what} {held}, and the results folder may not list this run. Free some space, then "
+        "run again."
+    )
 
 
 def _refined(
@@ -599,12 +634,16 @@ class WriteBack:
                 rep.backup,
             )
         except RefineError as e:
-            log.error("%s", e)
+            full = isinstance(e, DiskFullError)  # the run stops: its error line says it
+            if not full:
+                log.error("%s", e)
             # restored from backup: the image holds what it held before
             if before is not None:
                 self.remember(r, replace(before, rejected=inp.rejected))
             else:
                 memory_file(self.pfile, r.id).unlink(missing_ok=True)
+            if full:
+                raise  # the next images would fail alike
             return written, str(e)
         return written, None
 
@@ -619,12 +658,14 @@ def write_results(
     failed: dict[int, str],
     classes: ClassNames,
 ) -> None:
-    """Each image's results GeoJSON, then the manifest the menu script reads back. Written
-    after every image, so that an interrupted run leaves the last run's results as they
-    were. ``outcomes`` and ``failed`` (images not refined: why) are by index in
-    ``got.records``; a failed image has no results GeoJSON."""
-    for _, done in sorted(outcomes.items()):
-        write_features(done.geojson, done.features)
+    """Each image's results GeoJSON and the manifest the menu script reads back, written
+    after every image and together (all or none: an interrupted or failed write leaves the
+    last run's results as they were). ``outcomes`` and ``failed`` (images not refined: why)
+    are by index in ``got.records``; a failed image has no results GeoJSON."""
+    files = {
+        done.geojson: collection_json(done.features, ensure_ascii=True).encode("utf-8")
+        for _, done in sorted(outcomes.items())
+    }
     entries = []
     for k, r in enumerate(got.records):
         o = outcomes.get(k)
@@ -646,4 +687,5 @@ def write_results(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "images": entries,
     }
-    write_json(results_dir / "manifest.json", manifest)
+    files[results_dir / "manifest.json"] = json_bytes(manifest)
+    write_files(files)
