@@ -26,4 +26,9 @@ class OutputError(RefineError):
 
 class DiskFullError(ProjectError):
     """The disk filled up while a project run was writing: the message says what each image
-    now holds (every data file is whole: as it was, or fully written)."""
+    now holds (every data file is whole: as it was, or fully written). ``written``: images
+    written into the project where the error was raised, beyond those the run knew of."""
+
+    def __init__(self, message: str, written: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.written = written

@@ -168,12 +168,14 @@ def restore_image_data(project: Path, entry_id: str, backup: Path) -> None:
     entry's data folder and drop a stale ``data.qpdata.bkp``."""
     dst = project_file(project).parent / "data" / entry_id
     dst.mkdir(parents=True, exist_ok=True)
-    for f in backup.iterdir():
+    for f in list(backup.iterdir()):  # a file may move out below
         try:
             _copy_atomically(f, dst / f.name)
-        except OSError:
-            # a full disk: move our copy back instead (a rename needs no space), so the data
-            # file is whole again; the backup folder then lacks it
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            # a full disk: move our copy back instead (a rename within the project needs no
+            # space), so the data file is whole again; the backup folder then lacks it
             os.replace(f, dst / f.name)
     stale = dst / "data.qpdata.bkp"
     if stale.exists():
@@ -215,6 +217,9 @@ def qpdata_complete(path: Path) -> bool:
     return head == QPDATA_MAGIC and (tail == QPDATA_END or tail.startswith(QPDATA_END_REF))
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def os_error_in(e: BaseException | None) -> OSError | None:
     """The OSError behind ``e``: itself, or what it was raised from or while handling."""
     seen: set[int] = set()
@@ -226,13 +231,19 @@ def os_error_in(e: BaseException | None) -> OSError | None:
     return None
 
 
-def disk_full(e: BaseException) -> bool:
-    """Whether ``e`` comes of a full disk: an OSError's errno, or a Java IOException raised
-    through paquo, whose message is the OS's own words."""
-    cause = os_error_in(e)
-    if cause is not None:
-        return cause.errno in (errno.ENOSPC, errno.EDQUOT)
-    return any(words in str(e) for words in ("No space left on device", "Disk quota exceeded"))
+def disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` comes of a full disk: an OSError's errno, or the OS's own words in the
+    message of any exception it was raised from (paquo turns a Java IOException into an
+    OSError without an errno, raised from the Java one)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            return True
+        if any(words in str(e) for words in ("No space left on device", "Disk quota exceeded")):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def entry_names(project: Path) -> dict[str, str]:
@@ -568,11 +579,17 @@ def write_refined(
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM (which reach Python thanks to -Xrs) mid-save: put the data back.
         if backup is not None:
-            restore_image_data(project, entry_id, backup)
+            try:
+                restore_image_data(project, entry_id, backup)
+            except OSError as e:  # the interrupt still ends the run; the next run repairs
+                log.error("%s", _not_put_back(entry.image_name, backup, e))
         raise
     except Exception as e:
         if backup is not None:
-            restore_image_data(project, entry_id, backup)
+            try:
+                restore_image_data(project, entry_id, backup)
+            except OSError as again:
+                raise ProjectError(_not_put_back(entry.image_name, backup, again)) from None
         # a full disk stops the run (the next images would fail alike); any other failure
         # is this image's, and the others are still written
         said = (
@@ -583,6 +600,14 @@ def write_refined(
             raise DiskFullError(f"The disk is full: {said}") from None
         raise ProjectError(said[0].upper() + said[1:]) from None
     return WriteReport(entry_id, len(victims), len(new), backup)
+
+
+def _not_put_back(name: str, backup: Path, e: OSError) -> str:
+    return (
+        f"Writing image {name!r} failed and its backup could not be put back ({os_reason(e)}): "
+        f"the next run restores it before opening the project (or copy {backup}'s files into "
+        "the image's data folder yourself)."
+    )
 
 
 def _writable_entry(qp: Any, project: Path, entry_id: str) -> Any:

@@ -630,6 +630,28 @@ def test_a_backup_on_a_full_disk_leaves_no_partial_copy_and_a_restore_needs_no_s
         restore_image_data(project, "1", saved)
         assert (d / "data.qpdata").read_bytes() == whole
         assert not (d / "data.qpdata.bkp").exists()
+        assert not (saved / "data.qpdata").exists()  # moved back: no room for a copy
+
+
+def test_a_full_disk_is_told_through_paquos_wrapping():
+    """paquo raises a save's Java IOException as an OSError without an errno, from the Java
+    one: the OS's words anywhere in the chain tell a full disk; other errors are not one."""
+    from qupath_bridge.project import disk_full
+
+    def chained(inner: BaseException, outer: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException as e:
+                raise outer from e
+        except BaseException as e:
+            return e
+
+    java = RuntimeError("java.io.IOException: No space left on device")
+    assert disk_full(chained(java, OSError("occurred when trying to save the project")))
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not disk_full(chained(RuntimeError("java.io.IOException: Stream closed"), OSError("x")))
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
 
 
 @pytest.mark.parametrize("free, said", [(0, "Cannot write to"), (48 << 10, "could not write")])
@@ -637,8 +659,8 @@ def test_a_full_disk_under_the_project_is_one_line_and_the_next_run_works(
     demo_slide, tmp_path, cache_dir, free, said
 ):
     """The project's disk full at the lock (nothing free) or at the results (room for the lock
-    and the memory only): exit 2 with one line saying the disk is full, the previous results
-    untouched, no temporaries, the lock released; with space again the next run succeeds."""
+    only): exit 2 with one line saying the disk is full, the previous results untouched, no
+    temporaries, the lock released; with space again the next run succeeds."""
     with small_disk_at(tmp_path / "disk", 16 << 20) as disk:
         project = qpproj(disk / "proj", [])
         img = demo_image(demo_slide, annotation_features(demo_slide.coarse, "Tumor"))

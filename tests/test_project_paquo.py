@@ -992,6 +992,8 @@ def test_a_full_disk_leaves_every_data_file_whole_and_the_next_run_works(
         project = disk / "project"
         shutil.copytree(runs.project, project)
         backups = {p.name for p in (project / "qupath-refine" / "backup").iterdir()}
+        results = file_hashes(project / "qupath-refine" / "results")
+        data_before = project_bytes(project)
         filler = leave_free(disk, free)
         r = cli(project, "--patch-um", PATCH_UM, "--cache-dir", cache_dir)
         line = error_line(r)
@@ -1002,6 +1004,9 @@ def test_a_full_disk_leaves_every_data_file_whole_and_the_next_run_works(
             assert qpdata_complete(f), f  # whole, or no backup at all
         if room in ("none", "half a backup"):  # no backup was made: none is left
             assert {p.name for p in (project / "qupath-refine" / "backup").iterdir()} == backups
+        if room != "backups and saves":  # restored, or never touched: byte for byte
+            assert project_bytes(project) == data_before
+        assert file_hashes(project / "qupath-refine" / "results") == results  # the last run's
         assert not (project / "qupath-refine" / "lock.json").exists()
         assert not list(project.rglob("*.tmp"))
         assert others(paquo_helper.snapshot(project)) == others(runs.after2)

@@ -49,7 +49,7 @@ from engine.pipeline import (
 )
 from engine.regions import clean
 from qupath_bridge.classes import REFINED_COLOR, ClassNames, class_matches
-from qupath_bridge.errors import DiskFullError, ProjectError
+from qupath_bridge.errors import DiskFullError, OutputError, ProjectError
 from qupath_bridge.export import RESULTS_FORMAT, Export, ImageRecord, read_export
 from qupath_bridge.geojson_io import (
     QuPathObject,
@@ -67,7 +67,7 @@ from qupath_bridge.memory import (
     remembered_negative,
     write_memory,
 )
-from qupath_bridge.outputs import json_bytes, write_files, write_json
+from qupath_bridge.outputs import json_bytes, write_files
 from qupath_bridge.project import (
     check_version,
     disk_full,
@@ -402,6 +402,7 @@ class ImageOutcome:
     features: list[Any]
     written: bool  # into the project's data file, through paquo
     error: str | None  # why that write failed (the image was restored from its backup)
+    live: Memory | None = None  # an open image's memory, written after the results
 
 
 def refine_and_write(
@@ -442,7 +443,6 @@ def refine_and_write(
             if qp is not None and any(o.written for o in outcomes.values()):
                 save_project(qp)
                 prune_backups(pfile, keep=BACKUPS_KEPT)
-        write_results(results_dir, got, outcomes, failed, classes)
         report = ProjectRun(
             images=tuple(o.row for _, o in sorted(outcomes.items())),
             timings=rounded(timings, 2),
@@ -460,7 +460,10 @@ def refine_and_write(
                 failed=why,
                 dask=dask.summary(),
             )
-        write_json(results_dir / "summary.json", report.to_json())
+        write_results(results_dir, got, outcomes, failed, classes, report.to_json())
+        for k, o in sorted(outcomes.items()):
+            if o.live is not None:
+                back.remember(got.records[k], o.live)
     except (RefineError, OSError) as e:
         if not (isinstance(e, DiskFullError) or disk_full(e)):
             raise
@@ -484,8 +487,9 @@ def full_disk_message(
         where = getattr(e, "path", None) or (cause.filename if cause is not None else None)
         what = f"The disk is full: could not write in {where or 'the project'}."
     written = [got.records[k].name for k, o in sorted(outcomes.items()) if o.written]
+    written += [n for n in getattr(e, "written", ()) if n not in written]
     if not written:
-        held = "No image in the project was changed"
+        held = "No image's data file was changed"
     elif len(written) == len(got.records):
         held = "Every image was written into the project before that"
     else:
@@ -572,12 +576,13 @@ class WriteBack:
         )
         before = got.memories.get(r.id)
         notes = annotation_keys(got.objects[r.id])
-        written, error = False, None
+        written, error, live = False, None, None
         if self.qp is not None and not r.live:
             written, error = self.through_paquo(r, inp, res, polys, before, notes)
         elif r.live:
-            # the menu script puts these into the open image after this run
-            self.remember(r, Memory(self.classes.refined, "live", polys, inp.rejected, notes))
+            # the menu script puts these into the open image after this run: remembered once
+            # the results are written (refine_and_write)
+            live = Memory(self.classes.refined, "live", polys, inp.rejected, notes)
         elif before is not None and inp.rejected is not None:
             # --geojson-only: the project still holds what it held; keep what was learnt
             self.remember(r, replace(before, rejected=inp.rejected))
@@ -587,7 +592,7 @@ class WriteBack:
             seconds=seconds,
             written="project" if written else ("live" if r.live else "geojson"),
         )
-        return ImageOutcome(row, results_dir / f"{r.id}.geojson", feats, written, error)
+        return ImageOutcome(row, results_dir / f"{r.id}.geojson", feats, written, error, live)
 
     def through_paquo(
         self,
@@ -612,7 +617,6 @@ class WriteBack:
         refined = self.classes.refined
         # Until the save is confirmed, which regions the image holds is unknown.
         self.remember(r, Memory(refined, "pending", polys, inp.rejected, notes))
-        written = False
         try:
             rep = write_refined(
                 self.qp,
@@ -623,15 +627,6 @@ class WriteBack:
                 self.classes.coarse,
                 REFINED_COLOR,
                 self.stamp,
-            )
-            written = True
-            self.remember(r, Memory(refined, "project", polys, inp.rejected, notes))
-            log.info(
-                "%s: replaced %d refined objects by %d (backup: %s)",
-                r.name,
-                rep.removed,
-                rep.added,
-                rep.backup,
             )
         except RefineError as e:
             full = isinstance(e, DiskFullError)  # the run stops: its error line says it
@@ -644,8 +639,26 @@ class WriteBack:
                 memory_file(self.pfile, r.id).unlink(missing_ok=True)
             if full:
                 raise  # the next images would fail alike
-            return written, str(e)
-        return written, None
+            return False, str(e)
+        try:
+            self.remember(r, Memory(refined, "project", polys, inp.rejected, notes))
+        except OutputError as e:
+            # written: its memory stays "pending" (the next run learns nothing from it)
+            said = (
+                f"Image {r.name!r} was written into the project, but the record of what was "
+                "written was not"
+            )
+            if disk_full(e):
+                raise DiskFullError(f"The disk is full: {said}.", (r.name,)) from None
+            raise ProjectError(f"{said}: {e}") from None
+        log.info(
+            "%s: replaced %d refined objects by %d (backup: %s)",
+            r.name,
+            rep.removed,
+            rep.added,
+            rep.backup,
+        )
+        return True, None
 
     def remember(self, r: ImageRecord, memory: Memory) -> None:
         write_memory(self.pfile, r.id, memory)
@@ -657,11 +670,13 @@ def write_results(
     outcomes: dict[int, ImageOutcome],
     failed: dict[int, str],
     classes: ClassNames,
+    summary: dict[str, Any],
 ) -> None:
-    """Each image's results GeoJSON and the manifest the menu script reads back, written
-    after every image and together (all or none: an interrupted or failed write leaves the
-    last run's results as they were). ``outcomes`` and ``failed`` (images not refined: why)
-    are by index in ``got.records``; a failed image has no results GeoJSON."""
+    """Each image's results GeoJSON, the run's ``summary`` and the manifest the menu script
+    reads back, written after every image and together (:func:`write_files`: every file to a
+    temporary first, a failure there leaves the last run's results as they were; then
+    renamed in that order, the manifest last). ``outcomes`` and ``failed`` (images not
+    refined: why) are by index in ``got.records``; a failed image has no results GeoJSON."""
     files = {
         done.geojson: collection_json(done.features, ensure_ascii=True).encode("utf-8")
         for _, done in sorted(outcomes.items())
@@ -687,5 +702,6 @@ def write_results(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "images": entries,
     }
+    files[results_dir / "summary.json"] = json_bytes(summary)
     files[results_dir / "manifest.json"] = json_bytes(manifest)
     write_files(files)
