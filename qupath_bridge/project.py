@@ -302,13 +302,21 @@ def repair_image_data(
             f"without --dry-run to restore it from {said}."
         )
     kept = None
-    if data.exists():
-        kept = work_dir(project) / "damaged" / timestamp() / entry_id / "data.qpdata"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(data, kept)
-    _copy_atomically(src, data)
-    if src.parent != folder and (src.parent / "summary.json").is_file():
-        _copy_atomically(src.parent / "summary.json", folder / "summary.json")
+    try:
+        if data.exists():
+            kept = work_dir(project) / "damaged" / timestamp() / entry_id / "data.qpdata"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomically(data, kept)
+        _copy_atomically(src, data)
+        if src.parent != folder and (src.parent / "summary.json").is_file():
+            _copy_atomically(src.parent / "summary.json", folder / "summary.json")
+    except OSError as e:
+        # every copy is atomic: the damaged file and its whole copy are where they were
+        kind = DiskFullError if disk_full(e) else ProjectError
+        raise kind(
+            f"{label}: its data file {what} (an interrupted save) and restoring it from {said} "
+            f"failed ({os_reason(e)}). Nothing was opened; free some space, then run again."
+        ) from None
     bkp.unlink(missing_ok=True)
     return f"{label}: data.qpdata {what} (an interrupted save); restored from {said}" + (
         f"; the damaged file is kept at {kept}" if kept else ""

@@ -177,6 +177,27 @@ def test_truncated_data_is_restored_from_qupaths_bkp(project, damage):
     assert kept.read_bytes() == damage  # nothing lost, not even the damaged file
 
 
+def test_a_repair_on_a_full_disk_is_one_error_and_moves_nothing(tmp_path):
+    with small_disk_at(tmp_path / "disk", 1 << 20) as disk:
+        project = qpproj(disk / "proj", [{"name": "A", "slide": tmp_path / "a.svs", "width": 10,
+                                          "height": 10, "mpp": 0.5}])  # fmt: skip
+        d = project.parent / "data" / "1"
+        d.mkdir(parents=True)
+        whole = qpdata(os.urandom(200 << 10))
+        (d / "data.qpdata.bkp").write_bytes(whole)
+        (d / "data.qpdata").write_bytes(whole[:1000])  # a save killed early
+        filler = leave_free(disk, 64 << 10)
+        with pytest.raises(ProjectError, match="disk is full") as e:
+            repair_image_data(project, "1", "A")
+        assert "'A' (ID 1)" in str(e.value) and "run again" in str(e.value)
+        assert (d / "data.qpdata").read_bytes() == whole[:1000]  # as it was, for the next try
+        assert (d / "data.qpdata.bkp").read_bytes() == whole
+        assert not [p for p in disk.rglob("*") if p.is_file() and p.suffix == ".tmp"]
+        filler.unlink()
+        assert "restored from QuPath's data.qpdata.bkp" in repair_image_data(project, "1", "A")
+        assert (d / "data.qpdata").read_bytes() == whole
+
+
 def test_missing_data_beside_a_bkp_is_restored(project):
     """Killed between QuPath's move to .bkp and the new file's creation."""
     d = data_dir(project)
