@@ -17,7 +17,7 @@ import shapely.geometry
 
 from engine.geometry import polygons
 from qupath_bridge.geojson_io import QuPathObject, union
-from qupath_bridge.outputs import write_json
+from qupath_bridge.outputs import PROJECT_ADVICE, write_json
 from qupath_bridge.project import work_dir
 
 log = logging.getLogger("qupath_refine")
@@ -84,7 +84,7 @@ def write_memory(project: Path, entry_id: str, memory: Memory) -> Path:
         "rejected": shapely.geometry.mapping(memory.rejected) if memory.rejected else None,
         "annotations": sorted(memory.annotations),
     }
-    return write_json(memory_file(project, entry_id), doc)
+    return write_json(memory_file(project, entry_id), doc, PROJECT_ADVICE)
 
 
 def vanished_regions(

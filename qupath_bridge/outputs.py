@@ -148,7 +148,12 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
-def write_files(files: Mapping[Path, bytes]) -> list[Path]:
+#: what a failed write tells the user to do (a project run has no --out: PROJECT_ADVICE)
+OUT_ADVICE = "Free some space or choose another --out, then run again."
+PROJECT_ADVICE = "Free some space (or make the folder writable), then run again."
+
+
+def write_files(files: Mapping[Path, bytes], advice: str = OUT_ADVICE) -> list[Path]:
     """Write every file to a temporary beside its target, then rename them all into place.
 
     If any write fails (full disk, I/O error), every temporary is removed, the targets are
@@ -184,8 +189,7 @@ def write_files(files: Mapping[Path, bytes]) -> list[Path]:
             else "nothing was changed there"
         )
         raise OutputError(
-            f"Could not write the results to {where}: {os_reason(e)}; {done}. Free some space or "
-            "choose another --out, then run again.",
+            f"Could not write the results to {where}: {os_reason(e)}; {done}. {advice}",
             Path(where) if files else None,
         ) from None
     return [target for _, target in temps]
@@ -196,7 +200,7 @@ def json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=2, default=str) + "\n").encode("utf-8")
 
 
-def write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any, advice: str = OUT_ADVICE) -> Path:
     """One JSON file, written atomically (an :class:`OutputError` when it cannot be)."""
-    write_files({Path(path): json_bytes(data)})
+    write_files({Path(path): json_bytes(data)}, advice)
     return path

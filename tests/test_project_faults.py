@@ -701,3 +701,24 @@ def test_a_full_disk_under_the_project_is_one_line_and_the_next_run_works(
         filler.unlink()
         r = CliRunner().invoke(main, args)
         assert r.exit_code == 0, r.stderr
+
+
+def test_a_read_only_results_folder_is_one_line_that_names_no_out(finished, tmp_path, cache_dir):
+    """A results folder that cannot be written (a read-only mount) after the lock was taken:
+    one line in the project command's words (it has no --out), the last results kept."""
+    project, export = finished
+    results = project.parent / "qupath-refine" / "results"
+    before = folder_state(results)
+    saved = tmp_path / "saved"
+    results.rename(saved)
+    with small_disk_at(results, 8 << 20):
+        for f in saved.iterdir():
+            (results / f.name).write_bytes(f.read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(results)], check=True)
+        args = [str(project), "--from-export", str(export), "--geojson-only", "--patch-um", "64"]
+        r = CliRunner().invoke(main, [*args, "--cache-dir", str(cache_dir), "-q"])
+        assert r.exit_code == 2, r.stderr
+        line = one_error(r.stderr)
+        assert "read-only" in line and "--out" not in line and "run again" in line, line
+        assert folder_state(results) == before
+        assert not (project.parent / "qupath-refine" / "lock.json").exists()

@@ -67,7 +67,7 @@ from qupath_bridge.memory import (
     remembered_negative,
     write_memory,
 )
-from qupath_bridge.outputs import json_bytes, write_files
+from qupath_bridge.outputs import PROJECT_ADVICE, json_bytes, write_files
 from qupath_bridge.project import (
     check_version,
     disk_full,
@@ -704,4 +704,4 @@ def write_results(
     }
     files[results_dir / "summary.json"] = json_bytes(summary)
     files[results_dir / "manifest.json"] = json_bytes(manifest)
-    write_files(files)
+    write_files(files, PROJECT_ADVICE)
