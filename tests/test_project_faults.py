@@ -177,12 +177,20 @@ def test_truncated_data_is_restored_from_qupaths_bkp(project, damage):
     assert kept.read_bytes() == damage  # nothing lost, not even the damaged file
 
 
+def project_on(disk: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A one-image project on ``disk``, and its image's data folder."""
+    project = qpproj(
+        disk / "proj",
+        [{"name": "A", "slide": tmp_path / "a.svs", "width": 10, "height": 10, "mpp": 0.5}],
+    )
+    d = project.parent / "data" / "1"
+    d.mkdir(parents=True)
+    return project, d
+
+
 def test_a_repair_on_a_full_disk_is_one_error_and_moves_nothing(tmp_path):
     with small_disk_at(tmp_path / "disk", 1 << 20) as disk:
-        project = qpproj(disk / "proj", [{"name": "A", "slide": tmp_path / "a.svs", "width": 10,
-                                          "height": 10, "mpp": 0.5}])  # fmt: skip
-        d = project.parent / "data" / "1"
-        d.mkdir(parents=True)
+        project, d = project_on(disk, tmp_path)
         whole = qpdata(os.urandom(200 << 10))
         (d / "data.qpdata.bkp").write_bytes(whole)
         (d / "data.qpdata").write_bytes(whole[:1000])  # a save killed early
@@ -628,10 +636,7 @@ def test_a_backup_on_a_full_disk_leaves_no_partial_copy_and_a_restore_needs_no_s
     """Our backup of a data file is whole or absent (repairs take the newest whole one); and
     putting one back after a failed save works on a full disk (it is moved back)."""
     with small_disk_at(tmp_path / "disk", 1 << 20) as disk:
-        project = qpproj(disk / "proj", [{"name": "A", "slide": tmp_path / "a.svs", "width": 10,
-                                          "height": 10, "mpp": 0.5}])  # fmt: skip
-        d = project.parent / "data" / "1"
-        d.mkdir(parents=True)
+        project, d = project_on(disk, tmp_path)
         whole = qpdata(os.urandom(300 << 10))
         (d / "data.qpdata").write_bytes(whole)
         filler = leave_free(disk, 100 << 10)  # less than one more copy
