@@ -220,30 +220,29 @@ def qpdata_complete(path: Path) -> bool:
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def os_error_in(e: BaseException | None) -> OSError | None:
-    """The OSError behind ``e``: itself, or what it was raised from or while handling."""
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """``e``, then what it was raised from or while handling, and so on (each once)."""
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
+        yield e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return None
+
+
+def os_error_in(e: BaseException | None) -> OSError | None:
+    """The OSError behind ``e``: itself, or what it was raised from or while handling."""
+    return next((x for x in _chain(e) if isinstance(x, OSError)), None)
 
 
 def disk_full(e: BaseException | None) -> bool:
     """Whether ``e`` comes of a full disk: an OSError's errno, or the OS's own words in the
     message of any exception it was raised from (paquo turns a Java IOException into an
     OSError without an errno, raised from the Java one)."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno in NO_SPACE:
-            return True
-        if any(words in str(e) for words in ("No space left on device", "Disk quota exceeded")):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
+    words = ("No space left on device", "Disk quota exceeded")
+    return any(
+        (isinstance(x, OSError) and x.errno in NO_SPACE) or any(w in str(x) for w in words)
+        for x in _chain(e)
+    )
 
 
 def entry_names(project: Path) -> dict[str, str]:
